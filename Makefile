@@ -1,0 +1,26 @@
+# The two commands: `make run` and `make test`. Both install what they need first.
+PY := .venv/bin/python
+SERVICES := $(PY) scripts/devservices.py
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint format bootstrap bench-ingest
+
+bootstrap:
+	scripts/bootstrap.sh
+
+run: bootstrap
+	$(SERVICES) exec --dir .local -- $(PY) scripts/run_platform.py
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: bootstrap
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+test: lint
+	$(SERVICES) exec --temp -- .venv/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+bench-ingest: bootstrap
+	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)

@@ -1,0 +1,41 @@
+"""The one Celery app. Queues, routes and reliability settings live in `topics.py` and here."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailplatform.settings")
+
+app = Celery("emailplatform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+from . import topics  # noqa: E402  (needs the app's settings module chosen above)
+
+app.conf.update(
+    task_queues=topics.celery_queues(),
+    task_default_queue=topics.QUEUE_DEFAULT,
+    task_routes=topics.TASK_ROUTES,
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    # Reliability, chosen on purpose:
+    # - acks_late: a task is acknowledged after it ran, so a worker that dies mid-task leaves
+    #   the message on the queue for another worker (our tasks are idempotent upserts).
+    # - reject_on_worker_lost: a task whose worker process was killed (OOM, kill -9) is
+    #   re-queued instead of being acknowledged as failed.
+    # - prefetch 1: a worker holds at most one unstarted message, so a long full-sync chunk
+    #   does not sit on messages that an idle worker could run.
+    # - visibility_timeout: Redis re-delivers an unacknowledged message after this long; it
+    #   must exceed the longest task (time limit below) or a running task would be run twice.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_soft_time_limit=15 * 60,
+    task_time_limit=20 * 60,
+    broker_transport_options={"visibility_timeout": 2 * 60 * 60},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",
+    timezone="UTC",
+)
+app.autodiscover_tasks()

@@ -1,0 +1,264 @@
+"""The topic contract: queue names, task names, payload schemas and publish helpers.
+
+Producers and consumers both import this module, so a topic is defined in exactly one place.
+Tasks are published by name: the store never imports a sync app, and a provider app never
+imports the store's tasks.
+
+Topics (queue; task name; producers):
+- EmailNewMessage (email_new_message; messages.ingest_new_messages; sync apps, import_mail)
+- EmailFullSync (email_full_sync; <provider>.full_sync; API/admin "sync now", beat)
+- provider topics (smtp, gmail; <provider>.*; IDLE listener, push webhook, beat)
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu import Exchange, Queue
+
+QUEUE_DEFAULT = "default"
+QUEUE_FULL_SYNC = "email_full_sync"
+QUEUE_NEW_MESSAGE = "email_new_message"
+QUEUE_SMTP = "smtp"
+QUEUE_GMAIL = "gmail"
+ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_FULL_SYNC, QUEUE_NEW_MESSAGE, QUEUE_SMTP, QUEUE_GMAIL)
+
+TASK_INGEST_NEW_MESSAGES = "messages.ingest_new_messages"
+TASK_SCHEDULE_FULL_SYNCS = "messages.schedule_full_syncs"
+
+# EmailFullSync: one consumer task per provider. A provider missing here has nothing to sync
+# (e.g. "local" accounts filled by `import_mail`).
+FULL_SYNC_TASKS: dict[str, str] = {
+    "imap": "smtp_sync.full_sync",
+    "gmail": "gmail_sync.full_sync",
+}
+
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    TASK_INGEST_NEW_MESSAGES: {"queue": QUEUE_NEW_MESSAGE},
+    TASK_SCHEDULE_FULL_SYNCS: {"queue": QUEUE_DEFAULT},
+    **{name: {"queue": QUEUE_FULL_SYNC} for name in FULL_SYNC_TASKS.values()},
+    "smtp_sync.*": {"queue": QUEUE_SMTP},
+    "gmail_sync.*": {"queue": QUEUE_GMAIL},
+}
+
+PAYLOAD_SCHEMA_VERSION = 1
+
+# JSON Schema of an EmailNewMessage payload. Each message carries its raw RFC 5322 bytes,
+# base64-encoded in "raw", or, for big ones, a reference to a staged blob in "rawRef".
+NEW_MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "accountId", "provider", "messages"],
+    "properties": {
+        "schema": {"const": PAYLOAD_SCHEMA_VERSION},
+        "accountId": {"type": "integer", "minimum": 1},
+        "provider": {"type": "string", "minLength": 1},
+        "syncRunId": {"type": ["integer", "null"]},
+        "messages": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "oneOf": [{"required": ["raw"]}, {"required": ["rawRef"]}],
+                "properties": {
+                    "id": {"type": ["string", "null"], "maxLength": 255},
+                    "threadId": {"type": ["string", "null"], "maxLength": 255},
+                    "folder": {"type": ["string", "null"], "minLength": 1},
+                    "labels": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    "uid": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**32 - 1},
+                    "flags": {"type": "array", "items": {"type": "string"}},
+                    "internalDate": {"type": ["string", "null"], "format": "date-time"},
+                    "raw": {"type": "string"},
+                    "rawRef": {"type": "string", "pattern": "^staged/[0-9a-f-]+\\.eml$"},
+                    "includeAttachments": {"type": "boolean"},
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+class PayloadError(ValueError):
+    """A payload that breaks the contract; the consumer dead-letters it with this reason."""
+
+
+@dataclass
+class IncomingMessage:
+    """One message of an EmailNewMessage payload, decoded."""
+
+    raw: bytes
+    provider_id: str | None = None
+    provider_thread_id: str | None = None
+    folders: list[str] = field(default_factory=list)
+    uid: int | None = None
+    flags: list[str] | None = None
+    internal_date: str | None = None
+    include_attachments: bool = True
+    staged_ref: str | None = None
+
+
+@dataclass
+class NewMessageBatch:
+    account_id: int
+    provider: str
+    messages: list[IncomingMessage]
+    sync_run_id: int | None = None
+
+
+def _validator():
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    return Draft202012Validator(NEW_MESSAGE_SCHEMA, format_checker=FormatChecker())
+
+
+def parse_new_message_payload(payload: Any) -> NewMessageBatch:
+    """Validate and decode an EmailNewMessage payload; PayloadError says what is wrong."""
+    errors = sorted(_validator().iter_errors(payload), key=lambda e: list(e.path))
+    if errors:
+        reasons = []
+        for error in errors[:5]:
+            where = "/".join(str(p) for p in error.path) or "payload"
+            reasons.append(f"{where}: {error.message}")
+        raise PayloadError("; ".join(reasons))
+    messages = []
+    for index, item in enumerate(payload["messages"]):
+        if "raw" in item:
+            try:
+                raw = base64.b64decode(item["raw"], validate=True)
+            except ValueError as exc:
+                raise PayloadError(f"messages/{index}/raw: not valid base64 ({exc})") from exc
+            staged_ref = None
+        else:
+            staged_ref = item["rawRef"]
+            raw = _read_staged(staged_ref, index)
+        folders = list(item.get("labels") or [])
+        if item.get("folder"):
+            folders.insert(0, item["folder"])
+        messages.append(
+            IncomingMessage(
+                raw=raw,
+                provider_id=item.get("id"),
+                provider_thread_id=item.get("threadId"),
+                folders=folders,
+                uid=item.get("uid"),
+                flags=item.get("flags"),
+                internal_date=item.get("internalDate"),
+                include_attachments=item.get("includeAttachments", True),
+                staged_ref=staged_ref,
+            )
+        )
+    return NewMessageBatch(
+        account_id=payload["accountId"],
+        provider=payload["provider"],
+        messages=messages,
+        sync_run_id=payload.get("syncRunId"),
+    )
+
+
+def _read_staged(ref: str, index: int) -> bytes:
+    from django.core.files.storage import default_storage
+
+    try:
+        with default_storage.open(ref, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError as exc:
+        raise PayloadError(f"messages/{index}/rawRef: staged blob {ref} does not exist") from exc
+
+
+def stage_raw(raw: bytes) -> str:
+    """Put a big message in blob storage and return the reference to carry on the queue."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    return default_storage.save(f"staged/{uuid.uuid4()}.eml", ContentFile(raw))
+
+
+def delete_staged(refs: Iterable[str]) -> None:
+    from django.core.files.storage import default_storage
+
+    for ref in refs:
+        default_storage.delete(ref)
+
+
+def new_message_item(
+    raw: bytes,
+    *,
+    provider_id: str | None = None,
+    thread_id: str | None = None,
+    folder: str | None = None,
+    labels: list[str] | None = None,
+    uid: int | None = None,
+    flags: list[str] | None = None,
+    internal_date: str | None = None,
+    include_attachments: bool = True,
+) -> dict[str, Any]:
+    """Build one message entry of an EmailNewMessage payload."""
+    from django.conf import settings
+
+    item: dict[str, Any] = {}
+    if len(raw) > settings.INLINE_RAW_LIMIT_BYTES:
+        item["rawRef"] = stage_raw(raw)
+    else:
+        item["raw"] = base64.b64encode(raw).decode("ascii")
+    optional = {
+        "id": provider_id,
+        "threadId": thread_id,
+        "folder": folder,
+        "labels": labels,
+        "uid": uid,
+        "flags": flags,
+        "internalDate": internal_date,
+    }
+    item.update({key: value for key, value in optional.items() if value is not None})
+    if not include_attachments:
+        item["includeAttachments"] = False
+    return item
+
+
+def new_message_payload(
+    account_id: int, provider: str, items: list[dict[str, Any]], sync_run_id: int | None = None
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "schema": PAYLOAD_SCHEMA_VERSION,
+        "accountId": account_id,
+        "provider": provider,
+        "messages": items,
+    }
+    if sync_run_id is not None:
+        payload["syncRunId"] = sync_run_id
+    return payload
+
+
+def publish_new_messages(payload: dict[str, Any]) -> None:
+    """Publish an EmailNewMessage batch (after the current transaction commits, if any)."""
+    from django.db import transaction
+
+    from .celery import app
+
+    transaction.on_commit(
+        lambda: app.send_task(TASK_INGEST_NEW_MESSAGES, args=[payload], queue=QUEUE_NEW_MESSAGE)
+    )
+
+
+def publish_full_sync(
+    account_id: int, provider: str, options: dict[str, Any] | None = None
+) -> bool:
+    """Publish EmailFullSync for an account; False when its provider has nothing to sync."""
+    from django.db import transaction
+
+    from .celery import app
+
+    task_name = FULL_SYNC_TASKS.get(provider)
+    if task_name is None:
+        return False
+    payload = {"accountId": account_id, "provider": provider, "options": options or {}}
+    transaction.on_commit(lambda: app.send_task(task_name, args=[payload], queue=QUEUE_FULL_SYNC))
+    return True
+
+
+def celery_queues() -> list[Queue]:
+    return [Queue(name, Exchange(name), routing_key=name) for name in ALL_QUEUES]

@@ -1,0 +1,246 @@
+"""Admin for operators: thin over the store; HTML from mail is sanitized before it is shown."""
+
+from __future__ import annotations
+
+import nh3
+from django.contrib import admin, messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from emailplatform import topics
+
+from .models import (
+    Account,
+    Attachment,
+    DeadLetter,
+    Folder,
+    Message,
+    MessageLocation,
+    RawMessage,
+    SyncRun,
+    Thread,
+)
+
+
+def _progress(run: SyncRun | None) -> str:
+    if run is None or run.status != SyncRun.Status.RUNNING:
+        return "-"
+    if run.progress_total:
+        percent = min(100, int(100 * run.progress_done / run.progress_total))
+        return format_html(
+            '<progress max="100" value="{}"></progress> {} / {}',
+            percent,
+            run.progress_done,
+            run.progress_total,
+        )
+    return f"{run.progress_done} so far"
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = (
+        "email_address",
+        "provider",
+        "owner",
+        "status",
+        "last_sync_at",
+        "sync_progress",
+        "short_error",
+    )
+    list_filter = ("provider", "status")
+    search_fields = ("email_address", "display_name", "owner__username", "owner__email")
+    readonly_fields = ("last_error", "last_error_at", "last_sync_at", "created_at", "updated_at")
+    exclude = ("credentials_encrypted",)
+    actions = ("sync_now", "pause", "resume")
+
+    @admin.display(description="progress")
+    def sync_progress(self, obj: Account) -> str:
+        return _progress(obj.sync_runs.order_by("-started_at").first())
+
+    @admin.display(description="last error")
+    def short_error(self, obj: Account) -> str:
+        return (obj.last_error[:80] + "...") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.action(description="Sync now (full sync)")
+    def sync_now(self, request: HttpRequest, queryset) -> None:
+        published = sum(
+            topics.publish_full_sync(a.pk, a.provider, {"includeAttachments": True})
+            for a in queryset
+        )
+        self.message_user(request, f"Full sync requested for {published} account(s).")
+
+    @admin.action(description="Pause syncing")
+    def pause(self, request: HttpRequest, queryset) -> None:
+        count = queryset.update(status=Account.Status.PAUSED)
+        self.message_user(request, f"Paused {count} account(s).", messages.WARNING)
+
+    @admin.action(description="Resume syncing")
+    def resume(self, request: HttpRequest, queryset) -> None:
+        count = queryset.exclude(status=Account.Status.DELETING).update(
+            status=Account.Status.ACTIVE, last_error=""
+        )
+        self.message_user(request, f"Resumed {count} account(s).")
+
+
+@admin.register(Folder)
+class FolderAdmin(admin.ModelAdmin):
+    list_display = ("display_name", "account", "role", "uidvalidity", "uidnext", "highest_modseq")
+    list_filter = ("role",)
+    search_fields = ("name", "display_name", "account__email_address")
+    list_select_related = ("account",)
+
+
+@admin.register(Thread)
+class ThreadAdmin(admin.ModelAdmin):
+    list_display = ("subject", "account", "message_count", "last_message_at")
+    search_fields = ("subject", "provider_thread_id")
+    list_select_related = ("account",)
+    date_hierarchy = "last_message_at"
+
+
+class AttachmentInline(admin.TabularInline):
+    model = Attachment
+    extra = 0
+    can_delete = False
+    fields = ("filename", "content_type", "size", "is_inline", "content_id", "sha256", "file")
+    readonly_fields = fields
+
+
+class LocationInline(admin.TabularInline):
+    model = MessageLocation
+    extra = 0
+    can_delete = False
+    fields = ("folder", "uid")
+    readonly_fields = fields
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = (
+        "subject_or_none",
+        "from_address",
+        "account",
+        "sort_date",
+        "is_read",
+        "is_flagged",
+        "has_attachments",
+        "damaged",
+    )
+    list_filter = ("is_read", "is_flagged", "has_attachments", "account__provider")
+    search_fields = ("subject", "from_address", "from_name", "message_id_header", "provider_id")
+    list_select_related = ("account",)
+    date_hierarchy = "sort_date"
+    inlines = (LocationInline, AttachmentInline)
+    readonly_fields = (
+        "account",
+        "thread",
+        "provider_id",
+        "message_id_header",
+        "in_reply_to",
+        "subject",
+        "from_name",
+        "from_address",
+        "recipients",
+        "date",
+        "internal_date",
+        "size",
+        "defects",
+        "raw_source",
+        "rendered_html",
+        "body_text",
+    )
+    fields = (
+        ("is_read", "is_flagged", "is_answered", "is_draft"),
+        *readonly_fields,
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="subject")
+    def subject_or_none(self, obj: Message) -> str:
+        return obj.subject or "(no subject)"
+
+    @admin.display(boolean=True, description="defects")
+    def damaged(self, obj: Message) -> bool:
+        return bool(obj.defects)
+
+    @admin.display(description="recipients")
+    def recipients(self, obj: Message) -> str:
+        people = [("To", p) for p in obj.to] + [("Cc", p) for p in obj.cc]
+        return format_html_join(
+            "",
+            "<div>{}: {} &lt;{}&gt;</div>",
+            ((kind, p.get("name", ""), p.get("address", "")) for kind, p in people),
+        )
+
+    @admin.display(description="raw source")
+    def raw_source(self, obj: Message) -> str:
+        url = reverse("admin:mailstore_message_raw", args=[obj.pk])
+        return format_html('<a href="{}">Download .eml</a>', url)
+
+    @admin.display(description="HTML (sanitized)")
+    def rendered_html(self, obj: Message) -> str:
+        if not obj.body_html:
+            return "-"
+        return format_html(
+            '<div style="border:1px solid #ccc;padding:8px;max-height:40em;overflow:auto">{}</div>',
+            # nh3 removes scripts, event handlers and javascript: URLs; the result is safe.
+            _safe(nh3.clean(obj.body_html, url_schemes={"http", "https", "mailto", "cid"})),
+        )
+
+    def get_urls(self):
+        urls = [
+            path(
+                "<int:pk>/raw/",
+                self.admin_site.admin_view(self.raw_view),
+                name="mailstore_message_raw",
+            )
+        ]
+        return urls + super().get_urls()
+
+    def raw_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        raw = get_object_or_404(RawMessage, pk=pk)
+        response = HttpResponse(raw.content(), content_type="message/rfc822")
+        response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
+        return response
+
+
+def _safe(html: str):
+    from django.utils.safestring import mark_safe
+
+    return mark_safe(html)  # noqa: S308  (sanitized by nh3 just before)
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "account",
+        "kind",
+        "status",
+        "started_at",
+        "finished_at",
+        "progress",
+        "created",
+        "updated",
+        "damaged",
+    )
+    list_filter = ("kind", "status")
+    search_fields = ("account__email_address", "error")
+    list_select_related = ("account",)
+
+    @admin.display(description="progress")
+    def progress(self, obj: SyncRun) -> str:
+        return _progress(obj)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "task_name", "account_id", "reason")
+    search_fields = ("reason", "task_name")
+    readonly_fields = ("task_name", "account_id", "reason", "payload", "payload_excerpt")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,324 @@
+"""The EmailNewMessage service: upsert a batch of raw messages, idempotently.
+
+Every write is keyed (account + provider id; message + folder; folder + UID), and the whole
+batch is one transaction under a per-account lock, so a redelivered or overlapping batch
+changes nothing that is already there and never creates a second row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+
+from emailplatform.topics import IncomingMessage
+
+from .folders import folders_by_name
+from .mime import ParsedAttachment, ParsedMessage, parse_message
+from .models import Account, Attachment, Message, MessageLocation, RawMessage
+from .threader import ThreadInput, assign_threads, refresh_thread_summaries
+
+# pg_advisory_xact_lock(namespace, account id): serializes ingestion per account.
+INGEST_LOCK_NAMESPACE = 7201
+
+FLAG_FIELDS = {
+    "\\seen": "is_read",
+    "\\flagged": "is_flagged",
+    "\\answered": "is_answered",
+    "\\draft": "is_draft",
+}
+
+
+@dataclass
+class IngestResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    damaged: int = 0
+    message_ids: list[int] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.damaged += other.damaged
+        self.message_ids.extend(other.message_ids)
+
+
+@dataclass
+class _Prepared:
+    item: IncomingMessage
+    parsed: ParsedMessage
+    provider_id: str
+    sort_date: datetime
+    internal_date: datetime | None
+
+
+def derive_provider_id(parsed: ParsedMessage) -> str:
+    """Identity of a message the provider gives no id for: its exact bytes.
+
+    An IMAP move or copy keeps the bytes, so the copy in a second folder is the same message;
+    two different messages that share a Message-ID (it happens) stay two messages.
+    """
+    return f"sha256:{parsed.sha256}"
+
+
+def flag_values(flags: Sequence[str]) -> dict[str, bool]:
+    lowered = {flag.lower() for flag in flags}
+    return {fname: flag in lowered for flag, fname in FLAG_FIELDS.items()}
+
+
+def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> IngestResult:
+    """Store a batch of raw messages with their provider metadata."""
+    prepared = _prepare(items)
+    stored_files = _store_attachment_files(prepared)
+    result = IngestResult()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+            )
+        folder_names = {name for p in prepared for name in p.item.folders}
+        folders = folders_by_name(account, folder_names)
+        existing = {
+            m.provider_id: m
+            for m in Message.objects.filter(
+                account=account, provider_id__in={p.provider_id for p in prepared}
+            ).only("id", "provider_id", "sort_date", *FLAG_FIELDS.values())
+        }
+        new_by_id: dict[str, _Prepared] = {}
+        for p in prepared:
+            if p.provider_id not in existing and p.provider_id not in new_by_id:
+                new_by_id[p.provider_id] = p
+        created = _create_messages(account, list(new_by_id.values()), stored_files)
+        result.created = len(created)
+        result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
+
+        changed_ids = _update_flags(existing, prepared)
+        all_messages = {**existing, **created}
+        changed_ids |= _upsert_locations(all_messages, prepared, folders)
+        result.updated = len(changed_ids - {m.id for m in created.values()})
+        result.unchanged = len(existing) - result.updated
+        result.message_ids = sorted(m.id for m in all_messages.values())
+    return result
+
+
+def _prepare(items: Sequence[IncomingMessage]) -> list[_Prepared]:
+    now = datetime.now(UTC)
+    prepared = []
+    for item in items:
+        parsed = parse_message(item.raw)
+        internal_date = _parse_iso(item.internal_date)
+        if item.internal_date and internal_date is None:
+            parsed.defects.append(f"provider internalDate unreadable: {item.internal_date!r}")
+        prepared.append(
+            _Prepared(
+                item=item,
+                parsed=parsed,
+                provider_id=item.provider_id or derive_provider_id(parsed),
+                sort_date=internal_date or parsed.date or now,
+                internal_date=internal_date,
+            )
+        )
+    return prepared
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
+    """Content-addressed files, written before the transaction (an orphan is harmless)."""
+    names: dict[str, str] = {}
+    for p in prepared:
+        if not p.item.include_attachments:
+            continue
+        for attachment in p.parsed.attachments:
+            if attachment.sha256 in names:
+                continue
+            name = f"attachments/{attachment.sha256[:2]}/{attachment.sha256}"
+            if not default_storage.exists(name):
+                name = default_storage.save(name, ContentFile(attachment.payload))
+            names[attachment.sha256] = name
+    return names
+
+
+def _create_messages(
+    account: Account, new: list[_Prepared], stored_files: dict[str, str]
+) -> dict[str, Message]:
+    if not new:
+        return {}
+    thread_ids = assign_threads(
+        account,
+        [
+            ThreadInput(
+                own_id=p.parsed.message_id or f"<{p.provider_id}@no-message-id>",
+                referenced_ids=_referenced_ids(p.parsed),
+                provider_thread_id=p.item.provider_thread_id,
+            )
+            for p in new
+        ],
+    )
+    rows = [
+        _message_row(account, p, thread_id) for p, thread_id in zip(new, thread_ids, strict=True)
+    ]
+    Message.objects.bulk_create(rows, batch_size=1000)
+    RawMessage.objects.bulk_create(
+        [
+            RawMessage(
+                message=row,
+                data=RawMessage.compress(p.item.raw),
+                size=len(p.item.raw),
+                sha256=p.parsed.sha256,
+            )
+            for p, row in zip(new, rows, strict=True)
+        ],
+        batch_size=500,
+    )
+    Attachment.objects.bulk_create(
+        [
+            _attachment_row(row, attachment, stored_files)
+            for p, row in zip(new, rows, strict=True)
+            for attachment in p.parsed.attachments
+        ],
+        batch_size=1000,
+    )
+    refresh_thread_summaries(set(thread_ids))
+    return {row.provider_id: row for row in rows}
+
+
+def _referenced_ids(parsed: ParsedMessage) -> list[str]:
+    refs = list(parsed.references)
+    if parsed.in_reply_to and parsed.in_reply_to not in refs:
+        refs.append(parsed.in_reply_to)
+    return [ref for ref in refs if ref != parsed.message_id]
+
+
+def _message_row(account: Account, p: _Prepared, thread_id: int) -> Message:
+    parsed = p.parsed
+    flags = flag_values(p.item.flags or [])
+    return Message(
+        account=account,
+        thread_id=thread_id,
+        provider_id=p.provider_id,
+        message_id_header=parsed.message_id[:998],
+        in_reply_to=parsed.in_reply_to[:998],
+        references=parsed.references,
+        subject=parsed.subject,
+        from_name=parsed.from_name[:998],
+        from_address=parsed.from_address[:998],
+        to=parsed.to,
+        cc=parsed.cc,
+        bcc=parsed.bcc,
+        reply_to=parsed.reply_to,
+        date=parsed.date,
+        internal_date=p.internal_date,
+        sort_date=p.sort_date,
+        snippet=parsed.snippet,
+        body_text=parsed.body_text,
+        body_html=parsed.body_html,
+        size=parsed.size,
+        has_attachments=any(not a.is_inline for a in parsed.attachments),
+        defects=parsed.defects,
+        **flags,
+    )
+
+
+def _attachment_row(
+    message: Message, attachment: ParsedAttachment, stored_files: dict[str, str]
+) -> Attachment:
+    return Attachment(
+        message=message,
+        part_path=attachment.part_path,
+        filename=attachment.filename[:1024],
+        content_type=attachment.content_type[:255],
+        size=attachment.size,
+        content_id=attachment.content_id[:998],
+        is_inline=attachment.is_inline,
+        sha256=attachment.sha256,
+        file=stored_files.get(attachment.sha256, ""),
+    )
+
+
+def _update_flags(existing: dict[str, Message], prepared: list[_Prepared]) -> set[int]:
+    """Apply the provider's current flags to messages already stored; return changed ids."""
+    changed: dict[int, Message] = {}
+    for p in prepared:
+        message = existing.get(p.provider_id)
+        if message is None or p.item.flags is None:
+            continue
+        for fname, value in flag_values(p.item.flags).items():
+            if getattr(message, fname) != value:
+                setattr(message, fname, value)
+                changed[message.id] = message
+    if changed:
+        Message.objects.bulk_update(list(changed.values()), list(FLAG_FIELDS.values()))
+    return set(changed)
+
+
+def _upsert_locations(
+    messages: dict[str, Message], prepared: list[_Prepared], folders: dict
+) -> set[int]:
+    """Add each message to the folders named for it (with its UID); return changed message ids."""
+    wanted: dict[tuple[int, int], int | None] = {}
+    for p in prepared:
+        message = messages[p.provider_id]
+        for name in p.item.folders:
+            wanted[(message.id, folders[name].id)] = p.item.uid
+    if not wanted:
+        return set()
+    message_ids = {m for m, _ in wanted}
+    current = {
+        (loc.message_id, loc.folder_id): loc
+        for loc in MessageLocation.objects.filter(message_id__in=message_ids)
+    }
+    sort_dates = {m.id: m.sort_date for m in messages.values()}
+    changed: set[int] = set()
+    to_create, to_update = [], []
+    for (message_id, folder_id), uid in wanted.items():
+        location = current.get((message_id, folder_id))
+        if location is None:
+            to_create.append(
+                MessageLocation(
+                    message_id=message_id,
+                    folder_id=folder_id,
+                    uid=uid,
+                    sort_date=sort_dates[message_id],
+                )
+            )
+            changed.add(message_id)
+        elif uid is not None and location.uid != uid:
+            location.uid = uid
+            to_update.append(location)
+            changed.add(message_id)
+    uid_claims = [(loc.folder_id, loc.uid) for loc in (*to_create, *to_update) if loc.uid]
+    if uid_claims:
+        _release_stale_uids(uid_claims, message_ids)
+    if to_update:
+        MessageLocation.objects.bulk_update(to_update, ["uid"])
+    MessageLocation.objects.bulk_create(to_create, batch_size=1000)
+    return changed
+
+
+def _release_stale_uids(claims: list[tuple[int, int]], message_ids: set[int]) -> None:
+    """A (folder, UID) now names another message: the old holder's location there is gone."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            DELETE FROM mailstore_messagelocation l
+             USING unnest(%s::bigint[], %s::bigint[]) AS c(folder_id, uid)
+             WHERE l.folder_id = c.folder_id AND l.uid = c.uid
+               AND NOT (l.message_id = ANY(%s))
+            """,
+            [[f for f, _ in claims], [u for _, u in claims], sorted(message_ids)],
+        )

@@ -1,0 +1,373 @@
+"""Raw RFC 5322 bytes -> the store's fields, with the standard library, defensively.
+
+Nothing here raises on bad mail: every problem becomes a defect string on the result, and
+whatever could be read is kept. The raw bytes are stored beside the result by the caller.
+"""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import html as html_lib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.utils import getaddresses, parsedate_to_datetime
+
+import nh3
+
+SNIPPET_LENGTH = 200
+MAX_PARTS = 500
+MAX_MESSAGE_ID_LENGTH = 500
+_MSGID_RE = re.compile(r"<([^<>\s]+)>")
+_WS_RE = re.compile(r"\s+")
+
+
+@dataclass
+class ParsedAttachment:
+    part_path: str
+    filename: str
+    content_type: str
+    content_id: str
+    is_inline: bool
+    payload: bytes
+    sha256: str
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+@dataclass
+class ParsedMessage:
+    message_id: str = ""
+    in_reply_to: str = ""
+    references: list[str] = field(default_factory=list)
+    subject: str = ""
+    from_name: str = ""
+    from_address: str = ""
+    to: list[dict[str, str]] = field(default_factory=list)
+    cc: list[dict[str, str]] = field(default_factory=list)
+    bcc: list[dict[str, str]] = field(default_factory=list)
+    reply_to: list[dict[str, str]] = field(default_factory=list)
+    date: datetime | None = None
+    body_text: str = ""
+    body_html: str = ""
+    snippet: str = ""
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+    size: int = 0
+    sha256: str = ""
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    result = ParsedMessage(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    try:
+        msg = email.message_from_bytes(raw, policy=policy.default)
+    except Exception as exc:  # the parser is lenient; this is the last line of defence
+        result.defects.append(f"unparseable message: {type(exc).__name__}: {exc}")
+        result.body_text = raw.decode("utf-8", errors="replace")
+        result.snippet = _snippet(result.body_text)
+        return result
+    _read_headers(msg, result)
+    try:
+        _read_parts(msg, result)
+    except RecursionError:
+        result.defects.append("MIME structure nested too deeply; body read as plain text")
+        result.body_text = _decode_bytes(_payload_bytes(msg), "utf-8", result)
+    _collect_parser_defects(msg, result)
+    result.snippet = _snippet(result.body_text or _html_to_text(result.body_html))
+    return result
+
+
+def _header(msg: Message, name: str, result: ParsedMessage) -> str:
+    try:
+        value = msg.get(name)
+    except Exception as exc:
+        result.defects.append(f"{name} header unreadable ({type(exc).__name__}); kept raw")
+        value = next((v for k, v in msg.raw_items() if k.lower() == name.lower()), "")
+    if value is None:
+        return ""
+    text = fix_text(str(value))
+    return _WS_RE.sub(" ", text).strip() if name.lower() != "subject" else text.strip()
+
+
+def _addresses(msg: Message, name: str, result: ParsedMessage) -> list[dict[str, str]]:
+    try:
+        header = msg.get(name)
+        if header is None:
+            return []
+        groups = getattr(header, "addresses", None)
+        if groups is not None:
+            return [_address_dict(address) for address in groups]
+    except Exception as exc:
+        result.defects.append(f"{name} header unreadable ({type(exc).__name__}); parsed loosely")
+    raw_values = [v for k, v in msg.raw_items() if k.lower() == name.lower()]
+    return [
+        {"name": fix_text(display), "address": fix_text(address)}
+        for display, address in getaddresses([str(v) for v in raw_values])
+        if display or address
+    ]
+
+
+def _address_dict(address: Address) -> dict[str, str]:
+    try:
+        addr_spec = address.addr_spec
+    except Exception:
+        addr_spec = f"{address.username}@{address.domain}" if address.domain else address.username
+    return {
+        "name": fix_text(address.display_name or ""),
+        "address": fix_text(addr_spec.strip("<>")),
+    }
+
+
+def _message_ids(value: str) -> list[str]:
+    found = _MSGID_RE.findall(value)
+    if not found and value.strip():
+        found = [token.strip("<>") for token in value.split() if token.strip("<>")]
+    return [_bounded_id(mid) for mid in found]
+
+
+def _bounded_id(mid: str) -> str:
+    """Message-IDs are indexed: an absurdly long one is replaced by its hash."""
+    if len(mid) <= MAX_MESSAGE_ID_LENGTH:
+        return f"<{mid}>"
+    return f"<sha256-{hashlib.sha256(mid.encode('utf-8', 'replace')).hexdigest()}@long-id>"
+
+
+def _read_headers(msg: Message, result: ParsedMessage) -> None:
+    result.subject = _header(msg, "Subject", result)
+    ids = _message_ids(_header(msg, "Message-ID", result))
+    result.message_id = ids[0] if ids else ""
+    in_reply_to = _message_ids(_header(msg, "In-Reply-To", result))
+    result.in_reply_to = in_reply_to[0] if in_reply_to else ""
+    result.references = _message_ids(_header(msg, "References", result))
+    senders = _addresses(msg, "From", result) or _addresses(msg, "Sender", result)
+    if senders:
+        result.from_name = senders[0]["name"]
+        result.from_address = senders[0]["address"]
+    result.to = _addresses(msg, "To", result)
+    result.cc = _addresses(msg, "Cc", result)
+    result.bcc = _addresses(msg, "Bcc", result)
+    result.reply_to = _addresses(msg, "Reply-To", result)
+    result.date = _parse_date(_header(msg, "Date", result), result)
+
+
+def _parse_date(value: str, result: ParsedMessage) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        result.defects.append(f"Date header unparseable: {value[:100]!r}")
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if not 1970 <= parsed.year <= 9000:
+        result.defects.append(f"Date header out of range: {value[:100]!r}")
+        return None
+    return parsed
+
+
+def _collect_parser_defects(msg: Message, result: ParsedMessage) -> None:
+    seen: set[str] = set(result.defects)
+    for part in _walk(msg):
+        for defect in getattr(part, "defects", []):
+            text = type(defect).__name__
+            detail = str(defect)
+            if detail and detail != text:
+                text = f"{text}: {detail[:200]}"
+            if text not in seen:
+                seen.add(text)
+                result.defects.append(text)
+
+
+def _walk(msg: Message):
+    """Every part, depth first, iteratively (no recursion limit), bounded in count."""
+    stack = [msg]
+    count = 0
+    while stack and count < MAX_PARTS:
+        part = stack.pop()
+        count += 1
+        yield part
+        if part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                stack.extend(reversed(payload))
+
+
+def _read_parts(msg: Message, result: ParsedMessage) -> None:
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    stack: list[tuple[Message, str]] = [(msg, "")]
+    count = 0
+    while stack:
+        part, path = stack.pop()
+        count += 1
+        if count > MAX_PARTS:
+            result.defects.append(f"more than {MAX_PARTS} MIME parts; the rest kept in raw only")
+            break
+        content_type = _content_type(part)
+        if part.is_multipart() and content_type != "message/rfc822":
+            children = part.get_payload()
+            if not isinstance(children, list):
+                continue
+            for index in range(len(children) - 1, -1, -1):
+                child_path = f"{path}.{index + 1}" if path else str(index + 1)
+                stack.append((children[index], child_path))
+            continue
+        leaf_path = path or "1"
+        if content_type.startswith("multipart/"):
+            result.defects.append(f"{content_type} part without readable parts; kept as text")
+            text_parts.append(_clean_text(_decode_bytes(_payload_bytes(part), "utf-8", result)))
+            continue
+        disposition = _disposition(part)
+        filename = _filename(part, result)
+        is_body_candidate = (
+            content_type in ("text/plain", "text/html")
+            and disposition != "attachment"
+            and not filename
+        )
+        if is_body_candidate:
+            text = _text_content(part, result)
+            (text_parts if content_type == "text/plain" else html_parts).append(text)
+            continue
+        if content_type == "message/rfc822":
+            payload = _embedded_message_bytes(part)
+            filename = filename or "forwarded-message.eml"
+        else:
+            payload = _payload_bytes(part)
+        result.attachments.append(
+            ParsedAttachment(
+                part_path=leaf_path,
+                filename=filename,
+                content_type=content_type,
+                content_id=_header(part, "Content-ID", result).strip("<>"),
+                is_inline=disposition == "inline" or (disposition == "" and _has_cid(part)),
+                payload=payload,
+                sha256=hashlib.sha256(payload).hexdigest(),
+            )
+        )
+    result.body_text = "\n\n".join(t for t in text_parts if t)
+    result.body_html = "\n".join(h for h in html_parts if h)
+    if not result.body_text and result.body_html:
+        result.body_text = _html_to_text(result.body_html)
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except Exception:
+        return "application/octet-stream"
+
+
+def _disposition(part: Message) -> str:
+    try:
+        return (part.get_content_disposition() or "").lower()
+    except Exception:
+        return ""
+
+
+def _has_cid(part: Message) -> bool:
+    try:
+        return part.get("Content-ID") is not None
+    except Exception:
+        return False
+
+
+def _filename(part: Message, result: ParsedMessage) -> str:
+    try:
+        name = part.get_filename() or ""
+    except Exception as exc:
+        result.defects.append(f"attachment filename unreadable ({type(exc).__name__})")
+        return ""
+    return fix_text(name).strip()
+
+
+def _payload_bytes(part: Message) -> bytes:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if payload is None:
+        raw = part.get_payload()
+        if isinstance(raw, str):
+            return raw.encode("utf-8", errors="surrogateescape")
+        return b""
+    return payload
+
+
+def _embedded_message_bytes(part: Message) -> bytes:
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload:
+        try:
+            return payload[0].as_bytes(policy=policy.compat32)
+        except Exception:
+            return str(payload[0]).encode("utf-8", errors="replace")
+    return _payload_bytes(part)
+
+
+def _text_content(part: Message, result: ParsedMessage) -> str:
+    if isinstance(part, EmailMessage):
+        try:
+            return _clean_text(part.get_content())
+        except (LookupError, KeyError, ValueError, AssertionError, UnicodeError) as exc:
+            result.defects.append(
+                f"text part could not be decoded ({type(exc).__name__}: {exc}); decoded leniently"
+            )
+    charset = "utf-8"
+    try:
+        charset = part.get_content_charset() or "utf-8"
+    except Exception:
+        result.defects.append("text part charset unreadable")
+    return _clean_text(_decode_bytes(_payload_bytes(part), charset, result))
+
+
+def _decode_bytes(payload: bytes, charset: str, result: ParsedMessage) -> str:
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:
+        result.defects.append(f"unknown charset {charset!r}; decoded as UTF-8")
+        return payload.decode("utf-8", errors="replace")
+
+
+def _clean_text(text: str) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return fix_text(text).replace("\r\n", "\n")
+
+
+def fix_text(text: str) -> str:
+    """Text PostgreSQL can store: no NUL, and no surrogates (8-bit header bytes the parser kept
+    escaped are read as UTF-8 per RFC 6532, else as Latin-1)."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _html_to_text(html: str) -> str:
+    if not html:
+        return ""
+    return html_lib.unescape(nh3.clean(html, tags=set(), attributes={}))
+
+
+def _snippet(text: str) -> str:
+    return _WS_RE.sub(" ", text).strip()[:SNIPPET_LENGTH]
+
+
+def ingestion_time() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,312 @@
+"""The message store."""
+
+from __future__ import annotations
+
+import zlib
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Account(models.Model):
+    class Provider(models.TextChoices):
+        IMAP = "imap", "IMAP / SMTP"
+        GMAIL = "gmail", "Gmail API"
+        LOCAL = "local", "Local (imported mail only)"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        AUTH_ERROR = "auth_error", "Authentication failed"
+        ERROR = "error", "Error"
+        DELETING = "deleting", "Being deleted"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="mail_accounts"
+    )
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    email_address = models.EmailField(max_length=320)
+    display_name = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    last_error = models.TextField(blank=True, help_text="Readable reason of the last failure.")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    sync_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="includeAttachments, skipFolders, windowDays, ...",
+    )
+    credentials_encrypted = models.BinaryField(
+        blank=True, default=b"", editable=False, help_text="Fernet token; see messages.crypto."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "provider", "email_address"], name="account_unique_per_owner"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "provider"])]
+
+    def __str__(self) -> str:
+        return f"{self.email_address} ({self.provider})"
+
+    def set_credentials(self, credentials: dict) -> None:
+        from .crypto import encrypt_json
+
+        self.credentials_encrypted = encrypt_json(credentials)
+
+    def get_credentials(self) -> dict:
+        from .crypto import decrypt_json
+
+        if not self.credentials_encrypted:
+            return {}
+        return decrypt_json(bytes(self.credentials_encrypted))
+
+
+class Folder(models.Model):
+    """An IMAP folder or a Gmail label."""
+
+    class Role(models.TextChoices):
+        INBOX = "inbox"
+        SENT = "sent"
+        DRAFTS = "drafts"
+        TRASH = "trash"
+        SPAM = "spam"
+        ARCHIVE = "archive"
+        ALL = "all"
+        IMPORTANT = "important"
+        FLAGGED = "flagged"
+        CUSTOM = "custom"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=1024, help_text="Provider name: IMAP path or label id.")
+    display_name = models.CharField(max_length=1024)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.CUSTOM)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    delimiter = models.CharField(max_length=4, blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uidnext = models.BigIntegerField(null=True, blank=True)
+    highest_modseq = models.BigIntegerField(null=True, blank=True)
+    sync_state = models.JSONField(default=dict, blank=True, help_text="Checkpoint of the sync.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "name"], name="folder_unique_name")
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name or self.name
+
+
+class Thread(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="threads")
+    provider_thread_id = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    subject = models.TextField(blank=True)
+    snippet = models.TextField(blank=True)
+    message_count = models.PositiveIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "provider_thread_id"],
+                condition=Q(provider_thread_id__isnull=False),
+                name="thread_unique_provider_id",
+            )
+        ]
+        indexes = [models.Index(fields=["account", "-last_message_at"])]
+
+    def __str__(self) -> str:
+        return self.subject or f"thread {self.pk}"
+
+
+class ThreadReference(models.Model):
+    """A Message-ID seen in a thread (sent or referenced): how late parents find their children."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE)
+    message_id_header = models.CharField(max_length=998)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="references")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "message_id_header"], name="threadref_unique_id"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id_header
+
+
+class Message(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="messages")
+    thread = models.ForeignKey(Thread, on_delete=models.PROTECT, related_name="messages")
+    provider_id = models.CharField(
+        max_length=255, help_text="Gmail id, X-GM-MSGID, or derived from Message-ID / content."
+    )
+    message_id_header = models.CharField(max_length=998, blank=True)
+    in_reply_to = models.CharField(max_length=998, blank=True)
+    references = models.JSONField(default=list, blank=True)
+    subject = models.TextField(blank=True)
+    from_name = models.CharField(max_length=998, blank=True)
+    from_address = models.CharField(max_length=998, blank=True)
+    to = models.JSONField(default=list, blank=True, help_text='[{"name", "address"}]')
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    reply_to = models.JSONField(default=list, blank=True)
+    date = models.DateTimeField(null=True, blank=True, help_text="The Date header.")
+    internal_date = models.DateTimeField(null=True, blank=True, help_text="Provider's date.")
+    sort_date = models.DateTimeField(help_text="Date, else internal date, else ingestion time.")
+    snippet = models.CharField(max_length=255, blank=True)
+    body_text = models.TextField(blank=True)
+    body_html = models.TextField(blank=True, help_text="As received; sanitize before showing.")
+    size = models.PositiveIntegerField(default=0)
+    is_read = models.BooleanField(default=False)
+    is_flagged = models.BooleanField(default=False)
+    is_answered = models.BooleanField(default=False)
+    is_draft = models.BooleanField(default=False)
+    has_attachments = models.BooleanField(default=False)
+    defects = models.JSONField(default=list, blank=True, help_text="Parse problems found.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "provider_id"], name="message_unique_provider_id"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["account", "-sort_date"], name="message_account_newest"),
+            models.Index(fields=["thread", "sort_date"], name="message_thread_order"),
+            models.Index(fields=["account", "message_id_header"], name="message_account_msgid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject or "(no subject)"
+
+
+class MessageLocation(models.Model):
+    """A message's presence in a folder (or label), with its IMAP UID there."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="locations")
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="locations")
+    uid = models.BigIntegerField(null=True, blank=True)
+    sort_date = models.DateTimeField(help_text="Copy of the message's, for the folder index.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "folder"], name="location_unique"),
+            models.UniqueConstraint(
+                fields=["folder", "uid"], condition=Q(uid__isnull=False), name="location_unique_uid"
+            ),
+        ]
+        indexes = [models.Index(fields=["folder", "-sort_date"], name="location_folder_newest")]
+
+    def __str__(self) -> str:
+        return f"message {self.message_id} in folder {self.folder_id} (UID {self.uid})"
+
+
+def attachment_path(instance: Attachment, filename: str) -> str:
+    return f"attachments/{instance.sha256[:2]}/{instance.sha256}"
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    part_path = models.CharField(max_length=64, help_text="MIME part number, e.g. 2.1.")
+    filename = models.CharField(max_length=1024, blank=True)
+    content_type = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField(default=0)
+    content_id = models.CharField(max_length=998, blank=True)
+    is_inline = models.BooleanField(default=False)
+    sha256 = models.CharField(max_length=64, blank=True)
+    file = models.FileField(upload_to=attachment_path, max_length=255, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "part_path"], name="attachment_unique_part")
+        ]
+
+    def __str__(self) -> str:
+        return self.filename or self.content_type
+
+    @property
+    def is_stored(self) -> bool:
+        return bool(self.file)
+
+
+class RawMessage(models.Model):
+    """The message as received, zlib-compressed: nothing is lost, and it can be re-parsed."""
+
+    message = models.OneToOneField(
+        Message, on_delete=models.CASCADE, primary_key=True, related_name="raw"
+    )
+    data = models.BinaryField()
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"raw message {self.message_id} ({self.size} bytes)"
+
+    @staticmethod
+    def compress(raw: bytes) -> bytes:
+        return zlib.compress(raw, 6)
+
+    def content(self) -> bytes:
+        return zlib.decompress(bytes(self.data))
+
+
+class SyncRun(models.Model):
+    class Kind(models.TextChoices):
+        FULL = "full"
+        INCREMENTAL = "incremental"
+        IMPORT = "import"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="sync_runs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(null=True, blank=True)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    damaged = models.PositiveIntegerField(default=0)
+    deleted = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} sync of {self.account_id} ({self.status})"
+
+
+class DeadLetter(models.Model):
+    """A queue payload that broke the contract, kept with the reason for an operator."""
+
+    task_name = models.CharField(max_length=255)
+    account_id = models.BigIntegerField(null=True, blank=True)
+    reason = models.TextField()
+    payload = models.JSONField(null=True, blank=True)
+    payload_excerpt = models.TextField(blank=True, help_text="For payloads that are not JSON.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}: {self.reason[:80]}"

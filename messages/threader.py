@@ -1,0 +1,156 @@
+"""Thread assignment: provider thread ids where given, else Message-ID / In-Reply-To / References.
+
+The reference graph is JWZ's idea without the subject heuristics: messages that share any
+Message-ID (their own or one they reference) belong to one thread. `ThreadReference` remembers
+every id seen per thread, so a parent that arrives after its replies joins (and merges) the
+threads its replies started. Callers hold the account's ingest lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import cast
+
+from django.db import connection
+
+from .models import Account, Message, Thread, ThreadReference
+
+
+@dataclass
+class ThreadInput:
+    own_id: str
+    referenced_ids: list[str] = field(default_factory=list)
+    provider_thread_id: str | None = None
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, key: str) -> str:
+        self.parent.setdefault(key, key)
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def assign_threads(account: Account, inputs: list[ThreadInput]) -> list[int]:
+    """Return a thread id for each input, creating and merging threads as needed."""
+    result: list[int | None] = [None] * len(inputs)
+    _assign_provider_threads(account, inputs, result)
+    _assign_reference_threads(account, inputs, result)
+    return cast(list[int], result)
+
+
+def _assign_provider_threads(
+    account: Account, inputs: list[ThreadInput], result: list[int | None]
+) -> None:
+    wanted = {i.provider_thread_id for i in inputs if i.provider_thread_id}
+    if not wanted:
+        return
+    existing = dict(
+        Thread.objects.filter(account=account, provider_thread_id__in=wanted).values_list(
+            "provider_thread_id", "id"
+        )
+    )
+    created = Thread.objects.bulk_create(
+        [Thread(account=account, provider_thread_id=p) for p in sorted(wanted - existing.keys())]
+    )
+    existing.update({t.provider_thread_id: t.id for t in created})
+    for index, item in enumerate(inputs):
+        if item.provider_thread_id:
+            result[index] = existing[item.provider_thread_id]
+
+
+def _assign_reference_threads(
+    account: Account, inputs: list[ThreadInput], result: list[int | None]
+) -> None:
+    pending = [index for index, item in enumerate(inputs) if item.provider_thread_id is None]
+    if not pending:
+        return
+    all_ids = {mid for i in pending for mid in (inputs[i].own_id, *inputs[i].referenced_ids)}
+    known = dict(
+        ThreadReference.objects.filter(account=account, message_id_header__in=all_ids).values_list(
+            "message_id_header", "thread_id"
+        )
+    )
+    groups = _UnionFind()
+    for index in pending:
+        item = inputs[index]
+        for ref in item.referenced_ids:
+            groups.union(item.own_id, ref)
+        groups.find(item.own_id)
+    for mid, thread_id in known.items():
+        groups.union(mid, f"~thread:{thread_id}")
+
+    threads_of_root: dict[str, set[int]] = {}
+    for mid, thread_id in known.items():
+        threads_of_root.setdefault(groups.find(mid), set()).add(thread_id)
+
+    roots = {groups.find(inputs[i].own_id) for i in pending}
+    new_roots = sorted(root for root in roots if root not in threads_of_root)
+    created = Thread.objects.bulk_create([Thread(account=account) for _ in new_roots])
+    thread_of_root = {root: thread.id for root, thread in zip(new_roots, created, strict=True)}
+    for root in roots & threads_of_root.keys():
+        target, *others = sorted(threads_of_root[root])
+        if others:
+            _merge_threads(target, others)
+        thread_of_root[root] = target
+
+    for index in pending:
+        result[index] = thread_of_root[groups.find(inputs[index].own_id)]
+
+    new_refs = {}
+    for index in pending:
+        item = inputs[index]
+        for mid in (item.own_id, *item.referenced_ids):
+            if mid not in known:
+                new_refs[mid] = result[index]
+    ThreadReference.objects.bulk_create(
+        [
+            ThreadReference(account=account, message_id_header=mid, thread_id=thread_id)
+            for mid, thread_id in new_refs.items()
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def _merge_threads(target: int, others: list[int]) -> None:
+    Message.objects.filter(thread_id__in=others).update(thread_id=target)
+    ThreadReference.objects.filter(thread_id__in=others).update(thread_id=target)
+    Thread.objects.filter(id__in=others).delete()
+
+
+def refresh_thread_summaries(thread_ids: set[int]) -> None:
+    """Recompute count, last activity, subject (first message) and snippet (latest message)."""
+    if not thread_ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE mailstore_thread t
+               SET message_count = agg.cnt,
+                   last_message_at = agg.last,
+                   snippet = latest.snippet,
+                   subject = earliest.subject
+              FROM (SELECT thread_id, count(*) AS cnt, max(sort_date) AS last
+                      FROM mailstore_message WHERE thread_id = ANY(%s)
+                     GROUP BY thread_id) agg
+              CROSS JOIN LATERAL (SELECT snippet FROM mailstore_message m
+                                   WHERE m.thread_id = agg.thread_id
+                                   ORDER BY sort_date DESC, id DESC LIMIT 1) latest
+              CROSS JOIN LATERAL (SELECT subject FROM mailstore_message m
+                                   WHERE m.thread_id = agg.thread_id
+                                   ORDER BY sort_date, id LIMIT 1) earliest
+             WHERE t.id = agg.thread_id
+            """,
+            [sorted(thread_ids)],
+        )

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the platform needs on Debian 12: system packages (only those missing), then the
+# virtualenv with the pinned requirements. Safe to run again; does nothing when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
+command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+[ -x /usr/sbin/dovecot ] || packages+=(dovecot-imapd)
+command -v mbsync >/dev/null 2>&1 || packages+=(isync)
+command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
+
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "Installing system packages: ${packages[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  # Debian's packages start their own system-wide services; ours are private instances.
+  $SUDO apt-get install -y -q --no-install-recommends "${packages[@]}"
+  for unit in postgresql redis-server dovecot; do
+    $SUDO service "$unit" stop >/dev/null 2>&1 || true
+  done
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if [ ! -f .venv/.requirements.done ] || ! cmp -s requirements.txt .venv/.requirements.done; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt
+  cp requirements.txt .venv/.requirements.done
+fi

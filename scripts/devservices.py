@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Private PostgreSQL, Redis and Dovecot instances for development and tests.
+
+    devservices.py exec --dir .local -- CMD...   start what is missing, run CMD with the env,
+                                                 stop the services when CMD ends
+    devservices.py exec --temp -- CMD...         same in a temporary directory, removed after
+    devservices.py up --dir DIR / down --dir DIR
+
+A service is started only when its variable (DATABASE_URL, REDIS_URL, IMAP_TEST_URL) is not
+already set. State lives in DIR: data, logs, ports and generated passwords (DIR/services.env),
+so a second run reuses what the first one set up. Standard library only: it runs before the
+virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVICE_USER = "emailplatform"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(port: int, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not start listening on port {port} within {timeout:.0f}s")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key] = value
+    return values
+
+
+def write_env(path: Path, values: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+    path.chmod(0o600)
+
+
+def service_user() -> pwd.struct_passwd | None:
+    """PostgreSQL refuses to run as root: when root, run it as an unprivileged user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
+            check=True,
+        )
+        return pwd.getpwnam(SERVICE_USER)
+
+
+def as_service_user(cmd: list[str]) -> list[str]:
+    user = service_user()
+    return ["runuser", "-u", user.pw_name, "--", *cmd] if user else cmd
+
+
+def chown_tree(path: Path) -> None:
+    user = service_user()
+    if user:
+        for root, dirs, files in os.walk(path):
+            os.chown(root, user.pw_uid, user.pw_gid)
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid)
+
+
+def pg_bin(name: str) -> str:
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
+    found = candidates[0] if candidates else shutil.which(name)
+    if not found:
+        raise SystemExit(f"PostgreSQL's {name} not found: run scripts/bootstrap.sh first")
+    return found
+
+
+def pid_alive(pidfile: Path) -> bool:
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        os.kill(pid, 0)
+        return True
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+
+
+class Services:
+    def __init__(self, base: Path, fast: bool) -> None:
+        self.base = base.resolve()
+        self.fast = fast
+        self.state_file = self.base / "services.env"
+        self.state = read_env(self.state_file)
+
+    def save(self) -> None:
+        write_env(self.state_file, self.state)
+
+    def remember(self, key: str, make) -> str:
+        if key not in self.state:
+            self.state[key] = make()
+            self.save()
+        return self.state[key]
+
+    # PostgreSQL -------------------------------------------------------------------------
+    def postgres(self) -> str:
+        root = self.base / "postgres"
+        data = root / "data"
+        password = self.remember("PG_PASSWORD", lambda: secrets.token_hex(16))
+        if not (data / "PG_VERSION").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            (root / "pwfile").write_text(password + "\n")
+            chown_tree(root)
+            subprocess.run(
+                as_service_user(
+                    [
+                        pg_bin("initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        "postgres",
+                        "--auth=scram-sha-256",
+                        f"--pwfile={root / 'pwfile'}",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            (root / "pwfile").unlink()
+        port = int(self.state.get("PG_PORT") or 0)
+        if not (port and pid_alive(data / "postmaster.pid") and port_open(port)):
+            port = port if port and not port_open(port) else free_port()
+            self.state["PG_PORT"] = str(port)
+            self.save()
+            options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+            if self.fast:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            subprocess.run(
+                as_service_user(
+                    [
+                        pg_bin("pg_ctl"),
+                        "-D",
+                        str(data),
+                        "-l",
+                        str(root / "postgres.log"),
+                        "-o",
+                        options,
+                        "-w",
+                        "-t",
+                        "60",
+                        "start",
+                    ]
+                ),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        env = {**os.environ, "PGPASSWORD": password}
+        exists = subprocess.run(
+            [
+                pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-tAc",
+                "SELECT 1 FROM pg_database WHERE datname='emailplatform'",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if exists != "1":
+            subprocess.run(
+                [
+                    pg_bin("createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "postgres",
+                    "emailplatform",
+                ],
+                env=env,
+                check=True,
+            )
+        return f"postgres://postgres:{password}@127.0.0.1:{port}/emailplatform"
+
+    def stop_postgres(self) -> None:
+        data = self.base / "postgres" / "data"
+        if pid_alive(data / "postmaster.pid"):
+            subprocess.run(
+                as_service_user([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+
+    # Redis ------------------------------------------------------------------------------
+    def redis(self) -> str:
+        root = self.base / "redis"
+        root.mkdir(parents=True, exist_ok=True)
+        password = self.remember("REDIS_PASSWORD", lambda: secrets.token_hex(16))
+        port = int(self.state.get("REDIS_PORT") or 0)
+        if not (port and pid_alive(root / "redis.pid") and port_open(port)):
+            port = port if port and not port_open(port) else free_port()
+            self.state["REDIS_PORT"] = str(port)
+            self.save()
+            server = shutil.which("redis-server") or "/usr/bin/redis-server"
+            if not os.path.exists(server):
+                raise SystemExit("redis-server not found: run scripts/bootstrap.sh first")
+            persistence = ["--save", ""] if self.fast else ["--appendonly", "yes"]
+            subprocess.run(
+                [
+                    server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(root),
+                    "--daemonize",
+                    "yes",
+                    "--pidfile",
+                    str(root / "redis.pid"),
+                    "--logfile",
+                    str(root / "redis.log"),
+                    "--requirepass",
+                    password,
+                    *persistence,
+                ],
+                check=True,
+            )
+            wait_port(port, "Redis")
+        return f"redis://:{password}@127.0.0.1:{port}/0"
+
+    def stop_redis(self) -> None:
+        pidfile = self.base / "redis" / "redis.pid"
+        if pid_alive(pidfile):
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+
+    # Application secrets for development ------------------------------------------------
+    def app_env(self) -> dict[str, str]:
+        return {
+            "SECRET_KEY": self.remember("SECRET_KEY", lambda: secrets.token_urlsafe(50)),
+            "CREDENTIALS_KEYS": self.remember(
+                "CREDENTIALS_KEYS", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode()
+            ),
+            "MEDIA_ROOT": str(self.base / "media"),
+            "STATIC_ROOT": str(self.base / "static"),
+        }
+
+    def up(self) -> dict[str, str]:
+        self.base.mkdir(parents=True, exist_ok=True)
+        env: dict[str, str] = {}
+        for key, value in self.app_env().items():
+            if not os.environ.get(key):
+                env[key] = value
+        if not os.environ.get("DATABASE_URL"):
+            env["DATABASE_URL"] = self.postgres()
+        if not os.environ.get("REDIS_URL") and not os.environ.get("CELERY_BROKER_URL"):
+            env["REDIS_URL"] = self.redis()
+        env["SERVICES_DIR"] = str(self.base)
+        return env
+
+    def down(self) -> None:
+        self.stop_redis()
+        self.stop_postgres()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("action", choices=["up", "down", "exec"])
+    parser.add_argument("--dir", type=Path, default=Path(".local"))
+    parser.add_argument("--temp", action="store_true", help="use a temporary dir, removed after")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+
+    base = Path(tempfile.mkdtemp(prefix="emailplatform-")) if args.temp else args.dir
+    if args.temp:
+        os.chmod(base, 0o755)  # noqa: S103  (the service user must reach its data dir)
+    services = Services(base, fast=args.temp)
+    if args.action == "down":
+        services.down()
+        return 0
+    if args.action == "up":
+        for key, value in services.up().items():
+            print(f"export {key}='{value}'")
+        return 0
+    if not cmd:
+        parser.error("exec needs a command after --")
+    try:
+        env = services.up()
+        proc = subprocess.Popen(cmd, env={**os.environ, **env})
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
+    finally:
+        services.down()
+        if args.temp:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class SmtpSyncConfig(AppConfig):
+    """Generic providers: IMAP sync and SMTP sending."""
+
+    name = "smtp_sync"
+    verbose_name = "IMAP / SMTP sync"

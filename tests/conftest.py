@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from emailplatform.topics import IncomingMessage
+
+DATA_DIR = Path(__file__).parent / "data"
+CORPUS_DIR = DATA_DIR / "corpus"
+
+
+def corpus_files() -> list[Path]:
+    return sorted(
+        p
+        for p in CORPUS_DIR.rglob("*")
+        if p.is_file() and p.name != "README.md" and not p.name.startswith(".")
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings, tmp_path):
+    settings.MEDIA_ROOT = str(tmp_path / "media")
+    if not settings.CREDENTIALS_KEYS:
+        settings.CREDENTIALS_KEYS = [Fernet.generate_key().decode()]
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+
+
+@pytest.fixture
+def account(user):
+    from messages.models import Account
+
+    return Account.objects.create(
+        owner=user, provider=Account.Provider.LOCAL, email_address="alice@example.com"
+    )
+
+
+def incoming(raw: bytes, folder: str | None = None, **meta) -> IncomingMessage:
+    return IncomingMessage(raw=raw, folders=[folder] if folder else [], **meta)
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
