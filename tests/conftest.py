@@ -47,3 +47,18 @@ def incoming(raw: bytes, folder: str | None = None, **meta) -> IncomingMessage:
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def pytest_configure(config):
+    """Each xdist worker gets its own Redis database, so parallel tests never share a queue."""
+    import os
+
+    from django.conf import settings
+
+    from emailplatform.celery import app
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = 1 + int(worker.removeprefix("gw") or 0)
+    base = settings.CELERY_BROKER_URL.rsplit("/", 1)[0]
+    settings.CELERY_BROKER_URL = f"{base}/{index}"
+    app.conf.broker_url = settings.CELERY_BROKER_URL
