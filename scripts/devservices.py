@@ -318,9 +318,10 @@ def main() -> int:
     parser.add_argument("action", choices=["up", "down", "exec"])
     parser.add_argument("--dir", type=Path, default=Path(".local"))
     parser.add_argument("--temp", action="store_true", help="use a temporary dir, removed after")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    cmd = argv[split + 1 :]
 
     base = Path(tempfile.mkdtemp(prefix="emailplatform-")) if args.temp else args.dir
     if args.temp:
