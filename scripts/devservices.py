@@ -31,6 +31,79 @@ from pathlib import Path
 
 SERVICE_USER = "emailplatform"
 
+DOVECOT_CONF = """\
+instance_name = emailplatform-{port}
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+mail_uid = {uid}
+mail_gid = {gid}
+first_valid_uid = 1
+default_login_user = dovenull
+default_internal_user = dovecot
+mail_max_userip_connections = 200
+imap_idle_notify_interval = 1 secs
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={root}/home/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = subscribe
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+    auto = subscribe
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+    auto = subscribe
+  }}
+  mailbox Junk {{
+    special_use = \\Junk
+    auto = subscribe
+  }}
+  mailbox Archive {{
+    special_use = \\Archive
+    auto = subscribe
+  }}
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service stats {{
+  unix_listener stats-reader {{
+    mode = 0600
+  }}
+  unix_listener stats-writer {{
+    mode = 0600
+  }}
+}}
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -124,9 +197,10 @@ def pid_alive(pidfile: Path) -> bool:
 
 
 class Services:
-    def __init__(self, base: Path, fast: bool) -> None:
+    def __init__(self, base: Path, fast: bool, with_dovecot: bool = True) -> None:
         self.base = base.resolve()
         self.fast = fast
+        self.with_dovecot = with_dovecot
         self.state_file = self.base / "services.env"
         self.state = read_env(self.state_file)
 
@@ -282,6 +356,44 @@ class Services:
         if pid_alive(pidfile):
             os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
 
+    # Dovecot (IMAP) ---------------------------------------------------------------------
+    def dovecot(self) -> dict[str, str]:
+        """A private Dovecot: users in a passwd-file (PLAIN), maildirs under DIR/dovecot/home."""
+        root = self.base / "dovecot"
+        for sub in ("run", "state", "home"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        passwd = root / "passwd"
+        passwd.touch()
+        port = int(self.state.get("IMAP_PORT") or 0)
+        running = pid_alive(root / "run" / "master.pid") and port and port_open(port)
+        if not running:
+            port = port if port and not port_open(port) else free_port()
+            self.state["IMAP_PORT"] = str(port)
+            self.save()
+            user = service_user() or pwd.getpwuid(os.getuid())
+            (root / "dovecot.conf").write_text(
+                DOVECOT_CONF.format(
+                    root=root, port=port, uid=user.pw_uid, gid=user.pw_gid, user=user.pw_name
+                )
+            )
+            chown_tree(root / "home")
+            binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+            if not os.path.exists(binary):
+                raise SystemExit("dovecot not found: run scripts/bootstrap.sh first")
+            subprocess.run([binary, "-c", str(root / "dovecot.conf")], check=True)
+            wait_port(port, "Dovecot")
+        return {
+            "IMAP_TEST_HOST": "127.0.0.1",
+            "IMAP_TEST_PORT": str(port),
+            "DOVECOT_PASSWD_FILE": str(passwd),
+            "DOVECOT_HOME": str(root / "home"),
+        }
+
+    def stop_dovecot(self) -> None:
+        pidfile = self.base / "dovecot" / "run" / "master.pid"
+        if pid_alive(pidfile):
+            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+
     # Application secrets for development ------------------------------------------------
     def app_env(self) -> dict[str, str]:
         return {
@@ -303,10 +415,13 @@ class Services:
             env["DATABASE_URL"] = self.postgres()
         if not os.environ.get("REDIS_URL") and not os.environ.get("CELERY_BROKER_URL"):
             env["REDIS_URL"] = self.redis()
+        if not os.environ.get("IMAP_TEST_HOST") and self.with_dovecot:
+            env.update(self.dovecot())
         env["SERVICES_DIR"] = str(self.base)
         return env
 
     def down(self) -> None:
+        self.stop_dovecot()
         self.stop_redis()
         self.stop_postgres()
 
