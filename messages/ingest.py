@@ -269,38 +269,43 @@ def _update_flags(existing: dict[str, Message], prepared: list[_Prepared]) -> se
 def _upsert_locations(
     messages: dict[str, Message], prepared: list[_Prepared], folders: dict
 ) -> set[int]:
-    """Add each message to the folders named for it (with its UID); return changed message ids."""
-    wanted: dict[tuple[int, int], int | None] = {}
+    """Add each message to the folders named for it, at its UID; return changed message ids.
+
+    A folder may hold two identical copies (two UIDs, one message): locations are keyed by
+    (folder, UID), or by (message, folder) where there is no UID.
+    """
+    wanted: set[tuple[int, int, int | None]] = set()
     for p in prepared:
         message = messages[p.provider_id]
         for name in p.item.folders:
-            wanted[(message.id, folders[name].id)] = p.item.uid
+            wanted.add((message.id, folders[name].id, p.item.uid))
     if not wanted:
         return set()
-    message_ids = {m for m, _ in wanted}
-    current = {
-        (loc.message_id, loc.folder_id): loc
-        for loc in MessageLocation.objects.filter(message_id__in=message_ids)
-    }
+    message_ids = {m for m, _, _ in wanted}
+    current: dict[tuple[int, int], dict[int | None, MessageLocation]] = {}
+    for loc in MessageLocation.objects.filter(message_id__in=message_ids):
+        current.setdefault((loc.message_id, loc.folder_id), {})[loc.uid] = loc
     sort_dates = {m.id: m.sort_date for m in messages.values()}
     changed: set[int] = set()
     to_create, to_update = [], []
-    for (message_id, folder_id), uid in wanted.items():
-        location = current.get((message_id, folder_id))
-        if location is None:
-            to_create.append(
-                MessageLocation(
-                    message_id=message_id,
-                    folder_id=folder_id,
-                    uid=uid,
-                    sort_date=sort_dates[message_id],
-                )
-            )
-            changed.add(message_id)
-        elif uid is not None and location.uid != uid:
+    for message_id, folder_id, uid in sorted(wanted, key=lambda w: (w[0], w[1], w[2] or 0)):
+        held = current.setdefault((message_id, folder_id), {})
+        if uid in held or (uid is None and held):
+            continue
+        if uid is not None and None in held:
+            location = held.pop(None)
             location.uid = uid
             to_update.append(location)
-            changed.add(message_id)
+        else:
+            location = MessageLocation(
+                message_id=message_id,
+                folder_id=folder_id,
+                uid=uid,
+                sort_date=sort_dates[message_id],
+            )
+            to_create.append(location)
+        held[uid] = location
+        changed.add(message_id)
     uid_claims = [(loc.folder_id, loc.uid) for loc in (*to_create, *to_update) if loc.uid]
     if uid_claims:
         _release_stale_uids(uid_claims, message_ids)

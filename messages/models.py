@@ -203,7 +203,11 @@ class MessageLocation(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["message", "folder"], name="location_unique"),
+            models.UniqueConstraint(
+                fields=["message", "folder"],
+                condition=Q(uid__isnull=True),
+                name="location_unique_without_uid",
+            ),
             models.UniqueConstraint(
                 fields=["folder", "uid"], condition=Q(uid__isnull=False), name="location_unique_uid"
             ),

@@ -48,10 +48,11 @@ first_valid_uid = 1
 default_login_user = dovenull
 default_internal_user = dovecot
 mail_max_userip_connections = 200
+auth_failure_delay = 0
 imap_idle_notify_interval = 1 secs
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
+  args = scheme=PLAIN username_format=%u {root}/users/%u
 }}
 userdb {{
   driver = static
@@ -194,6 +195,21 @@ def pid_alive(pidfile: Path) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def terminate(pidfile: Path, timeout: float = 15) -> None:
+    """SIGTERM the daemon in PIDFILE and wait until it is gone."""
+    if not pid_alive(pidfile):
+        return
+    pid = int(pidfile.read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 class Services:
@@ -353,17 +369,15 @@ class Services:
 
     def stop_redis(self) -> None:
         pidfile = self.base / "redis" / "redis.pid"
-        if pid_alive(pidfile):
-            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+        terminate(pidfile)
 
     # Dovecot (IMAP) ---------------------------------------------------------------------
     def dovecot(self) -> dict[str, str]:
-        """A private Dovecot: users in a passwd-file (PLAIN), maildirs under DIR/dovecot/home."""
+        """A private Dovecot: one passwd-file per user in DIR/dovecot/users (a new user is seen at
+        once, which one shared file does not guarantee), maildirs under DIR/dovecot/home."""
         root = self.base / "dovecot"
-        for sub in ("run", "state", "home"):
+        for sub in ("run", "state", "home", "users"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        passwd = root / "passwd"
-        passwd.touch()
         port = int(self.state.get("IMAP_PORT") or 0)
         running = pid_alive(root / "run" / "master.pid") and port and port_open(port)
         if not running:
@@ -385,14 +399,13 @@ class Services:
         return {
             "IMAP_TEST_HOST": "127.0.0.1",
             "IMAP_TEST_PORT": str(port),
-            "DOVECOT_PASSWD_FILE": str(passwd),
+            "DOVECOT_USERS_DIR": str(root / "users"),
             "DOVECOT_HOME": str(root / "home"),
         }
 
     def stop_dovecot(self) -> None:
         pidfile = self.base / "dovecot" / "run" / "master.pid"
-        if pid_alive(pidfile):
-            os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
+        terminate(pidfile)
 
     # Application secrets for development ------------------------------------------------
     def app_env(self) -> dict[str, str]:

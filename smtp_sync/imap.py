@@ -1,0 +1,346 @@
+"""The IMAP adapter: knows the protocol (imapclient), nothing of Django or the store."""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import socket
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
+
+SPECIAL_USE_ROLES = {
+    b"\\inbox": "inbox",
+    b"\\sent": "sent",
+    b"\\drafts": "drafts",
+    b"\\trash": "trash",
+    b"\\junk": "spam",
+    b"\\archive": "archive",
+    b"\\all": "all",
+    b"\\flagged": "flagged",
+    b"\\important": "important",
+}
+SYSTEM_FLAGS = ("\\Seen", "\\Flagged", "\\Answered", "\\Draft")
+
+
+class ImapError(Exception):
+    """A failure talking to the server; the message is readable by the account's owner."""
+
+
+class ImapAuthError(ImapError):
+    """The server refused the credentials: retrying will not help."""
+
+
+class ImapConnectError(ImapError):
+    """The server could not be reached, or the connection broke: worth retrying later."""
+
+
+@dataclass(frozen=True)
+class ImapServer:
+    host: str
+    port: int
+    security: str  # "ssl", "starttls" or "none"
+    username: str
+    password: str = ""
+    oauth2_token: str = ""
+    timeout: float = 60.0
+
+
+@dataclass
+class ServerFolder:
+    name: str
+    delimiter: str
+    flags: tuple[bytes, ...]
+    role: str | None  # from SPECIAL-USE; None when the server says nothing
+
+    @property
+    def selectable(self) -> bool:
+        return b"\\noselect" not in {f.lower() for f in self.flags} and (
+            b"\\nonexistent" not in {f.lower() for f in self.flags}
+        )
+
+
+@dataclass
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highest_modseq: int | None
+
+
+@dataclass
+class FetchedMessage:
+    uid: int
+    flags: list[str]
+    internal_date: datetime | None
+    raw: bytes | None
+    size: int
+    modseq: int | None = None
+    gm_msgid: str | None = None
+    gm_thrid: str | None = None
+    gm_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FlagChanges:
+    flags: dict[int, list[str]]
+    vanished: list[int]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _flags(values: Iterable[bytes | str]) -> list[str]:
+    return sorted(_text(v) for v in values if _text(v).lower() != "\\recent")
+
+
+def _reason(exc: Exception) -> str:
+    """The server's words from an imaplib error (whose argument is often bytes)."""
+    arg = exc.args[0] if exc.args else exc
+    text = _text(arg) if isinstance(arg, bytes | str) else str(arg)
+    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
+        text = text[2:-1]
+    return text
+
+
+def parse_uid_set(text: bytes | str) -> list[int]:
+    """'1:3,7' -> [1, 2, 3, 7]."""
+    uids: list[int] = []
+    for part in _text(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            low, high = sorted(int(x) for x in part.split(":"))
+            uids.extend(range(low, high + 1))
+        else:
+            uids.append(int(part))
+    return uids
+
+
+class ImapConnection:
+    """One logged-in IMAP session. Use as a context manager."""
+
+    # Extensions not to use even when advertised (servers with broken CONDSTORE exist).
+    ignored_capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, server: ImapServer) -> None:
+        self.server = server
+        self.client: IMAPClient | None = None
+        self.capabilities: set[str] = set()
+
+    def __enter__(self) -> ImapConnection:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Connection --------------------------------------------------------------------------
+    def connect(self) -> None:
+        server = self.server
+        context = ssl.create_default_context()
+        try:
+            client = IMAPClient(
+                server.host,
+                port=server.port,
+                ssl=server.security == "ssl",
+                ssl_context=context if server.security == "ssl" else None,
+                timeout=server.timeout,
+            )
+            if server.security == "starttls":
+                client.starttls(context)
+        except socket.gaierror as exc:
+            raise ImapConnectError(f"host {server.host!r} not found ({exc.strerror})") from exc
+        except ConnectionRefusedError as exc:
+            raise ImapConnectError(
+                f"connection to {server.host}:{server.port} refused (is it the IMAP port?)"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ImapConnectError(f"TLS failure with {server.host}: {exc.reason or exc}") from exc
+        except TimeoutError as exc:
+            raise ImapConnectError(f"connection to {server.host}:{server.port} timed out") from exc
+        except (OSError, IMAPClientError) as exc:
+            raise ImapConnectError(f"cannot connect to {server.host}:{server.port}: {exc}") from exc
+        try:
+            if server.oauth2_token:
+                client.oauth2_login(server.username, server.oauth2_token)
+            else:
+                client.login(server.username, server.password)
+        except LoginError as exc:
+            client.shutdown()
+            raise ImapAuthError(f"login refused by {server.host}: {_reason(exc)}") from exc
+        except (OSError, IMAPClientError) as exc:
+            raise ImapConnectError(f"login to {server.host} failed: {exc}") from exc
+        self.client = client
+        advertised = {_text(c).upper() for c in client.capabilities()}
+        self.capabilities = advertised - self.ignored_capabilities
+        wanted = [c for c in ("CONDSTORE", "QRESYNC") if c in self.capabilities]
+        if wanted and "ENABLE" in self.capabilities:
+            client.enable(*wanted)
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.logout()
+            except Exception:  # the connection may already be gone
+                with contextlib.suppress(Exception):
+                    self.client.shutdown()
+            self.client = None
+
+    @property
+    def imap(self) -> IMAPClient:
+        if self.client is None:
+            raise ImapConnectError("not connected")
+        return self.client
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self.capabilities
+
+    # Folders -----------------------------------------------------------------------------
+    def list_folders(self) -> list[ServerFolder]:
+        folders = []
+        for flags, delimiter, name in self._call(self.imap.list_folders):
+            lowered = {f.lower() for f in flags}
+            role = next((r for f, r in SPECIAL_USE_ROLES.items() if f in lowered), None)
+            if name.upper() == "INBOX":
+                role = "inbox"
+            folders.append(
+                ServerFolder(
+                    name=name,
+                    delimiter=_text(delimiter or b""),
+                    flags=tuple(flags),
+                    role=role,
+                )
+            )
+        return folders
+
+    def select(self, folder: str, readonly: bool = True) -> FolderStatus:
+        response = self._call(self.imap.select_folder, folder, readonly=readonly)
+        return FolderStatus(
+            uidvalidity=int(response[b"UIDVALIDITY"]),
+            uidnext=int(response.get(b"UIDNEXT", 0)),
+            exists=int(response.get(b"EXISTS", 0)),
+            highest_modseq=int(response[b"HIGHESTMODSEQ"])
+            if b"HIGHESTMODSEQ" in response
+            else None,
+        )
+
+    # Messages ----------------------------------------------------------------------------
+    def search_uids(self, since: date | None = None, min_uid: int | None = None) -> list[int]:
+        criteria: list = []
+        if min_uid:
+            criteria += ["UID", f"{min_uid}:*"]
+        if since:
+            criteria += ["SINCE", since]
+        uids = self._call(self.imap.search, criteria or ["ALL"])
+        # "UID n:*" matches the highest UID even when it is below n.
+        return sorted(uid for uid in uids if not min_uid or uid >= min_uid)
+
+    def fetch_messages(
+        self, uids: Sequence[int], include_body: bool = True
+    ) -> list[FetchedMessage]:
+        if not uids:
+            return []
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+        if include_body:
+            items.append("BODY.PEEK[]")
+        gmail = self.has("X-GM-EXT-1")
+        if gmail:
+            items += ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
+        if self.has("CONDSTORE"):
+            items.append("MODSEQ")
+        response = self._call(self.imap.fetch, list(uids), items)
+        fetched = []
+        for uid in uids:
+            data = response.get(uid)
+            if data is None:  # expunged meanwhile
+                continue
+            modseq = data.get(b"MODSEQ")
+            fetched.append(
+                FetchedMessage(
+                    uid=uid,
+                    flags=_flags(data.get(b"FLAGS", ())),
+                    internal_date=data.get(b"INTERNALDATE"),
+                    raw=data.get(b"BODY[]") if include_body else None,
+                    size=int(data.get(b"RFC822.SIZE", 0)),
+                    modseq=int(modseq[0]) if modseq else None,
+                    gm_msgid=str(data[b"X-GM-MSGID"]) if gmail and b"X-GM-MSGID" in data else None,
+                    gm_thrid=str(data[b"X-GM-THRID"]) if gmail and b"X-GM-THRID" in data else None,
+                    gm_labels=[_text(x) for x in data.get(b"X-GM-LABELS", ())],
+                )
+            )
+        return fetched
+
+    def fetch_flags(self, uids: Sequence[int]) -> dict[int, list[str]]:
+        if not uids:
+            return {}
+        response = self._call(self.imap.fetch, list(uids), ["UID", "FLAGS"])
+        return {uid: _flags(data.get(b"FLAGS", ())) for uid, data in response.items()}
+
+    def changes_since(self, modseq: int) -> FlagChanges:
+        """Flags changed since MODSEQ (CONDSTORE) and, with QRESYNC, the UIDs expunged since."""
+        modifiers = [f"CHANGEDSINCE {modseq}"]
+        qresync = self.has("QRESYNC")
+        if qresync:
+            modifiers.append("VANISHED")
+        self.imap._imap.untagged_responses.pop("VANISHED", None)
+        response = self._fetch_all(["UID", "FLAGS"], modifiers)
+        vanished: list[int] = []
+        if qresync:
+            for line in self.imap._imap.untagged_responses.pop("VANISHED", []):
+                vanished.extend(parse_uid_set(_text(line).replace("(EARLIER)", "")))
+        return FlagChanges(
+            flags={uid: _flags(data.get(b"FLAGS", ())) for uid, data in response.items()},
+            vanished=sorted(set(vanished)),
+        )
+
+    def _fetch_all(self, items: list[str], modifiers: list[str]) -> dict:
+        """UID FETCH 1:* -- imapclient's fetch() cannot take a range (it int()s the ids)."""
+        imap = self.imap
+
+        def run() -> dict:
+            args = ["UID", "FETCH", b"1:*", b"(" + " ".join(items).encode() + b")"]
+            if modifiers:
+                args.append(b"(" + " ".join(modifiers).encode() + b")")
+            tag = imap._imap._command(*args)
+            typ, data = imap._imap._command_complete("FETCH", tag)
+            imap._checkok("fetch", typ, data)
+            typ, data = imap._imap._untagged_response(typ, data, "FETCH")
+            return parse_fetch_response(data, imap.normalise_times, True)
+
+        return self._call(run)
+
+    # Changes from the client -------------------------------------------------------------
+    def set_flags(self, uids: Sequence[int], flags: Sequence[str], add: bool) -> None:
+        method = self.imap.add_flags if add else self.imap.remove_flags
+        self._call(method, list(uids), [f.encode() for f in flags], silent=True)
+
+    def move(self, uids: Sequence[int], destination: str) -> None:
+        if self.has("MOVE"):
+            self._call(self.imap.move, list(uids), destination)
+            return
+        self._call(self.imap.copy, list(uids), destination)
+        self._call(self.imap.add_flags, list(uids), [b"\\Deleted"], silent=True)
+        if self.has("UIDPLUS"):
+            self._call(self.imap.uid_expunge, list(uids))
+        else:
+            self._call(self.imap.expunge)
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        self._call(self.imap.append, folder, raw, flags=[f.encode() for f in flags])
+
+    # Errors ------------------------------------------------------------------------------
+    def _call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (OSError, imaplib.IMAP4.abort) as exc:
+            raise ImapConnectError(f"connection to {self.server.host} lost: {exc}") from exc
+        except IMAPClientError as exc:
+            raise ImapError(f"{self.server.host} answered: {_reason(exc)}") from exc

@@ -1,0 +1,37 @@
+"""Server settings of IMAP/SMTP accounts. Secrets stay encrypted on the Account."""
+
+from django.db import models
+
+from messages.models import Account
+
+
+class Security(models.TextChoices):
+    SSL = "ssl", "SSL/TLS"
+    STARTTLS = "starttls", "STARTTLS"
+    NONE = "none", "None (local servers only)"
+
+
+class ImapSettings(models.Model):
+    account = models.OneToOneField(
+        Account, on_delete=models.CASCADE, primary_key=True, related_name="imap_settings"
+    )
+    imap_host = models.CharField(max_length=255)
+    imap_port = models.PositiveIntegerField(default=993)
+    imap_security = models.CharField(max_length=8, choices=Security.choices, default=Security.SSL)
+    username = models.CharField(max_length=320)
+    smtp_host = models.CharField(max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField(default=465)
+    smtp_security = models.CharField(max_length=8, choices=Security.choices, default=Security.SSL)
+    smtp_username = models.CharField(max_length=320, blank=True, help_text="Blank: the IMAP one.")
+    capabilities = models.JSONField(default=list, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "IMAP/SMTP settings"
+        verbose_name_plural = "IMAP/SMTP settings"
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.imap_host}:{self.imap_port}"
+
+    @property
+    def supports_idle(self) -> bool:
+        return "IDLE" in self.capabilities

@@ -1,0 +1,314 @@
+"""IMAP sync service: decides what changed between the server and the store, and applies it.
+
+The store itself is the checkpoint: a message's (folder, UID) location exists once its batch is
+committed, so a sync that dies anywhere resumes by fetching exactly the UIDs still missing.
+A folder's UIDNEXT / HIGHESTMODSEQ cursor moves only after everything below it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from emailplatform.topics import IncomingMessage
+from messages import mailbox
+from messages.folders import guess_role
+from messages.ingest import messages_upsert
+from messages.models import Account, Folder, SyncRun
+from messages.services import sync_run_add, sync_run_finish, sync_run_start
+
+from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
+from .models import ImapSettings
+
+logger = logging.getLogger(__name__)
+
+FETCH_BATCH = 100
+FETCH_BATCH_BYTES = 20 * 1024 * 1024
+FLAG_BATCH = 2000
+FLAG_RESCAN_LIMIT = 5000  # servers without CONDSTORE: flags re-read for the newest N messages
+
+
+@dataclass
+class SyncReport:
+    folders: int = 0
+    new: int = 0
+    flag_changes: int = 0
+    removed_locations: int = 0
+    deleted_messages: int = 0
+    done: bool = True
+    folder_errors: dict[str, str] = field(default_factory=dict)
+
+    def add(self, other: SyncReport) -> None:
+        self.folders = max(self.folders, other.folders)
+        self.new += other.new
+        self.flag_changes += other.flag_changes
+        self.removed_locations += other.removed_locations
+        self.deleted_messages += other.deleted_messages
+        self.done = other.done
+        self.folder_errors.update(other.folder_errors)
+
+    def summary(self) -> str:
+        state = "complete" if self.done else "paused at its checkpoint (more to do)"
+        return (
+            f"{self.folders} folders: {self.new} new messages, {self.flag_changes} flag changes, "
+            f"{self.removed_locations} removed from folders, {self.deleted_messages} deleted; "
+            f"{state}"
+        )
+
+
+class BudgetExhausted(Exception):
+    """This chunk of a long sync used its share; the next chunk resumes from the store."""
+
+
+def server_for(account: Account) -> ImapServer:
+    settings = ImapSettings.objects.get(account=account)
+    credentials = account.get_credentials()
+    return ImapServer(
+        host=settings.imap_host,
+        port=settings.imap_port,
+        security=settings.imap_security,
+        username=settings.username,
+        password=credentials.get("password", ""),
+        oauth2_token=credentials.get("oauth2_token", ""),
+    )
+
+
+def account_mark_error(account: Account, message: str, *, auth: bool = False) -> None:
+    fields = {"last_error": message, "last_error_at": timezone.now()}
+    if auth:
+        fields["status"] = Account.Status.AUTH_ERROR
+    Account.objects.filter(pk=account.pk).update(**fields)
+
+
+def account_mark_ok(account: Account) -> None:
+    Account.objects.filter(
+        pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
+    ).update(status=Account.Status.ACTIVE)
+    Account.objects.filter(pk=account.pk).update(last_error="", last_sync_at=timezone.now())
+
+
+class ImapAccountSync:
+    """One sync pass of one account over one connection."""
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        connection_factory: Callable[[ImapServer], ImapConnection] = ImapConnection,
+        max_messages: int | None = None,
+        max_seconds: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        after_batch: Callable[[], None] | None = None,
+        options: dict | None = None,
+    ) -> None:
+        self.account = account
+        self.connection_factory = connection_factory
+        self.max_messages = max_messages
+        self.deadline = time.monotonic() + max_seconds if max_seconds else None
+        self.progress = progress
+        self.after_batch = after_batch
+        self.report = SyncReport()
+        self.run: SyncRun | None = None
+        options = {**(account.sync_settings or {}), **(options or {})}
+        self.include_attachments = bool(options.get("includeAttachments", True))
+        self.skip_folders = set(options.get("skipFolders", []))
+        window = options.get("windowDays")
+        self.since: date | None = (
+            (datetime.now(UTC) - timedelta(days=int(window))).date() if window else None
+        )
+
+    # Entry point -------------------------------------------------------------------------
+    def sync(self, *, full: bool = False) -> SyncReport:
+        kind = SyncRun.Kind.FULL if full else SyncRun.Kind.INCREMENTAL
+        self.run = sync_run_start(account=self.account, kind=kind)
+        try:
+            with self.connection_factory(server_for(self.account)) as conn:
+                ImapSettings.objects.filter(account=self.account).update(
+                    capabilities=sorted(conn.capabilities)
+                )
+                folders = self._sync_folders(conn)
+                self._set_total(conn, folders, full)
+                for folder in folders:
+                    self._sync_folder(conn, folder, full=full)
+                    self.report.folders += 1
+        except BudgetExhausted:
+            self.report.done = False
+        except ImapAuthError as exc:
+            account_mark_error(self.account, str(exc), auth=True)
+            sync_run_finish(run=self.run, error=str(exc))
+            raise
+        except ImapError as exc:
+            account_mark_error(self.account, str(exc))
+            sync_run_finish(run=self.run, error=str(exc))
+            raise
+        except Exception as exc:
+            sync_run_finish(run=self.run, error=f"{type(exc).__name__}: {exc}")
+            raise
+        if self.report.done:
+            self.report.deleted_messages = mailbox.orphans_delete(self.account)
+            account_mark_ok(self.account)
+        sync_run_finish(run=self.run)
+        return self.report
+
+    # Folders -----------------------------------------------------------------------------
+    def _sync_folders(self, conn: ImapConnection) -> list[Folder]:
+        server_folders = conn.list_folders()
+        by_name: dict[str, Folder] = {}
+        for sf in sorted(server_folders, key=lambda f: f.name.count(f.delimiter or "\0")):
+            parent_name = sf.name.rsplit(sf.delimiter, 1)[0] if sf.delimiter in sf.name else None
+            by_name[sf.name] = mailbox.folder_upsert(
+                self.account,
+                name=sf.name,
+                delimiter=sf.delimiter,
+                role=sf.role or guess_role(sf.name, sf.delimiter),
+                parent=by_name.get(parent_name) if parent_name else None,
+            )
+        mailbox.folders_remove_missing(self.account, by_name)
+        selectable = [
+            by_name[sf.name]
+            for sf in server_folders
+            if sf.selectable and sf.name not in self.skip_folders
+        ]
+        inbox_first = sorted(selectable, key=lambda f: (f.role != Folder.Role.INBOX, f.name))
+        return inbox_first
+
+    def _set_total(self, conn: ImapConnection, folders: list[Folder], full: bool) -> None:
+        if not (full or any(not f.sync_state.get("complete") for f in folders)):
+            return
+        total = 0
+        for folder in folders:
+            status = conn.imap.folder_status(folder.name, [b"MESSAGES"])
+            total += int(status.get(b"MESSAGES", 0))
+        SyncRun.objects.filter(pk=self.run.pk).update(progress_total=total)
+        self._progress_total = total
+
+    def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
+        status = conn.select(folder.name)
+        if folder.uidvalidity is not None and folder.uidvalidity != status.uidvalidity:
+            logger.info("UIDVALIDITY of %s changed: re-mapping its messages", folder.name)
+            self.report.removed_locations += mailbox.folder_reset(
+                folder, uidvalidity=status.uidvalidity
+            )
+        elif folder.uidvalidity is None:
+            folder.uidvalidity = status.uidvalidity
+            folder.save(update_fields=["uidvalidity"])
+
+        if full or not folder.sync_state.get("complete"):
+            self._reconcile(conn, folder, refresh_flags=full)
+        else:
+            self._incremental(conn, folder, status)
+        folder.uidnext = status.uidnext
+        folder.highest_modseq = status.highest_modseq
+        folder.sync_state = {**folder.sync_state, "complete": True}
+        folder.save(update_fields=["uidnext", "highest_modseq", "sync_state"])
+
+    def _reconcile(self, conn: ImapConnection, folder: Folder, *, refresh_flags: bool) -> None:
+        """Make the folder's stored UIDs equal the server's: fetch missing, drop vanished."""
+        server_uids = conn.search_uids(since=self.since)
+        stored = mailbox.folder_uids(folder)
+        present = set(server_uids)
+        gone = stored - present
+        if gone and not self.since:
+            self.report.removed_locations += mailbox.locations_remove(folder, gone)
+        missing = [uid for uid in reversed(server_uids) if uid not in stored]  # newest first
+        self._fetch_and_store(conn, folder, missing)
+        if refresh_flags:
+            kept = sorted(stored & present)
+            for start in range(0, len(kept), FLAG_BATCH):
+                flags = conn.fetch_flags(kept[start : start + FLAG_BATCH])
+                self.report.flag_changes += mailbox.flags_apply(folder, flags)
+
+    def _incremental(self, conn: ImapConnection, folder: Folder, status) -> None:
+        condstore = status.highest_modseq is not None and folder.highest_modseq is not None
+        unchanged_uids = status.uidnext == folder.uidnext
+        if condstore and unchanged_uids and status.highest_modseq == folder.highest_modseq:
+            return
+        if unchanged_uids and not condstore:
+            stored_count = len(mailbox.folder_uids(folder))
+            if stored_count == status.exists:
+                self._rescan_flags(conn, folder)
+                return
+        if not unchanged_uids and folder.uidnext:
+            stored = mailbox.folder_uids(folder)
+            new = [u for u in conn.search_uids(min_uid=folder.uidnext) if u not in stored]
+            self._fetch_and_store(conn, folder, new)
+        if condstore:
+            changes = conn.changes_since(folder.highest_modseq)
+            self.report.flag_changes += mailbox.flags_apply(folder, changes.flags)
+            if conn.has("QRESYNC"):
+                self.report.removed_locations += mailbox.locations_remove(folder, changes.vanished)
+                return
+        else:
+            self._rescan_flags(conn, folder)
+        stored = mailbox.folder_uids(folder)
+        if len(stored) != status.exists:
+            gone = stored - set(conn.search_uids())
+            self.report.removed_locations += mailbox.locations_remove(folder, gone)
+
+    def _rescan_flags(self, conn: ImapConnection, folder: Folder) -> None:
+        newest = sorted(mailbox.folder_uids(folder))[-FLAG_RESCAN_LIMIT:]
+        for start in range(0, len(newest), FLAG_BATCH):
+            flags = conn.fetch_flags(newest[start : start + FLAG_BATCH])
+            self.report.flag_changes += mailbox.flags_apply(folder, flags)
+
+    # Fetching ----------------------------------------------------------------------------
+    def _fetch_and_store(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
+        for batch in self._batches(conn, uids):
+            self._check_budget()
+            fetched = conn.fetch_messages(batch, include_body=True)
+            items = [self._incoming(folder, m) for m in fetched if m.raw is not None]
+            with transaction.atomic():
+                result = messages_upsert(account=self.account, items=items)
+                sync_run_add(run_id=self.run.pk, result=result)
+            self.report.new += result.created
+            self._done += len(batch)
+            if self.progress:
+                self.progress(self._done, getattr(self, "_progress_total", 0))
+            if self.after_batch:
+                self.after_batch()
+
+    _done = 0
+
+    def _batches(self, conn: ImapConnection, uids: Sequence[int]) -> Iterator[list[int]]:
+        """Batches bounded in count and, using RFC822.SIZE, in bytes (a 50 MB mail goes alone)."""
+        for start in range(0, len(uids), FETCH_BATCH):
+            chunk = list(uids[start : start + FETCH_BATCH])
+            sizes = {m.uid: m.size for m in conn.fetch_messages(chunk, include_body=False)}
+            batch: list[int] = []
+            batch_bytes = 0
+            for uid in chunk:
+                size = sizes.get(uid, 0)
+                if batch and batch_bytes + size > FETCH_BATCH_BYTES:
+                    yield batch
+                    batch, batch_bytes = [], 0
+                batch.append(uid)
+                batch_bytes += size
+            if batch:
+                yield batch
+
+    def _check_budget(self) -> None:
+        if self.max_messages is not None and self._done >= self.max_messages:
+            raise BudgetExhausted
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BudgetExhausted
+
+    def _incoming(self, folder: Folder, message: FetchedMessage) -> IncomingMessage:
+        internal = message.internal_date
+        if internal is not None:
+            internal = internal.astimezone(UTC) if internal.tzinfo else internal.astimezone(UTC)
+        return IncomingMessage(
+            raw=message.raw or b"",
+            provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
+            provider_thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+            folders=[folder.name],
+            uid=message.uid,
+            flags=message.flags,
+            internal_date=internal.isoformat() if internal else None,
+            include_attachments=self.include_attachments,
+        )

@@ -1,0 +1,78 @@
+"""Thin IMAP tasks: ids in, call the sync service, re-enqueue the next chunk of long work."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+
+from emailplatform import topics
+from messages.models import Account
+
+from .imap import ImapAuthError, ImapConnectError
+from .services import imap_sync_account
+
+logger = logging.getLogger(__name__)
+
+# A full sync is many bounded tasks: each chunk runs at most this long, then hands over.
+CHUNK_SECONDS = 240
+
+RETRY = {
+    "autoretry_for": (ImapConnectError,),
+    "retry_backoff": 30,
+    "retry_backoff_max": 30 * 60,
+    "retry_jitter": True,
+    "max_retries": 8,
+}
+
+
+@shared_task(name=topics.FULL_SYNC_TASKS["imap"], **RETRY)
+def full_sync(payload: dict[str, Any]) -> dict[str, Any]:
+    """EmailFullSync consumer for IMAP accounts."""
+    account_id = int(payload["accountId"])
+    options = payload.get("options") or {}
+    return _run(account_id, full=not payload.get("continuation"), options=options, payload=payload)
+
+
+@shared_task(name="smtp_sync.incremental_sync", **RETRY)
+def incremental_sync(account_id: int) -> dict[str, Any]:
+    return _run(account_id, full=False, options={}, payload=None)
+
+
+@shared_task(name="smtp_sync.poll_accounts")
+def poll_accounts() -> int:
+    """Beat job: an incremental sync of every active IMAP account (IDLE covers the rest)."""
+    ids = list(
+        Account.objects.filter(
+            provider=Account.Provider.IMAP, status=Account.Status.ACTIVE
+        ).values_list("id", flat=True)
+    )
+    for account_id in ids:
+        incremental_sync.delay(account_id)
+    return len(ids)
+
+
+def _run(
+    account_id: int, *, full: bool, options: dict[str, Any], payload: dict[str, Any] | None
+) -> dict[str, Any]:
+    try:
+        report = imap_sync_account(
+            account_id, full=full, max_seconds=CHUNK_SECONDS, options=options
+        )
+    except ImapAuthError as exc:
+        logger.warning("account %s: %s (not retried)", account_id, exc)
+        return {"error": "auth_error"}
+    except Account.DoesNotExist:
+        return {"error": "account does not exist"}
+    if report is None:
+        return {"coalesced": True}
+    if not report.done:
+        continuation = {
+            "accountId": account_id,
+            "provider": "imap",
+            "options": options,
+            "continuation": True,
+        }
+        full_sync.apply_async(args=[continuation], queue=topics.QUEUE_FULL_SYNC)
+    return {"done": report.done, "summary": report.summary()}

@@ -1,0 +1,116 @@
+"""A real Dovecot (started by `make test` through scripts/devservices.py); one user per test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from dataclasses import dataclass
+
+import pytest
+from imapclient import IMAPClient
+
+from messages.models import Account, MessageLocation
+from smtp_sync.accounts import ImapAccountInput, imap_account_create
+
+SYSTEM = {"\\Seen", "\\Flagged", "\\Answered", "\\Draft"}
+
+
+@dataclass
+class MailServerUser:
+    host: str
+    port: int
+    username: str
+    password: str
+
+    def client(self) -> IMAPClient:
+        client = IMAPClient(self.host, port=self.port, ssl=False, timeout=30)
+        client.login(self.username, self.password)
+        return client
+
+    def append(self, folder: str, *raws: bytes, flags: tuple[str, ...] = ()) -> None:
+        with self.client() as c:
+            for raw in raws:
+                c.append(folder, raw, flags=[f.encode() for f in flags])
+
+    def mailbox_state(self) -> dict[str, dict[int, tuple[str, frozenset[str]]]]:
+        """{folder: {uid: (sha256 of the bytes, system flags)}} as the server has it."""
+        state = {}
+        with self.client() as c:
+            for _flags, _delim, name in c.list_folders():
+                c.select_folder(name, readonly=True)
+                uids = c.search(["ALL"])
+                data = c.fetch(uids, ["BODY.PEEK[]", "FLAGS"]) if uids else {}
+                state[name] = {
+                    uid: (
+                        hashlib.sha256(d[b"BODY[]"]).hexdigest(),
+                        frozenset(f.decode() for f in d[b"FLAGS"]) & SYSTEM,
+                    )
+                    for uid, d in data.items()
+                }
+        return state
+
+
+def store_state(account: Account) -> dict[str, dict[int, tuple[str, frozenset[str]]]]:
+    state: dict[str, dict] = {name: {} for name in account.folders.values_list("name", flat=True)}
+    locations = MessageLocation.objects.filter(message__account=account).select_related(
+        "message", "message__raw", "folder"
+    )
+    for loc in locations:
+        m = loc.message
+        flags = {
+            flag
+            for flag, on in (
+                ("\\Seen", m.is_read),
+                ("\\Flagged", m.is_flagged),
+                ("\\Answered", m.is_answered),
+                ("\\Draft", m.is_draft),
+            )
+            if on
+        }
+        state[loc.folder.name][loc.uid] = (m.raw.sha256, frozenset(flags))
+    return state
+
+
+def assert_store_matches_server(account: Account, server: MailServerUser) -> None:
+    assert store_state(account) == server.mailbox_state()
+    contents = [sha for folder in store_state(account).values() for sha, _ in folder.values()]
+    assert account.messages.count() == len(set(contents)), "one row per distinct message"
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> tuple[str, int, str]:
+    host = os.environ.get("IMAP_TEST_HOST")
+    users_dir = os.environ.get("DOVECOT_USERS_DIR")
+    if not host or not users_dir:
+        pytest.fail(
+            "IMAP_TEST_HOST / DOVECOT_USERS_DIR are not set: run the suite with `make test`, "
+            "which starts a private Dovecot"
+        )
+    return host, int(os.environ["IMAP_TEST_PORT"]), users_dir
+
+
+@pytest.fixture
+def imap_user(dovecot) -> MailServerUser:
+    host, port, users_dir = dovecot
+    username = f"u{uuid.uuid4().hex[:12]}"
+    password = uuid.uuid4().hex
+    Path(users_dir, username).write_text(f"{username}:{{PLAIN}}{password}\n")
+    return MailServerUser(host, port, username, password)
+
+
+@pytest.fixture
+def imap_account(user, imap_user) -> Account:
+    return imap_account_create(
+        owner=user,
+        data=ImapAccountInput(
+            email_address=f"{imap_user.username}@example.com",
+            imap_host=imap_user.host,
+            imap_port=imap_user.port,
+            imap_security="none",
+            username=imap_user.username,
+            password=imap_user.password,
+        ),
+        start_sync=False,
+    )
