@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
