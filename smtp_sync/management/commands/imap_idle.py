@@ -1,0 +1,46 @@
+"""Hold IMAP IDLE connections and enqueue an incremental sync whenever a mailbox changes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from smtp_sync.idle import IdleSupervisor
+from smtp_sync.tasks import incremental_sync
+
+REFRESH_SECONDS = 60
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError as exc:
+        raise CommandError(f"--shard must look like 0/4, not {value!r}") from exc
+    if not 0 <= index < count:
+        raise CommandError(f"--shard {value}: the index must be in 0..{count - 1}")
+    return index, count
+
+
+class Command(BaseCommand):
+    help = "Listen with IMAP IDLE on every active IMAP account of this shard."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--shard", default="0/1", help="i/n: take accounts whose id %% n == i")
+
+    def handle(self, *args, **options) -> None:
+        shard, shards = parse_shard(options["shard"])
+        supervisor = IdleSupervisor(
+            lambda account_id: incremental_sync.delay(account_id), shard=shard, shards=shards
+        )
+        stopping = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+        self.stdout.write(f"IMAP IDLE listener, shard {shard}/{shards}")
+        try:
+            while not stopping.is_set():
+                supervisor.refresh()
+                stopping.wait(REFRESH_SECONDS)
+        finally:
+            supervisor.stop()

@@ -1,0 +1,49 @@
+"""IDLE brings new mail into the store without any poll."""
+
+import time
+
+import pytest
+
+from messages.models import Account, Message
+from smtp_sync.idle import IdleSupervisor, IdleWatcher
+from smtp_sync.services import imap_sync_account
+from smtp_sync.sync import ImapAccountSync
+from tests.mailfactory import make_mail
+from tests.worker import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_idle_delivers_new_mail_into_the_store(imap_account, imap_user):
+    ImapAccountSync(imap_account).sync()
+    triggers = []
+
+    def trigger(account_id):
+        triggers.append(time.monotonic())
+        imap_sync_account(account_id)
+
+    watcher = IdleWatcher(imap_account.pk, trigger)
+    watcher.start()
+    try:
+        wait_for(lambda: len(triggers) >= 1, what="the catch-up sync")
+        time.sleep(0.5)  # IDLE is now held
+        imap_user.append("INBOX", make_mail("pushed", message_id="<pushed@x>"))
+        wait_for(
+            lambda: Message.objects.filter(account=imap_account, subject="pushed").exists(),
+            timeout=15,
+            what="the pushed message",
+        )
+        assert len(triggers) >= 2
+    finally:
+        watcher.stop()
+        watcher.join(timeout=40)
+
+
+def test_supervisor_watches_idle_capable_accounts_of_its_shard(imap_account, imap_user):
+    ImapAccountSync(imap_account).sync()  # records the server's capabilities (IDLE)
+    mine = IdleSupervisor(lambda _id: None, shard=imap_account.pk % 2, shards=2)
+    other = IdleSupervisor(lambda _id: None, shard=(imap_account.pk + 1) % 2, shards=2)
+    assert mine.wanted_accounts() == {imap_account.pk}
+    assert other.wanted_accounts() == set()
+    Account.objects.filter(pk=imap_account.pk).update(status=Account.Status.PAUSED)
+    assert mine.wanted_accounts() == set()
