@@ -37,6 +37,11 @@ FULL_SYNC_TASKS: dict[str, str] = {
     "gmail": "gmail_sync.full_sync",
 }
 
+# A client's change to a message (read, flagged, folder), applied on the provider.
+MESSAGE_CHANGE_TASKS: dict[str, str] = {
+    "imap": "smtp_sync.apply_message_change",
+}
+
 TASK_ROUTES: dict[str, dict[str, str]] = {
     TASK_INGEST_NEW_MESSAGES: {"queue": QUEUE_NEW_MESSAGE},
     TASK_SCHEDULE_FULL_SYNCS: {"queue": QUEUE_DEFAULT},
@@ -257,6 +262,22 @@ def publish_full_sync(
         return False
     payload = {"accountId": account_id, "provider": provider, "options": options or {}}
     transaction.on_commit(lambda: app.send_task(task_name, args=[payload], queue=QUEUE_FULL_SYNC))
+    return True
+
+
+def publish_message_change(
+    account_id: int, provider: str, message_id: int, change: dict[str, Any]
+) -> bool:
+    """Ask the provider app to apply a client's change; False when the provider has none."""
+    from django.db import transaction
+
+    from .celery import app
+
+    task_name = MESSAGE_CHANGE_TASKS.get(provider)
+    if task_name is None:
+        return False
+    args = [account_id, message_id, change]
+    transaction.on_commit(lambda: app.send_task(task_name, args=args, queue=QUEUE_SMTP))
     return True
 
 

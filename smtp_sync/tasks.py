@@ -8,10 +8,12 @@ from typing import Any
 from celery import shared_task
 
 from emailplatform import topics
-from messages.models import Account
+from messages.models import Account, Message
 
+from .changes import ChangeError, imap_message_change
 from .imap import ImapAuthError, ImapConnectError
 from .services import imap_sync_account
+from .sync import account_mark_error
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,31 @@ def full_sync(payload: dict[str, Any]) -> dict[str, Any]:
 @shared_task(name="smtp_sync.incremental_sync", **RETRY)
 def incremental_sync(account_id: int) -> dict[str, Any]:
     return _run(account_id, full=False, options={}, payload=None)
+
+
+@shared_task(name=topics.MESSAGE_CHANGE_TASKS["imap"], bind=True, **RETRY)
+def apply_message_change(self, account_id: int, message_id: int, change: dict) -> dict:
+    """Apply a client's change on the server; a failure is retried, then shown on the account."""
+    try:
+        imap_message_change(message_id, change)
+    except Message.DoesNotExist:
+        return {"error": "message no longer exists"}
+    except ChangeError as exc:
+        _mark(account_id, f"could not apply a change to message {message_id}: {exc}")
+        return {"error": str(exc)}
+    except ImapConnectError as exc:
+        if self.request.retries >= self.max_retries:
+            _mark(account_id, f"could not apply a change to message {message_id}: {exc}")
+        raise
+    except ImapAuthError as exc:
+        return {"error": str(exc)}
+    return {"applied": change}
+
+
+def _mark(account_id: int, reason: str) -> None:
+    account = Account.objects.filter(pk=account_id).first()
+    if account is not None:
+        account_mark_error(account, reason)
 
 
 @shared_task(name="smtp_sync.poll_accounts")
