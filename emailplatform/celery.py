@@ -9,6 +9,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailplatform.settings")
 app = Celery("emailplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
+from django.conf import settings  # noqa: E402
+
 from . import topics  # noqa: E402  (needs the app's settings module chosen above)
 
 app.conf.update(
@@ -32,7 +34,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_soft_time_limit=15 * 60,
     task_time_limit=20 * 60,
-    broker_transport_options={"visibility_timeout": 2 * 60 * 60},
+    broker_transport_options={"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",

@@ -96,6 +96,15 @@ CREDENTIALS_KEYS = env.list("CREDENTIALS_KEYS", default=[])
 REDIS_URL = env("REDIS_URL", default="redis://localhost:6379/0")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 
+# Redis re-delivers a message whose worker died without acknowledging it after this long. It
+# must exceed the longest task (the hard time limit in celery.py).
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 60 * 60)
+
+# IMAP sync: messages per UID FETCH, and the per-account sync lock's expiry (extended after
+# every batch, so a dead worker's lock frees itself quickly).
+IMAP_FETCH_BATCH = env.int("IMAP_FETCH_BATCH", default=100)
+SYNC_LOCK_TTL_SECONDS = env.int("SYNC_LOCK_TTL_SECONDS", default=120)
+
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).
 FULL_SYNC_INTERVAL_MINUTES = env.int("FULL_SYNC_INTERVAL_MINUTES", default=360)

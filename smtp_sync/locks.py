@@ -15,8 +15,6 @@ import redis
 from django.conf import settings
 from redis.lock import Lock
 
-LOCK_TTL_SECONDS = 300
-
 
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
@@ -50,8 +48,9 @@ class SyncLock:
 
 
 @contextmanager
-def account_sync_lock(account_id: int, ttl: int = LOCK_TTL_SECONDS) -> Iterator[SyncLock | None]:
+def account_sync_lock(account_id: int) -> Iterator[SyncLock | None]:
     """Yield the held lock, or None (after marking a pending pass) when another sync runs."""
+    ttl = settings.SYNC_LOCK_TTL_SECONDS
     lock = client().lock(_lock_key(account_id), timeout=ttl, blocking=False)
     if not lock.acquire(blocking=False):
         client().set(_pending_key(account_id), 1, ex=ttl * 4)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,7 +29,6 @@ from .models import ImapSettings
 
 logger = logging.getLogger(__name__)
 
-FETCH_BATCH = 100
 FETCH_BATCH_BYTES = 20 * 1024 * 1024
 FLAG_BATCH = 2000
 FLAG_RESCAN_LIMIT = 5000  # servers without CONDSTORE: flags re-read for the newest N messages
@@ -277,8 +277,9 @@ class ImapAccountSync:
 
     def _batches(self, conn: ImapConnection, uids: Sequence[int]) -> Iterator[list[int]]:
         """Batches bounded in count and, using RFC822.SIZE, in bytes (a 50 MB mail goes alone)."""
-        for start in range(0, len(uids), FETCH_BATCH):
-            chunk = list(uids[start : start + FETCH_BATCH])
+        size = settings.IMAP_FETCH_BATCH
+        for start in range(0, len(uids), size):
+            chunk = list(uids[start : start + size])
             sizes = {m.uid: m.size for m in conn.fetch_messages(chunk, include_body=False)}
             batch: list[int] = []
             batch_bytes = 0

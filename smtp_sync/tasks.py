@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 
 from emailplatform import topics
 from messages.models import Account, Message
@@ -19,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 # A full sync is many bounded tasks: each chunk runs at most this long, then hands over.
 CHUNK_SECONDS = 240
+
+MAX_DEFERRALS = 3
 
 RETRY = {
     "autoretry_for": (ImapConnectError,),
@@ -93,6 +96,12 @@ def _run(
     except Account.DoesNotExist:
         return {"error": "account does not exist"}
     if report is None:
+        if payload is not None and payload.get("deferrals", 0) < MAX_DEFERRALS:
+            # Another sync holds the lock -- or held it and died: come back once it expired.
+            retry = {**payload, "deferrals": payload.get("deferrals", 0) + 1}
+            full_sync.apply_async(
+                args=[retry], queue=topics.QUEUE_FULL_SYNC, countdown=settings.SYNC_LOCK_TTL_SECONDS
+            )
         return {"coalesced": True}
     if not report.done:
         continuation = {

@@ -24,20 +24,26 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def start_worker(queues: list[str], log_path: Path) -> subprocess.Popen:
+def start_worker(
+    queues: list[str],
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
+) -> subprocess.Popen:
     env = {
         **os.environ,
         "DATABASE_URL": test_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "CREDENTIALS_KEYS": ",".join(settings.CREDENTIALS_KEYS),
+        **(extra_env or {}),
     }
     cmd = [
         str(Path(sys.executable).with_name("celery")),
         "-A",
         "emailplatform",
         "worker",
-        "--pool=prefork",
+        f"--pool={pool}",
         "--concurrency=1",
         "--loglevel=INFO",
         "--without-heartbeat",
@@ -46,7 +52,7 @@ def start_worker(queues: list[str], log_path: Path) -> subprocess.Popen:
         "-Q",
         ",".join(queues),
     ]
-    log = open(log_path, "wb")  # noqa: SIM115  (kept open for the process' lifetime)
+    log = open(log_path, "ab")  # noqa: SIM115  (kept open for the process' lifetime)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -60,10 +66,15 @@ def stop_worker(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.2,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.2)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -6,7 +6,6 @@ import pytest
 from django.core.management import call_command
 
 from messages.models import Account, Folder, Message, SyncRun
-from smtp_sync import sync as sync_module
 from smtp_sync.imap import ImapAuthError, ImapConnectError, ImapConnection
 from smtp_sync.services import imap_sync_account
 from smtp_sync.sync import ImapAccountSync
@@ -143,8 +142,8 @@ def test_uidvalidity_change_remaps_without_duplicates(imap_account, seeded):
     assert ids_after == ids_before, "the same messages, re-mapped to their new UIDs"
 
 
-def test_connection_killed_mid_sync_then_resumed(imap_account, seeded, monkeypatch):
-    monkeypatch.setattr(sync_module, "FETCH_BATCH", 2)
+def test_connection_killed_mid_sync_then_resumed(imap_account, seeded, settings):
+    settings.IMAP_FETCH_BATCH = 2
     connections = []
 
     class Recording(ImapConnection):
@@ -166,8 +165,8 @@ def test_connection_killed_mid_sync_then_resumed(imap_account, seeded, monkeypat
     assert Account.objects.get(pk=imap_account.pk).last_error == ""
 
 
-def test_crash_mid_sync_resumes_without_refetching(imap_account, seeded, monkeypatch):
-    monkeypatch.setattr(sync_module, "FETCH_BATCH", 3)
+def test_crash_mid_sync_resumes_without_refetching(imap_account, seeded, settings):
+    settings.IMAP_FETCH_BATCH = 3
     calls = {"n": 0}
 
     def crash_after_two_batches():
@@ -184,8 +183,8 @@ def test_crash_mid_sync_resumes_without_refetching(imap_account, seeded, monkeyp
     assert_store_matches_server(imap_account, seeded)
 
 
-def test_long_sync_runs_in_bounded_chunks(imap_account, seeded, monkeypatch):
-    monkeypatch.setattr(sync_module, "FETCH_BATCH", 2)
+def test_long_sync_runs_in_bounded_chunks(imap_account, seeded, settings):
+    settings.IMAP_FETCH_BATCH = 2
     chunks = 0
     while True:
         chunks += 1
