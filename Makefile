@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bench-ingest
+.PHONY: run test lint format bootstrap bench-ingest bench-imap
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -24,3 +24,6 @@ test: lint
 
 bench-ingest: bootstrap
 	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)
+
+bench-imap: bootstrap
+	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)

@@ -147,7 +147,7 @@ class ThreadReference(models.Model):
 
 class Message(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="messages")
-    thread = models.ForeignKey(Thread, on_delete=models.PROTECT, related_name="messages")
+    thread = models.ForeignKey(Thread, on_delete=models.RESTRICT, related_name="messages")
     provider_id = models.CharField(
         max_length=255, help_text="Gmail id, X-GM-MSGID, or derived from Message-ID / content."
     )

@@ -277,19 +277,18 @@ class ImapAccountSync:
 
     def _batches(self, conn: ImapConnection, uids: Sequence[int]) -> Iterator[list[int]]:
         """Batches bounded in count and, using RFC822.SIZE, in bytes (a 50 MB mail goes alone)."""
-        size = settings.IMAP_FETCH_BATCH
-        for start in range(0, len(uids), size):
-            chunk = list(uids[start : start + size])
+        count = settings.IMAP_FETCH_BATCH
+        for start in range(0, len(uids), count):
+            chunk = list(uids[start : start + count])
             sizes = {m.uid: m.size for m in conn.fetch_messages(chunk, include_body=False)}
             batch: list[int] = []
             batch_bytes = 0
             for uid in chunk:
-                size = sizes.get(uid, 0)
-                if batch and batch_bytes + size > FETCH_BATCH_BYTES:
+                if batch and batch_bytes + sizes.get(uid, 0) > FETCH_BATCH_BYTES:
                     yield batch
                     batch, batch_bytes = [], 0
                 batch.append(uid)
-                batch_bytes += size
+                batch_bytes += sizes.get(uid, 0)
             if batch:
                 yield batch
 

@@ -162,3 +162,16 @@ def test_without_attachments_only_metadata_is_kept(account):
         500,
         False,
     )
+
+
+def test_deleting_an_account_removes_its_mail(account):
+    upsert(
+        account,
+        incoming(make_mail("a", message_id="<a@x>"), folder="INBOX", uid=1),
+        incoming(
+            make_mail("Re: a", message_id="<b@x>", in_reply_to="<a@x>"), folder="INBOX", uid=2
+        ),
+    )
+    account.delete()
+    assert Message.objects.count() == Thread.objects.count() == RawMessage.objects.count() == 0
+    assert MessageLocation.objects.count() == 0

@@ -37,7 +37,11 @@ def test_worker_killed_mid_sync_then_restarted(imap_account, imap_user, tmp_path
         stop_worker(worker)
     worker = start_worker([topics.QUEUE_FULL_SYNC], log, env, pool="solo")
     try:
-        wait_for(lambda: stored() == COUNT, timeout=90, what=f"{COUNT} messages after restart")
+        try:
+            wait_for(lambda: stored() == COUNT, timeout=90, what=f"{COUNT} after restart")
+        except AssertionError:
+            print(log.read_text()[-6000:])
+            raise
         assert_store_matches_server(imap_account, imap_user)
     finally:
         stop_worker(worker)
