@@ -34,7 +34,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_soft_time_limit=15 * 60,
     task_time_limit=20 * 60,
-    broker_transport_options={"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT},
+    broker_transport_options={
+        "visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": settings.CELERY_UNACKED_RESTORE_INTERVAL,
+        "unacked_restore_throttle": settings.CELERY_UNACKED_RESTORE_THROTTLE,
+    },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
     beat_scheduler="django_celery_beat.schedulers:DatabaseScheduler",

@@ -99,6 +99,9 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 # Redis re-delivers a message whose worker died without acknowledging it after this long. It
 # must exceed the longest task (the hard time limit in celery.py).
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 60 * 60)
+# Workers look for such messages every INTERVAL seconds, scanning on one look in THROTTLE.
+CELERY_UNACKED_RESTORE_INTERVAL = env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10)
+CELERY_UNACKED_RESTORE_THROTTLE = env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10)
 
 # IMAP sync: messages per UID FETCH, and the per-account sync lock's expiry (extended after
 # every batch, so a dead worker's lock frees itself quickly).

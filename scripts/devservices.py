@@ -428,6 +428,7 @@ class Services:
             env["DATABASE_URL"] = self.postgres()
         if not os.environ.get("REDIS_URL") and not os.environ.get("CELERY_BROKER_URL"):
             env["REDIS_URL"] = self.redis()
+            env["PRIVATE_REDIS"] = "1"  # ours alone: tests may flush their databases
         if not os.environ.get("IMAP_TEST_HOST") and self.with_dovecot:
             env.update(self.dovecot())
         env["SERVICES_DIR"] = str(self.base)

@@ -62,3 +62,7 @@ def pytest_configure(config):
     base = settings.CELERY_BROKER_URL.rsplit("/", 1)[0]
     settings.CELERY_BROKER_URL = f"{base}/{index}"
     app.conf.broker_url = settings.CELERY_BROKER_URL
+    if os.environ.get("PRIVATE_REDIS") == "1":
+        import redis
+
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()

@@ -23,6 +23,8 @@ def test_worker_killed_mid_sync_then_restarted(imap_account, imap_user, tmp_path
         "IMAP_FETCH_BATCH": "1",
         "CELERY_VISIBILITY_TIMEOUT": "3",
         "SYNC_LOCK_TTL_SECONDS": "3",
+        "CELERY_UNACKED_RESTORE_INTERVAL": "1",
+        "CELERY_UNACKED_RESTORE_THROTTLE": "1",
     }
     log = tmp_path / "worker.log"
     stored = lambda: Message.objects.filter(account=imap_account).count()  # noqa: E731
@@ -40,7 +42,7 @@ def test_worker_killed_mid_sync_then_restarted(imap_account, imap_user, tmp_path
         try:
             wait_for(lambda: stored() == COUNT, timeout=90, what=f"{COUNT} after restart")
         except AssertionError:
-            print(log.read_text()[-6000:])
+            print(log.read_text()[-20000:])
             raise
         assert_store_matches_server(imap_account, imap_user)
     finally:
