@@ -118,6 +118,7 @@ class ImapAccountSync:
         options = {**(account.sync_settings or {}), **(options or {})}
         self.include_attachments = bool(options.get("includeAttachments", True))
         self.skip_folders = set(options.get("skipFolders", []))
+        self.backfill = bool(options.get("backfill", False))
         window = options.get("windowDays")
         self.since: date | None = (
             (datetime.now(UTC) - timedelta(days=int(window))).date() if window else None
@@ -209,15 +210,22 @@ class ImapAccountSync:
         folder.save(update_fields=["uidnext", "highest_modseq", "sync_state"])
 
     def _reconcile(self, conn: ImapConnection, folder: Folder, *, refresh_flags: bool) -> None:
-        """Make the folder's stored UIDs equal the server's: fetch missing, drop vanished."""
-        server_uids = conn.search_uids(since=self.since)
+        """Make the folder's stored UIDs equal the server's: fetch missing, drop vanished.
+
+        Newest first; with a date window, mail inside it first, and older mail only when the
+        account asks for a backfill."""
+        server_uids = conn.search_uids()
         stored = mailbox.folder_uids(folder)
         present = set(server_uids)
         gone = stored - present
-        if gone and not self.since:
+        if gone:
             self.report.removed_locations += mailbox.locations_remove(folder, gone)
-        missing = [uid for uid in reversed(server_uids) if uid not in stored]  # newest first
-        self._fetch_and_store(conn, folder, missing)
+        recent = conn.search_uids(since=self.since) if self.since else server_uids
+        wanted = list(reversed(recent))
+        if self.since and self.backfill:
+            recent_set = set(recent)
+            wanted += [uid for uid in reversed(server_uids) if uid not in recent_set]
+        self._fetch_and_store(conn, folder, [uid for uid in wanted if uid not in stored])
         if refresh_flags:
             kept = sorted(stored & present)
             for start in range(0, len(kept), FLAG_BATCH):

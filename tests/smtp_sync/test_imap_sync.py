@@ -23,10 +23,8 @@ def mails(prefix: str, count: int, **kwargs) -> list[bytes]:
     ]
 
 
-def sync(account, **kwargs):
-    return ImapAccountSync(Account.objects.get(pk=account.pk), **kwargs).sync(
-        full=kwargs.pop("full", False)
-    )
+def sync(account, full=False, **kwargs):
+    return ImapAccountSync(Account.objects.get(pk=account.pk), **kwargs).sync(full=full)
 
 
 @pytest.fixture
@@ -241,3 +239,40 @@ def test_sync_account_command(imap_account, seeded):
     call_command("sync_account", imap_account.email_address, stdout=out, stderr=io.StringIO())
     assert "13 new messages" in out.getvalue()
     assert_store_matches_server(imap_account, seeded)
+
+
+def test_date_window_first_then_backfill(imap_account, imap_user):
+    from datetime import UTC, datetime, timedelta
+
+    with imap_user.client() as c:
+        old = datetime.now(UTC) - timedelta(days=400)
+        for i in range(3):
+            c.append("INBOX", make_mail(f"ancient {i}", message_id=f"<anc{i}@x>"), msg_time=old)
+        c.append("INBOX", make_mail("recent", message_id="<recent@x>"))
+    imap_account.sync_settings = {"windowDays": 90}
+    imap_account.save()
+    sync(imap_account, full=True)
+    subjects = set(Message.objects.filter(account=imap_account).values_list("subject", flat=True))
+    assert subjects == {"recent"}
+    imap_account.sync_settings = {"windowDays": 90, "backfill": True}
+    imap_account.save()
+    sync(imap_account, full=True)
+    assert_store_matches_server(imap_account, imap_user)
+
+
+def test_connection_errors_are_told_apart(dovecot, imap_user):
+    from smtp_sync.accounts import imap_connection_test
+    from smtp_sync.imap import ImapServer
+
+    host, port, _ = dovecot
+    cases = {
+        "not found": ImapServer("no-such-host.invalid", port, "none", "u", "p", timeout=5),
+        "refused": ImapServer(host, 1, "none", "u", "p", timeout=5),
+        "TLS failure": ImapServer(host, port, "ssl", "u", "p", timeout=5),
+    }
+    for expected, server in cases.items():
+        with pytest.raises(ImapConnectError, match=expected):
+            imap_connection_test(server)
+    wrong = ImapServer(host, port, "none", imap_user.username, "not-the-password", timeout=5)
+    with pytest.raises(ImapAuthError, match="AUTHENTICATIONFAILED"):
+        imap_connection_test(wrong)
