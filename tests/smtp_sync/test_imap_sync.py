@@ -276,3 +276,35 @@ def test_connection_errors_are_told_apart(dovecot, imap_user):
     wrong = ImapServer(host, port, "none", imap_user.username, "not-the-password", timeout=5)
     with pytest.raises(ImapAuthError, match="AUTHENTICATIONFAILED"):
         imap_connection_test(wrong)
+
+
+def test_admin_adds_an_imap_account_after_testing_it(client, django_user_model, user, imap_user):
+    from django.urls import reverse
+
+    from smtp_sync.models import ImapSettings
+
+    admin = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    client.force_login(admin)
+    url = reverse("admin:smtp_sync_imapsettings_add")
+    form = {
+        "owner": user.pk,
+        "email_address": "new@example.com",
+        "imap_host": imap_user.host,
+        "imap_port": imap_user.port,
+        "imap_security": "none",
+        "username": imap_user.username,
+        "password": "wrong-password",
+        "smtp_port": 465,
+        "smtp_security": "ssl",
+    }
+    refused = client.post(url, form)
+    assert refused.status_code == 200
+    assert "Connection test failed" in refused.content.decode()
+    assert not Account.objects.filter(email_address="new@example.com").exists()
+    response = client.post(url, {**form, "password": imap_user.password})
+    assert response.status_code == 302, response.content.decode()[:3000]
+    account = Account.objects.get(email_address="new@example.com")
+    assert account.get_credentials() == {"password": imap_user.password}
+    page = client.get(reverse("admin:smtp_sync_imapsettings_change", args=[account.pk]))
+    assert imap_user.password not in page.content.decode()
+    assert ImapSettings.objects.get(account=account).username == imap_user.username
