@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make run`: migrate, make sure an admin exists, then run web, workers and beat in the foreground.
+"""`make run`: migrate, make sure an admin exists, seed the demo mailbox (DEMO=0 turns it off),
+then run web, a worker, beat and the IMAP IDLE listener in the foreground.
 
 Ctrl-C (or SIGTERM) stops every process cleanly; if one of them dies, the others are stopped too.
 """
@@ -56,6 +57,8 @@ def main() -> int:
     os.chdir(ROOT)
     manage("migrate", "--noinput")
     ensure_admin()
+    if os.environ.get("DEMO", "1") != "0" and os.environ.get("DOVECOT_USERS_DIR"):
+        manage("seed_demo")
     port = os.environ.get("PORT", "8000")
     commands = {
         "web": [PY, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
@@ -70,6 +73,7 @@ def main() -> int:
             ",".join(ALL_QUEUES),
         ],
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
+        "imap-idle": [PY, "manage.py", "imap_idle"],
     }
     procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
     print(f"  Platform running: http://127.0.0.1:{port}/admin/  (Ctrl-C stops it)\n", flush=True)
