@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .events import events_record
 from .models import Account, Folder
 
 _ROLE_BY_NAME = {
@@ -49,5 +50,7 @@ def folders_by_name(account: Account, names: Iterable[str]) -> dict[str, Folder]
     ]
     if missing:
         Folder.objects.bulk_create(missing, ignore_conflicts=True)
+        before = {f.pk for f in found.values()}
         found = {f.name: f for f in Folder.objects.filter(account=account, name__in=wanted)}
+        events_record(account, "folder", "created", {f.pk for f in found.values()} - before)
     return found

@@ -17,10 +17,11 @@ from django.db import connection, transaction
 
 from emailplatform.topics import IncomingMessage
 
+from .events import events_record
 from .folders import folders_by_name
 from .mime import ParsedAttachment, ParsedMessage, parse_message
 from .models import Account, Attachment, Message, MessageLocation, RawMessage
-from .threader import ThreadInput, assign_threads, refresh_thread_summaries
+from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
 
 # pg_advisory_xact_lock(namespace, account id): serializes ingestion per account.
 INGEST_LOCK_NAMESPACE = 7201
@@ -94,7 +95,7 @@ def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> In
         for p in prepared:
             if p.provider_id not in existing and p.provider_id not in new_by_id:
                 new_by_id[p.provider_id] = p
-        created = _create_messages(account, list(new_by_id.values()), stored_files)
+        created, threads = _create_messages(account, list(new_by_id.values()), stored_files)
         result.created = len(created)
         result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
 
@@ -104,6 +105,14 @@ def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> In
         result.updated = len(changed_ids - {m.id for m in created.values()})
         result.unchanged = len(existing) - result.updated
         result.message_ids = sorted(m.id for m in all_messages.values())
+        created_ids = {m.id for m in created.values()}
+        events_record(account, "message", "created", created_ids)
+        events_record(account, "message", "updated", changed_ids - created_ids)
+        if threads is not None:
+            touched = set(threads.thread_ids)
+            events_record(account, "thread", "created", threads.created)
+            events_record(account, "thread", "updated", touched - threads.created)
+            events_record(account, "thread", "deleted", threads.merged_away)
     return result
 
 
@@ -155,10 +164,10 @@ def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
 
 def _create_messages(
     account: Account, new: list[_Prepared], stored_files: dict[str, str]
-) -> dict[str, Message]:
+) -> tuple[dict[str, Message], ThreadAssignment | None]:
     if not new:
-        return {}
-    thread_ids = assign_threads(
+        return {}, None
+    threads = assign_threads(
         account,
         [
             ThreadInput(
@@ -170,7 +179,8 @@ def _create_messages(
         ],
     )
     rows = [
-        _message_row(account, p, thread_id) for p, thread_id in zip(new, thread_ids, strict=True)
+        _message_row(account, p, thread_id)
+        for p, thread_id in zip(new, threads.thread_ids, strict=True)
     ]
     Message.objects.bulk_create(rows, batch_size=1000)
     RawMessage.objects.bulk_create(
@@ -193,8 +203,8 @@ def _create_messages(
         ],
         batch_size=1000,
     )
-    refresh_thread_summaries(set(thread_ids))
-    return {row.provider_id: row for row in rows}
+    refresh_thread_summaries(set(threads.thread_ids))
+    return {row.provider_id: row for row in rows}, threads
 
 
 def _referenced_ids(parsed: ParsedMessage) -> list[str]:

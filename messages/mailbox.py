@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from django.db import transaction
 from django.db.models import Count
 
+from .events import events_record
 from .ingest import FLAG_FIELDS, flag_values
 from .models import Account, Folder, Message, MessageLocation, Thread
 from .threader import refresh_thread_summaries
@@ -19,23 +20,41 @@ def folder_upsert(
     account: Account, *, name: str, delimiter: str, role: str, parent: Folder | None
 ) -> Folder:
     display_name = name.rsplit(delimiter, 1)[-1] if delimiter else name
-    folder, _ = Folder.objects.update_or_create(
-        account=account,
-        name=name,
-        defaults={
-            "delimiter": delimiter,
-            "role": role,
-            "parent": parent,
-            "display_name": display_name,
-        },
-    )
+    wanted = {
+        "delimiter": delimiter,
+        "role": role,
+        "parent_id": parent.pk if parent else None,
+        "display_name": display_name,
+    }
+    with transaction.atomic():
+        folder = Folder.objects.filter(account=account, name=name).first()
+        if folder is None:
+            folder = Folder.objects.create(account=account, name=name, **wanted)
+            events_record(account, "folder", "created", [folder.pk])
+        elif any(getattr(folder, key) != value for key, value in wanted.items()):
+            for key, value in wanted.items():
+                setattr(folder, key, value)
+            folder.save(update_fields=[*wanted])
+            events_record(account, "folder", "updated", [folder.pk])
     return folder
 
 
 def folders_remove_missing(account: Account, present: Iterable[str]) -> int:
     """Folders the server no longer has go, with their locations."""
-    deleted, _ = Folder.objects.filter(account=account).exclude(name__in=set(present)).delete()
-    return deleted
+    with transaction.atomic():
+        gone = Folder.objects.filter(account=account).exclude(name__in=set(present))
+        gone_ids = list(gone.values_list("id", flat=True))
+        if not gone_ids:
+            return 0
+        touched = _messages_in(MessageLocation.objects.filter(folder_id__in=gone_ids))
+        Folder.objects.filter(id__in=gone_ids).delete()
+        events_record(account, "folder", "deleted", gone_ids)
+        events_record(account, "message", "updated", touched)
+    return len(gone_ids)
+
+
+def _messages_in(locations) -> set[int]:
+    return set(locations.values_list("message_id", flat=True))
 
 
 def folder_uids(folder: Folder) -> set[int]:
@@ -50,17 +69,24 @@ def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
     """UIDVALIDITY changed: every UID we knew is void. Messages stay (a re-fetch finds them by
     content), their locations in this folder go."""
     with transaction.atomic():
-        removed, _ = MessageLocation.objects.filter(folder=folder).delete()
+        locations = MessageLocation.objects.filter(folder=folder)
+        touched = _messages_in(locations)
+        removed, _ = locations.delete()
         folder.uidvalidity = uidvalidity
         folder.uidnext = None
         folder.highest_modseq = None
         folder.sync_state = {}
         folder.save(update_fields=["uidvalidity", "uidnext", "highest_modseq", "sync_state"])
+        events_record(folder.account, "message", "updated", touched)
     return removed
 
 
 def locations_remove(folder: Folder, uids: Iterable[int]) -> int:
-    removed, _ = MessageLocation.objects.filter(folder=folder, uid__in=list(uids)).delete()
+    with transaction.atomic():
+        locations = MessageLocation.objects.filter(folder=folder, uid__in=list(uids))
+        touched = _messages_in(locations)
+        removed, _ = locations.delete()
+        events_record(folder.account, "message", "updated", touched)
     return removed
 
 
@@ -79,7 +105,9 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
                 setattr(message, name, value)
             changed.append(message)
     if changed:
-        Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
+        with transaction.atomic():
+            Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
+            events_record(folder.account, "message", "updated", [m.id for m in changed])
     return len(changed)
 
 
@@ -87,11 +115,21 @@ def orphans_delete(account: Account) -> int:
     """Messages in no folder any more are gone from the server: delete them and tidy threads."""
     with transaction.atomic():
         orphans = Message.objects.filter(account=account, locations__isnull=True)
-        thread_ids = set(orphans.values_list("thread_id", flat=True))
-        deleted = orphans.count()
-        if not deleted:
+        rows = list(orphans.values_list("id", "thread_id"))
+        if not rows:
             return 0
-        orphans.delete()
-        Thread.objects.filter(id__in=thread_ids).annotate(n=Count("messages")).filter(n=0).delete()
+        message_ids = [m for m, _ in rows]
+        thread_ids = {t for _, t in rows}
+        Message.objects.filter(id__in=message_ids).delete()
+        empty = list(
+            Thread.objects.filter(id__in=thread_ids)
+            .annotate(n=Count("messages"))
+            .filter(n=0)
+            .values_list("id", flat=True)
+        )
+        Thread.objects.filter(id__in=empty).delete()
         refresh_thread_summaries(thread_ids)
-    return deleted
+        events_record(account, "message", "deleted", message_ids)
+        events_record(account, "thread", "deleted", empty)
+        events_record(account, "thread", "updated", thread_ids - set(empty))
+    return len(message_ids)

@@ -314,3 +314,36 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name}: {self.reason[:80]}"
+
+
+class ChangeEvent(models.Model):
+    """One created/updated/deleted object, written in the transaction that changed it.
+
+    The changes feed reads these in id order. Writers take a per-owner lock before inserting
+    (see messages.events), so for one owner the id order is the commit order and a reader
+    holding a cursor never misses an event that commits late.
+    """
+
+    class Kind(models.TextChoices):
+        CREATED = "created"
+        UPDATED = "updated"
+        DELETED = "deleted"
+
+    class ObjectType(models.TextChoices):
+        ACCOUNT = "account"
+        FOLDER = "folder"
+        THREAD = "thread"
+        MESSAGE = "message"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    account_id = models.BigIntegerField()
+    object_type = models.CharField(max_length=16, choices=ObjectType.choices)
+    object_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "id"], name="event_owner_cursor")]
+
+    def __str__(self) -> str:
+        return f"{self.object_type} {self.object_id} {self.kind}"

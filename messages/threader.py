@@ -42,16 +42,28 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def assign_threads(account: Account, inputs: list[ThreadInput]) -> list[int]:
-    """Return a thread id for each input, creating and merging threads as needed."""
+@dataclass
+class ThreadAssignment:
+    thread_ids: list[int]
+    created: set[int] = field(default_factory=set)
+    merged_away: set[int] = field(default_factory=set)
+
+
+def assign_threads(account: Account, inputs: list[ThreadInput]) -> ThreadAssignment:
+    """A thread id for each input, creating and merging threads as needed."""
     result: list[int | None] = [None] * len(inputs)
-    _assign_provider_threads(account, inputs, result)
-    _assign_reference_threads(account, inputs, result)
-    return cast(list[int], result)
+    assignment = ThreadAssignment(thread_ids=[])
+    _assign_provider_threads(account, inputs, result, assignment)
+    _assign_reference_threads(account, inputs, result, assignment)
+    assignment.thread_ids = cast(list[int], result)
+    return assignment
 
 
 def _assign_provider_threads(
-    account: Account, inputs: list[ThreadInput], result: list[int | None]
+    account: Account,
+    inputs: list[ThreadInput],
+    result: list[int | None],
+    assignment: ThreadAssignment,
 ) -> None:
     wanted = {i.provider_thread_id for i in inputs if i.provider_thread_id}
     if not wanted:
@@ -65,13 +77,17 @@ def _assign_provider_threads(
         [Thread(account=account, provider_thread_id=p) for p in sorted(wanted - existing.keys())]
     )
     existing.update({t.provider_thread_id: t.id for t in created})
+    assignment.created.update(t.id for t in created)
     for index, item in enumerate(inputs):
         if item.provider_thread_id:
             result[index] = existing[item.provider_thread_id]
 
 
 def _assign_reference_threads(
-    account: Account, inputs: list[ThreadInput], result: list[int | None]
+    account: Account,
+    inputs: list[ThreadInput],
+    result: list[int | None],
+    assignment: ThreadAssignment,
 ) -> None:
     pending = [index for index, item in enumerate(inputs) if item.provider_thread_id is None]
     if not pending:
@@ -99,10 +115,12 @@ def _assign_reference_threads(
     new_roots = sorted(root for root in roots if root not in threads_of_root)
     created = Thread.objects.bulk_create([Thread(account=account) for _ in new_roots])
     thread_of_root = {root: thread.id for root, thread in zip(new_roots, created, strict=True)}
+    assignment.created.update(thread_of_root.values())
     for root in roots & threads_of_root.keys():
         target, *others = sorted(threads_of_root[root])
         if others:
             _merge_threads(target, others)
+            assignment.merged_away.update(others)
         thread_of_root[root] = target
 
     for index in pending:

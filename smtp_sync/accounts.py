@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from emailplatform import topics
+from messages.events import events_record
 from messages.models import Account
 
 from .imap import ImapConnection, ImapServer
@@ -80,6 +81,7 @@ def imap_account_create(
             smtp_security=data.smtp_security,
             capabilities=capabilities,
         )
+        events_record(account, "account", "created", [account.pk])
         if start_sync:
             topics.publish_full_sync(account.pk, account.provider, {"includeAttachments": True})
     return account

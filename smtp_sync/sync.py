@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from emailplatform.topics import IncomingMessage
 from messages import mailbox
+from messages.events import events_record
 from messages.folders import guess_role
 from messages.ingest import messages_upsert
 from messages.models import Account, Folder, SyncRun
@@ -83,14 +84,18 @@ def account_mark_error(account: Account, message: str, *, auth: bool = False) ->
     fields = {"last_error": message, "last_error_at": timezone.now()}
     if auth:
         fields["status"] = Account.Status.AUTH_ERROR
-    Account.objects.filter(pk=account.pk).update(**fields)
+    with transaction.atomic():
+        Account.objects.filter(pk=account.pk).update(**fields)
+        events_record(account, "account", "updated", [account.pk])
 
 
 def account_mark_ok(account: Account) -> None:
-    Account.objects.filter(
-        pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
-    ).update(status=Account.Status.ACTIVE)
-    Account.objects.filter(pk=account.pk).update(last_error="", last_sync_at=timezone.now())
+    with transaction.atomic():
+        Account.objects.filter(
+            pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
+        ).update(status=Account.Status.ACTIVE)
+        Account.objects.filter(pk=account.pk).update(last_error="", last_sync_at=timezone.now())
+        events_record(account, "account", "updated", [account.pk])
 
 
 class ImapAccountSync:

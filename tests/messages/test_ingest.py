@@ -175,3 +175,20 @@ def test_deleting_an_account_removes_its_mail(account):
     account.delete()
     assert Message.objects.count() == Thread.objects.count() == RawMessage.objects.count() == 0
     assert MessageLocation.objects.count() == 0
+
+
+def test_changes_are_recorded_as_events_once(account):
+    from messages.models import ChangeEvent
+
+    def events():
+        return sorted(ChangeEvent.objects.values_list("object_type", "kind").distinct())
+
+    raw = make_mail("evented", message_id="<ev@x>")
+    upsert(account, incoming(raw, folder="INBOX", uid=1))
+    assert events() == [("folder", "created"), ("message", "created"), ("thread", "created")]
+    count = ChangeEvent.objects.count()
+    upsert(account, incoming(raw, folder="INBOX", uid=1))
+    assert ChangeEvent.objects.count() == count, "a redelivered batch changes nothing"
+    upsert(account, incoming(raw, folder="INBOX", uid=1, flags=["\\Seen"]))
+    last = ChangeEvent.objects.latest("id")
+    assert (last.object_type, last.kind, last.owner_id) == ("message", "updated", account.owner_id)
