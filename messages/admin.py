@@ -134,22 +134,22 @@ class MessageAdmin(admin.ModelAdmin):
     date_hierarchy = "sort_date"
     inlines = (LocationInline, AttachmentInline)
     readonly_fields = (
-        "account",
-        "thread",
-        "provider_id",
-        "message_id_header",
-        "in_reply_to",
         "subject",
         "from_name",
         "from_address",
         "recipients",
         "date",
         "internal_date",
-        "size",
-        "defects",
-        "raw_source",
         "rendered_html",
         "body_text",
+        "raw_source",
+        "defects",
+        "size",
+        "account",
+        "thread",
+        "provider_id",
+        "message_id_header",
+        "in_reply_to",
     )
     fields = (
         ("is_read", "is_flagged", "is_answered", "is_draft"),

@@ -12,6 +12,8 @@ command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 command -v mbsync >/dev/null 2>&1 || packages+=(isync)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)
 
 if [ ${#packages[@]} -gt 0 ]; then

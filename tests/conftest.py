@@ -8,6 +8,8 @@ from cryptography.fernet import Fernet
 
 from emailplatform.topics import IncomingMessage
 
+pytest_plugins = ["tests.imap_fixtures"]
+
 DATA_DIR = Path(__file__).parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
 

@@ -7,7 +7,7 @@ from smtp_sync.changes import ChangeError, imap_message_change
 from smtp_sync.sync import ImapAccountSync
 from smtp_sync.tasks import apply_message_change
 from tests.mailfactory import make_mail
-from tests.smtp_sync.conftest import assert_store_matches_server
+from tests.imap_fixtures import assert_store_matches_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ from smtp_sync.services import imap_sync_account
 from smtp_sync.sync import ImapAccountSync
 from tests.conftest import corpus_files
 from tests.mailfactory import make_mail
-from tests.smtp_sync.conftest import assert_store_matches_server
+from tests.imap_fixtures import assert_store_matches_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

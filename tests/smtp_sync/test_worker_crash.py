@@ -7,7 +7,7 @@ from django.db import connection
 from emailplatform import topics
 from messages.models import Message
 from tests.mailfactory import make_mail
-from tests.smtp_sync.conftest import assert_store_matches_server
+from tests.imap_fixtures import assert_store_matches_server
 from tests.worker import start_worker, stop_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,4 +1,4 @@
-"""A real Dovecot (started by `make test` through scripts/devservices.py); one user per test."""
+"""Fixtures for a real Dovecot (started by `make test` via scripts/devservices.py): one user per test."""
 
 from __future__ import annotations
 
