@@ -232,6 +232,10 @@ class ImapConnection:
             else None,
         )
 
+    def message_count(self, folder: str) -> int:
+        status = self._call(self.imap.folder_status, folder, [b"MESSAGES"])
+        return int(status.get(b"MESSAGES", 0))
+
     # Messages ----------------------------------------------------------------------------
     def search_uids(self, since: date | None = None, min_uid: int | None = None) -> list[int]:
         criteria: list = []

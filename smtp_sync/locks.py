@@ -33,14 +33,25 @@ def _pending_key(account_id: int) -> str:
     return f"emailplatform:sync-pending:{account_id}"
 
 
+class SyncLockLost(Exception):
+    """The lock expired during a long step and another sync holds it now."""
+
+
 class SyncLock:
     def __init__(self, lock: Lock, account_id: int) -> None:
         self.lock = lock
         self.account_id = account_id
 
     def extend(self) -> None:
-        """Reset the expiry: call between batches of long work."""
-        self.lock.reacquire()
+        """Reset the expiry: call between batches of long work.
+
+        If a batch outlived the expiry, take the lock again; if another sync took it meanwhile,
+        raise SyncLockLost so that this one stops rather than race it."""
+        try:
+            self.lock.reacquire()
+        except redis.exceptions.LockNotOwnedError:
+            if not self.lock.acquire(blocking=False):
+                raise SyncLockLost(f"account {self.account_id}: another sync took over") from None
 
     def take_pending(self) -> bool:
         """True once for every trigger that arrived while the lock was held."""

@@ -26,6 +26,7 @@ from messages.models import Account, Folder, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
 from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
+from .locks import SyncLockLost
 from .models import ImapSettings
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class ImapAccountSync:
         self.after_batch = after_batch
         self.report = SyncReport()
         self.run: SyncRun | None = None
+        self.fetched = 0
+        self.progress_total = 0
         options = {**(account.sync_settings or {}), **(options or {})}
         self.include_attachments = bool(options.get("includeAttachments", True))
         self.skip_folders = set(options.get("skipFolders", []))
@@ -143,7 +146,9 @@ class ImapAccountSync:
                 for folder in folders:
                     self._sync_folder(conn, folder, full=full)
                     self.report.folders += 1
-        except BudgetExhausted:
+                    if self.after_batch:
+                        self.after_batch()
+        except (BudgetExhausted, SyncLockLost):
             self.report.done = False
         except ImapAuthError as exc:
             account_mark_error(self.account, str(exc), auth=True)
@@ -167,7 +172,8 @@ class ImapAccountSync:
         server_folders = conn.list_folders()
         by_name: dict[str, Folder] = {}
         for sf in sorted(server_folders, key=lambda f: f.name.count(f.delimiter or "\0")):
-            parent_name = sf.name.rsplit(sf.delimiter, 1)[0] if sf.delimiter in sf.name else None
+            has_parent = sf.delimiter and sf.delimiter in sf.name
+            parent_name = sf.name.rsplit(sf.delimiter, 1)[0] if has_parent else None
             by_name[sf.name] = mailbox.folder_upsert(
                 self.account,
                 name=sf.name,
@@ -187,12 +193,8 @@ class ImapAccountSync:
     def _set_total(self, conn: ImapConnection, folders: list[Folder], full: bool) -> None:
         if not (full or any(not f.sync_state.get("complete") for f in folders)):
             return
-        total = 0
-        for folder in folders:
-            status = conn.imap.folder_status(folder.name, [b"MESSAGES"])
-            total += int(status.get(b"MESSAGES", 0))
-        SyncRun.objects.filter(pk=self.run.pk).update(progress_total=total)
-        self._progress_total = total
+        self.progress_total = sum(conn.message_count(folder.name) for folder in folders)
+        SyncRun.objects.filter(pk=self.run.pk).update(progress_total=self.progress_total)
 
     def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
         status = conn.select(folder.name)
@@ -280,13 +282,11 @@ class ImapAccountSync:
                 result = messages_upsert(account=self.account, items=items)
                 sync_run_add(run_id=self.run.pk, result=result)
             self.report.new += result.created
-            self._done += len(batch)
+            self.fetched += len(batch)
             if self.progress:
-                self.progress(self._done, getattr(self, "_progress_total", 0))
+                self.progress(self.fetched, self.progress_total)
             if self.after_batch:
                 self.after_batch()
-
-    _done = 0
 
     def _batches(self, conn: ImapConnection, uids: Sequence[int]) -> Iterator[list[int]]:
         """Batches bounded in count and, using RFC822.SIZE, in bytes (a 50 MB mail goes alone)."""
@@ -306,7 +306,7 @@ class ImapAccountSync:
                 yield batch
 
     def _check_budget(self) -> None:
-        if self.max_messages is not None and self._done >= self.max_messages:
+        if self.max_messages is not None and self.fetched >= self.max_messages:
             raise BudgetExhausted
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExhausted

@@ -1,4 +1,4 @@
-"""Fixtures for a real Dovecot (started by `make test` via scripts/devservices.py): one user per test."""
+"""Fixtures for a real Dovecot (`make test` starts it via scripts/devservices.py)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ from messages.models import Account, Message
 from smtp_sync.changes import ChangeError, imap_message_change
 from smtp_sync.sync import ImapAccountSync
 from smtp_sync.tasks import apply_message_change
-from tests.mailfactory import make_mail
 from tests.imap_fixtures import assert_store_matches_server
+from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

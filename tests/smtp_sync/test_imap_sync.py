@@ -10,8 +10,8 @@ from smtp_sync.imap import ImapAuthError, ImapConnectError, ImapConnection
 from smtp_sync.services import imap_sync_account
 from smtp_sync.sync import ImapAccountSync
 from tests.conftest import corpus_files
-from tests.mailfactory import make_mail
 from tests.imap_fixtures import assert_store_matches_server
+from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
