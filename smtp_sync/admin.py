@@ -13,6 +13,16 @@ from .imap import ImapError
 from .models import ImapSettings, Security
 from .sync import server_for
 
+SERVER_FIELDS = (
+    "imap_host",
+    "imap_port",
+    "imap_security",
+    "username",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+)
+
 
 class NewImapAccountForm(forms.ModelForm):
     owner = forms.ModelChoiceField(queryset=get_user_model().objects.all())
@@ -21,15 +31,7 @@ class NewImapAccountForm(forms.ModelForm):
 
     class Meta:
         model = ImapSettings
-        fields = (
-            "imap_host",
-            "imap_port",
-            "imap_security",
-            "username",
-            "smtp_host",
-            "smtp_port",
-            "smtp_security",
-        )
+        fields = SERVER_FIELDS
 
     def clean(self):
         cleaned = super().clean()
@@ -63,16 +65,7 @@ class ChangeImapSettingsForm(forms.ModelForm):
 
     class Meta:
         model = ImapSettings
-        fields = (
-            "imap_host",
-            "imap_port",
-            "imap_security",
-            "username",
-            "smtp_host",
-            "smtp_port",
-            "smtp_security",
-            "smtp_username",
-        )
+        fields = (*SERVER_FIELDS, "smtp_username")
 
 
 @admin.register(ImapSettings)
