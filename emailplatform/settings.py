@@ -122,12 +122,36 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "messages.api.schema.ApiAutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "messages.api.pagination.KeysetCursorPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "messages.api.errors.exception_handler",
+    "DEFAULT_METADATA_CLASS": "messages.api.metadata.ApiMetadata",
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Email platform API",
+    "DESCRIPTION": (
+        "Mailboxes synced from IMAP and Gmail, for mail clients. Authenticate with "
+        "`Authorization: Token <token>` (POST /api/auth/token/) or a session. Every list is "
+        "cursor-paginated (follow `next`); errors have one shape: "
+        '`{"error": {"code", "message", "fields"}}`.'
+    ),
     "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components: write-only secrets appear in requests only.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "PATH_CONVERTER_OVERRIDES": {
+        "id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    },
+    "ENUM_NAME_OVERRIDES": {
+        "AccountStatusEnum": "messages.models.Account.Status",
+        "FolderRoleEnum": "messages.models.Folder.Role",
+        "SecurityEnum": "smtp_sync.models.Security",
+    },
 }
 
 LOGGING = {

@@ -7,7 +7,9 @@ imports the store's tasks.
 Topics (queue; task name; producers):
 - EmailNewMessage (email_new_message; messages.ingest_new_messages; sync apps, import_mail)
 - EmailFullSync (email_full_sync; <provider>.full_sync; API/admin "sync now", beat)
-- provider topics (smtp, gmail; <provider>.*; IDLE listener, push webhook, beat)
+- provider topics (smtp, gmail; <provider>.*; IDLE listener, push webhook, beat, API: incremental
+  sync and message changes)
+- account deletion (default; messages.delete_account; API)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_FULL_SYNC, QUEUE_NEW_MESSAGE, QUEUE_SMTP, QUE
 
 TASK_INGEST_NEW_MESSAGES = "messages.ingest_new_messages"
 TASK_SCHEDULE_FULL_SYNCS = "messages.schedule_full_syncs"
+TASK_DELETE_ACCOUNT = "messages.delete_account"
 
 # EmailFullSync: one consumer task per provider. A provider missing here has nothing to sync
 # (e.g. "local" accounts filled by `import_mail`).
@@ -42,9 +45,21 @@ MESSAGE_CHANGE_TASKS: dict[str, str] = {
     "imap": "smtp_sync.apply_message_change",
 }
 
+# "Sync now" without a full pass: what changed since the provider's cursor.
+INCREMENTAL_SYNC_TASKS: dict[str, str] = {
+    "imap": "smtp_sync.incremental_sync",
+}
+
+# The provider topic (queue) of each provider app.
+PROVIDER_QUEUES: dict[str, str] = {
+    "imap": QUEUE_SMTP,
+    "gmail": QUEUE_GMAIL,
+}
+
 TASK_ROUTES: dict[str, dict[str, str]] = {
     TASK_INGEST_NEW_MESSAGES: {"queue": QUEUE_NEW_MESSAGE},
     TASK_SCHEDULE_FULL_SYNCS: {"queue": QUEUE_DEFAULT},
+    TASK_DELETE_ACCOUNT: {"queue": QUEUE_DEFAULT},
     **{name: {"queue": QUEUE_FULL_SYNC} for name in FULL_SYNC_TASKS.values()},
     "smtp_sync.*": {"queue": QUEUE_SMTP},
     "gmail_sync.*": {"queue": QUEUE_GMAIL},
@@ -279,6 +294,31 @@ def publish_message_change(
     args = [account_id, message_id, change]
     transaction.on_commit(lambda: app.send_task(task_name, args=args, queue=QUEUE_SMTP))
     return True
+
+
+def publish_incremental_sync(account_id: int, provider: str) -> bool:
+    """Ask the provider app for an incremental sync; False when the provider has none."""
+    from django.db import transaction
+
+    from .celery import app
+
+    task_name = INCREMENTAL_SYNC_TASKS.get(provider)
+    if task_name is None:
+        return False
+    queue = PROVIDER_QUEUES[provider]
+    transaction.on_commit(lambda: app.send_task(task_name, args=[account_id], queue=queue))
+    return True
+
+
+def publish_account_deletion(account_id: int) -> None:
+    """Delete an account and its mail in the background (after the current transaction)."""
+    from django.db import transaction
+
+    from .celery import app
+
+    transaction.on_commit(
+        lambda: app.send_task(TASK_DELETE_ACCOUNT, args=[account_id], queue=QUEUE_DEFAULT)
+    )
 
 
 def celery_queues() -> list[Queue]:

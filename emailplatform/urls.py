@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .health import health
@@ -9,4 +9,11 @@ urlpatterns = [
     path("healthz", health, name="health"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/", include("messages.api.urls")),
 ]
+
+# Errors that never reach DRF (unknown URLs, CSRF failures, crashes): JSON under /api/.
+handler400 = "messages.api.errors.bad_request"
+handler403 = "messages.api.errors.permission_denied"
+handler404 = "messages.api.errors.not_found"
+handler500 = "messages.api.errors.server_error"

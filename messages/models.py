@@ -5,8 +5,21 @@ from __future__ import annotations
 import zlib
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Left
+
+# Bodies past this many characters are not indexed (a tsvector is limited to 1 MB).
+SEARCH_BODY_CHARS = 100_000
+
+
+class StoredGeneratedField(models.GeneratedField):
+    """A generated column that INSERT ... RETURNING leaves alone: only PostgreSQL reads the
+    search vector, and returning it would ship every body's vector back to the writer."""
+
+    db_returning = False
 
 
 class Account(models.Model):
@@ -176,6 +189,17 @@ class Message(models.Model):
     defects = models.JSONField(default=list, blank=True, help_text="Parse problems found.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Computed by PostgreSQL on every insert and update, so no writer has to maintain it.
+    # Config 'simple' (no stemming): mail mixes languages, and names must match as typed.
+    search_vector = StoredGeneratedField(
+        expression=(
+            SearchVector("subject", weight="A", config="simple")
+            + SearchVector("from_name", "from_address", weight="B", config="simple")
+            + SearchVector(Left("body_text", SEARCH_BODY_CHARS), weight="C", config="simple")
+        ),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
 
     class Meta:
         constraints = [
@@ -187,6 +211,7 @@ class Message(models.Model):
             models.Index(fields=["account", "-sort_date"], name="message_account_newest"),
             models.Index(fields=["thread", "sort_date"], name="message_thread_order"),
             models.Index(fields=["account", "message_id_header"], name="message_account_msgid"),
+            GinIndex(fields=["search_vector"], name="message_search"),
         ]
 
     def __str__(self) -> str:

@@ -1,18 +1,41 @@
-"""Writes of the store other than ingestion: dead letters, sync runs, full-sync scheduling."""
+"""Writes of the store other than ingestion: dead letters, sync runs, full-sync scheduling,
+and the client API's writes (accounts, message changes, attachments fetched on demand)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
-from django.db import transaction
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from emailplatform import topics
 
-from .ingest import IngestResult
-from .models import Account, DeadLetter, SyncRun
+from . import providers
+from .events import events_record
+from .folders import folders_by_name
+from .ingest import INGEST_LOCK_NAMESPACE, IngestResult
+from .mime import parse_message
+from .models import (
+    Account,
+    Attachment,
+    DeadLetter,
+    Folder,
+    Message,
+    MessageLocation,
+    RawMessage,
+    SyncRun,
+    Thread,
+)
+
+logger = logging.getLogger(__name__)
 
 DEAD_LETTER_PAYLOAD_LIMIT = 256 * 1024
 
@@ -70,3 +93,295 @@ def full_syncs_schedule() -> int:
             if topics.publish_full_sync(account_id, provider, {"includeAttachments": True}):
                 published += 1
     return published
+
+
+# Accounts, messages and attachments: writes behind the client API -------------------------
+
+
+class ConflictError(Exception):
+    """The object's state does not allow this now (e.g. its account is being deleted)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class AttachmentUnavailable(Exception):
+    """An attachment that is neither stored nor found in the stored raw message."""
+
+
+ACCOUNT_DELETE_BATCH = 1000
+
+
+def account_create(*, owner: AbstractBaseUser, provider: str, data: dict[str, Any]) -> Account:
+    """Create an account through its provider's adapter (which tests the connection first).
+
+    Raises ValidationError for a duplicate and ProviderError when the provider refuses.
+    """
+    adapter = providers.get_adapter(provider)
+    duplicate = Account.objects.filter(
+        owner=owner, provider=provider, email_address__iexact=data["email_address"]
+    )
+    message = f"You already have a {provider} account for this address."
+    if duplicate.exists():
+        raise ValidationError({"email_address": [message]})
+    try:
+        return adapter.create_account(owner, data)
+    except IntegrityError as exc:  # the same account created concurrently
+        raise ValidationError({"email_address": [message]}) from exc
+
+
+def account_update(
+    *,
+    account: Account,
+    display_name: str | None = None,
+    sync_settings: dict[str, Any] | None = None,
+    password: str | None = None,
+    oauth2_token: str | None = None,
+) -> Account:
+    """Change an account's settings; new credentials are tested before they are stored.
+
+    `sync_settings` is merged into the stored ones (a PATCH of some keys keeps the others).
+    """
+    _refuse_if_deleting(account)
+    fields = []
+    if display_name is not None:
+        account.display_name = display_name
+        fields.append("display_name")
+    if sync_settings is not None:
+        account.sync_settings = {**(account.sync_settings or {}), **sync_settings}
+        fields.append("sync_settings")
+    if password or oauth2_token:
+        adapter = providers.get_adapter(account.provider)
+        if not adapter.requires_credentials:
+            field = "password" if password else "oauth2_token"
+            raise ValidationError({field: [f"{account.provider} accounts have no credentials."]})
+        account.set_credentials(
+            {"password": password} if password else {"oauth2_token": oauth2_token}
+        )
+        adapter.test_connection(account)
+        if account.status == Account.Status.AUTH_ERROR:
+            account.status = Account.Status.ACTIVE
+        account.last_error = ""
+        fields += ["credentials_encrypted", "status", "last_error"]
+    if not fields:
+        return account
+    with transaction.atomic():
+        account.save(update_fields=[*fields, "updated_at"])
+        events_record(account, "account", "updated", [account.pk])
+    return account
+
+
+def account_delete_request(*, account: Account) -> None:
+    """Mark the account as being deleted and delete it in the background.
+
+    Asking again publishes the deletion again (the task is idempotent), which recovers a
+    deletion whose task was lost.
+    """
+    with transaction.atomic():
+        Account.objects.filter(pk=account.pk).update(
+            status=Account.Status.DELETING, updated_at=timezone.now()
+        )
+        account.status = Account.Status.DELETING
+        events_record(account, "account", "updated", [account.pk])
+        topics.publish_account_deletion(account.pk)
+
+
+def account_delete(*, account_id: int, max_seconds: float | None = None) -> bool:
+    """Delete an account marked for deletion, with its mail, in bounded transactions.
+
+    Returns True when the account is gone (or was already), False when the time budget ran
+    out first (call again to go on). Attachment files no other message uses are removed.
+    """
+    account = Account.objects.filter(pk=account_id).first()
+    if account is None:
+        return True
+    if account.status != Account.Status.DELETING:
+        logger.warning("account %s is not marked for deletion; not deleted", account_id)
+        return True
+    deadline = time.monotonic() + max_seconds if max_seconds else None
+    while True:
+        ids = list(
+            Message.objects.filter(account=account).values_list("id", flat=True)[
+                :ACCOUNT_DELETE_BATCH
+            ]
+        )
+        if not ids:
+            break
+        with transaction.atomic():
+            files = set(
+                Attachment.objects.filter(message_id__in=ids)
+                .exclude(file="")
+                .values_list("file", flat=True)
+            )
+            Message.objects.filter(id__in=ids).delete()
+            _delete_unused_files_on_commit(files)
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+    with transaction.atomic():
+        # A sync that was running may still ingest: take its lock, and delete what it added.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+            )
+        late = Message.objects.filter(account=account)
+        files = set(
+            Attachment.objects.filter(message__in=late)
+            .exclude(file="")
+            .values_list("file", flat=True)
+        )
+        late.delete()
+        _delete_unused_files_on_commit(files)
+        Thread.objects.filter(account=account).delete()
+        events_record(account, "account", "deleted", [account.pk])
+        account.delete()
+    return True
+
+
+def _delete_unused_files_on_commit(names: set[str]) -> None:
+    if not names:
+        return
+
+    def delete() -> None:
+        used = set(Attachment.objects.filter(file__in=names).values_list("file", flat=True))
+        for name in names - used:
+            default_storage.delete(name)
+
+    transaction.on_commit(delete)
+
+
+def account_sync_request(*, account: Account, full: bool) -> None:
+    """Publish a full or an incremental sync of the account to its provider app."""
+    _refuse_if_deleting(account)
+    if account.status == Account.Status.PAUSED:
+        raise ConflictError("The account is paused.", code="account_paused")
+    if account.status == Account.Status.AUTH_ERROR:
+        raise ConflictError(
+            "The server refused the stored credentials: set a new password first.",
+            code="auth_failed",
+        )
+    if full:
+        include = bool((account.sync_settings or {}).get("includeAttachments", True))
+        published = topics.publish_full_sync(
+            account.pk, account.provider, {"includeAttachments": include}
+        )
+    else:
+        published = topics.publish_incremental_sync(account.pk, account.provider)
+    if not published:
+        raise ConflictError(
+            f"{account.provider} accounts have nothing to sync.", code="sync_unavailable"
+        )
+
+
+def message_change(
+    *,
+    message: Message,
+    is_read: bool | None = None,
+    is_flagged: bool | None = None,
+    folder: str | None = None,
+    trash: bool = False,
+) -> bool:
+    """A client's change to a message. Returns True when applied in the store, False when
+    published to the provider app (which applies it on the server, then syncs).
+
+    Local accounts (imported mail) have no server: the store is changed directly.
+    """
+    account = message.account
+    _refuse_if_deleting(account)
+    if folder and trash:
+        raise ValidationError({"trash": ["Give either a folder or trash, not both."]})
+    is_local = account.provider == Account.Provider.LOCAL
+    if folder and not Folder.objects.filter(account=account, name=folder).exists():
+        raise ValidationError({"folder": [f"This account has no folder named {folder!r}."]})
+    has_trash = Folder.objects.filter(account=account, role=Folder.Role.TRASH).exists
+    if trash and not is_local and not has_trash():
+        raise ValidationError({"trash": ["This account has no Trash folder."]})
+    if is_local:
+        _message_change_in_store(message, is_read, is_flagged, folder, trash)
+        return True
+    change: dict[str, Any] = {}
+    if is_read is not None:
+        change["read"] = is_read
+    if is_flagged is not None:
+        change["flagged"] = is_flagged
+    if folder:
+        change["folder"] = folder
+    if trash:
+        change["trash"] = True
+    if not topics.publish_message_change(account.pk, account.provider, message.pk, change):
+        raise ConflictError(
+            f"Changes to {account.provider} messages are not supported yet.",
+            code="change_unsupported",
+        )
+    return False
+
+
+def _message_change_in_store(
+    message: Message, is_read: bool | None, is_flagged: bool | None, folder: str | None, trash: bool
+) -> None:
+    account = message.account
+    with transaction.atomic():
+        current = Message.objects.select_for_update().only("id", "is_read", "is_flagged")
+        current = current.get(pk=message.pk)
+        changed = []
+        for name, value in (("is_read", is_read), ("is_flagged", is_flagged)):
+            if value is not None and getattr(current, name) != value:
+                setattr(current, name, value)
+                setattr(message, name, value)
+                changed.append(name)
+        if changed:
+            Message.objects.filter(pk=message.pk).update(
+                **{name: getattr(current, name) for name in changed}, updated_at=timezone.now()
+            )
+        destination = None
+        if trash:
+            destination = Folder.objects.filter(account=account, role=Folder.Role.TRASH).first()
+            if destination is None:
+                destination = folders_by_name(account, ["Trash"])["Trash"]
+        elif folder:
+            destination = Folder.objects.get(account=account, name=folder)
+        moved = destination is not None and _move_in_store(message, destination)
+        if changed or moved:
+            events_record(account, "message", "updated", [message.pk])
+            events_record(account, "thread", "updated", [message.thread_id])
+
+
+def _move_in_store(message: Message, destination: Folder) -> bool:
+    others = MessageLocation.objects.filter(message=message).exclude(folder=destination)
+    removed, _ = others.delete()
+    _, created = MessageLocation.objects.get_or_create(
+        message=message,
+        folder=destination,
+        defaults={"uid": None, "sort_date": message.sort_date},
+    )
+    return bool(removed or created)
+
+
+def _refuse_if_deleting(account: Account) -> None:
+    if account.status == Account.Status.DELETING:
+        raise ConflictError("The account is being deleted.", code="account_deleting")
+
+
+def attachment_ensure_stored(*, attachment: Attachment) -> Attachment:
+    """The attachment with its file stored: one the sync left out (includeAttachments false)
+    is extracted from the stored raw message, so no provider round trip is needed."""
+    if attachment.file and default_storage.exists(attachment.file.name):
+        return attachment
+    raw = RawMessage.objects.filter(pk=attachment.message_id).first()
+    if raw is None:
+        raise AttachmentUnavailable("the raw message is not stored")
+    parsed = parse_message(raw.content())
+    part = next((a for a in parsed.attachments if a.part_path == attachment.part_path), None)
+    if part is None:
+        raise AttachmentUnavailable(f"part {attachment.part_path} is not in the raw message")
+    name = f"attachments/{part.sha256[:2]}/{part.sha256}"
+    if not default_storage.exists(name):
+        name = default_storage.save(name, ContentFile(part.payload))
+    Attachment.objects.filter(pk=attachment.pk).update(
+        file=name, sha256=part.sha256, size=part.size
+    )
+    attachment.file.name = name
+    attachment.sha256 = part.sha256
+    attachment.size = part.size
+    return attachment

@@ -12,9 +12,12 @@ from emailplatform import topics
 
 from .ingest import messages_upsert
 from .models import Account
-from .services import dead_letter_record, full_syncs_schedule, sync_run_add
+from .services import account_delete, dead_letter_record, full_syncs_schedule, sync_run_add
 
 logger = logging.getLogger(__name__)
+
+# Deleting a big account is many bounded tasks: each runs at most this long, then hands over.
+DELETE_CHUNK_SECONDS = 240
 
 
 @shared_task(
@@ -67,3 +70,18 @@ def _reject(payload: Any, reason: str) -> dict[str, Any]:
 def schedule_full_syncs() -> int:
     """Beat job: EmailFullSync for every active account."""
     return full_syncs_schedule()
+
+
+@shared_task(
+    name=topics.TASK_DELETE_ACCOUNT,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    max_retries=10,
+)
+def delete_account(account_id: int) -> dict[str, Any]:
+    """Delete an account marked for deletion (API DELETE), with its mail."""
+    done = account_delete(account_id=account_id, max_seconds=DELETE_CHUNK_SECONDS)
+    if not done:
+        topics.publish_account_deletion(account_id)
+    return {"accountId": account_id, "done": done}

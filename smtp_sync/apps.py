@@ -6,3 +6,10 @@ class SmtpSyncConfig(AppConfig):
 
     name = "smtp_sync"
     verbose_name = "IMAP / SMTP sync"
+
+    def ready(self) -> None:
+        from messages.providers import register
+
+        from .accounts import ImapProvider
+
+        register("imap", ImapProvider())

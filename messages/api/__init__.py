@@ -1,0 +1,1 @@
+"""The client API (DRF): thin views over messages.selectors and messages.services."""

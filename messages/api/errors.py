@@ -1,0 +1,148 @@
+"""One error shape for the whole API, for DRF's errors, the store's and Django's own.
+
+    {"error": {"code": "invalid", "message": "...", "fields": {"settings.imap_host": ["..."]}}}
+
+`fields` is there for validation errors only: each key is the dotted path of the input field
+that is wrong ("non_field_errors" for the input as a whole).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from messages.providers import ProviderError, UnknownProvider
+from messages.services import AttachmentUnavailable, ConflictError
+
+API_PREFIX = "/api/"
+
+
+class ErrorDetail(serializers.Serializer):
+    code = serializers.CharField(help_text="Stable, machine-readable reason.")
+    message = serializers.CharField(help_text="Readable by a person.")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Validation errors only: why each input field (dotted path) was refused.",
+    )
+
+
+class ErrorResponse(serializers.Serializer):
+    error = ErrorDetail()
+
+
+def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields is not None:
+        error["fields"] = fields
+    return {"error": error}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every error in the shape above."""
+    if isinstance(exc, ProviderError):
+        return Response(error_body(exc.code, exc.message), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ConflictError):
+        return Response(error_body(exc.code, exc.message), status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, AttachmentUnavailable):
+        body = error_body("attachment_unavailable", f"The attachment cannot be read: {exc}")
+        return Response(body, status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, UnknownProvider):
+        exc = exceptions.ValidationError({"provider": [f"Unknown provider {exc.args[0]!r}."]})
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        fields = flatten_errors(exc.detail)
+        code = exc.default_code if type(exc) is not exceptions.ValidationError else "invalid"
+        response.data = error_body(code, _validation_message(fields), fields)
+    elif isinstance(exc, exceptions.APIException):
+        response.data = error_body(_code_of(exc), _message_of(exc.detail))
+    return response
+
+
+def flatten_errors(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail as {"dotted.path": ["why", ...]}."""
+    if isinstance(detail, dict):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            flat.update(flatten_errors(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            return {prefix or "non_field_errors": [str(item) for item in detail]}
+        flat = {}
+        for index, item in enumerate(detail):
+            if item:
+                flat.update(flatten_errors(item, f"{prefix}.{index}" if prefix else str(index)))
+        return flat
+    return {prefix or "non_field_errors": [str(detail)]}
+
+
+def _validation_message(fields: dict[str, list[str]]) -> str:
+    named = [name for name in fields if name != "non_field_errors"]
+    if not named:
+        return " ".join(fields.get("non_field_errors", [])) or "Invalid input."
+    return f"Invalid input: check {', '.join(named)}."
+
+
+def _code_of(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    if isinstance(codes, str) and codes not in ("error", "invalid"):
+        return codes
+    return str(exc.default_code)
+
+
+def _message_of(detail: Any) -> str:
+    if isinstance(detail, list):
+        return " ".join(str(item) for item in detail)
+    if isinstance(detail, dict):
+        return " ".join(str(item) for item in flatten_errors(detail).values())
+    return str(detail)
+
+
+# Django's own error views, for what never reaches DRF (unknown URLs, CSRF failures, crashes).
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        body = error_body("not_found", "No such endpoint or object.")
+        return JsonResponse(body, status=status.HTTP_404_NOT_FOUND)
+    return defaults.page_not_found(request, exception)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        body = error_body("bad_request", "The request could not be understood.")
+        return JsonResponse(body, status=status.HTTP_400_BAD_REQUEST)
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        body = error_body("permission_denied", "You do not have permission to do this.")
+        return JsonResponse(body, status=status.HTTP_403_FORBIDDEN)
+    return defaults.permission_denied(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        body = error_body("server_error", "Something went wrong on our side; it was logged.")
+        return JsonResponse(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return defaults.server_error(request)

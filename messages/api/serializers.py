@@ -1,0 +1,436 @@
+"""Explicit input and output serializers: inputs validate, outputs shape. No logic here.
+
+Secrets (password, oauth2_token) exist only in input serializers, write-only: no output
+serializer has a field that could carry them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
+from rest_framework import serializers
+
+from messages import providers, selectors
+from messages.models import Account, Attachment, ChangeEvent, Folder, Message, Thread
+
+from .fields import QueryBooleanField, StrictJsonInput
+from .schema import MAX_ID
+
+
+# Authentication ----------------------------------------------------------------------------
+class TokenInput(StrictJsonInput):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(
+        max_length=4096, write_only=True, trim_whitespace=False, style={"input_type": "password"}
+    )
+
+
+class TokenOutput(serializers.Serializer):
+    token = serializers.CharField(help_text='Send it as "Authorization: Token <token>".')
+
+
+# Accounts ----------------------------------------------------------------------------------
+class SyncSettings(StrictJsonInput):
+    """How the account is synced; every key is optional."""
+
+    includeAttachments = serializers.BooleanField(  # noqa: N815 (the topic contract's keys)
+        required=False, help_text="Store attachment files while syncing (else fetched on demand)."
+    )
+    skipFolders = serializers.ListField(  # noqa: N815
+        child=serializers.CharField(max_length=1024),
+        required=False,
+        max_length=1000,
+        help_text="Folder names not to sync.",
+    )
+    windowDays = serializers.IntegerField(  # noqa: N815
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=36500,
+        help_text="Sync only mail of the last N days (null: everything).",
+    )
+    backfill = serializers.BooleanField(
+        required=False, help_text="After the window, go on with older mail."
+    )
+
+
+class SyncProgress(serializers.Serializer):
+    kind = serializers.CharField()
+    done = serializers.IntegerField()
+    total = serializers.IntegerField(allow_null=True)
+
+
+class AccountOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    provider = serializers.CharField()
+    email_address = serializers.EmailField()
+    display_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=Account.Status.choices)
+    last_error = serializers.CharField(help_text="Readable reason of the last failure.")
+    last_error_at = serializers.DateTimeField(allow_null=True)
+    last_sync_at = serializers.DateTimeField(allow_null=True)
+    sync_settings = serializers.SerializerMethodField()
+    sync_progress = serializers.SerializerMethodField()
+    settings = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    @extend_schema_field(SyncSettings)
+    def get_sync_settings(self, account: Account) -> dict[str, Any]:
+        stored = account.sync_settings if isinstance(account.sync_settings, dict) else {}
+        serializer = SyncSettings(data=stored)
+        return dict(serializer.validated_data) if serializer.is_valid() else {}
+
+    @extend_schema_field(SyncProgress(allow_null=True))
+    def get_sync_progress(self, account: Account) -> dict[str, Any] | None:
+        kind = getattr(account, "running_sync_kind", None)
+        if kind is None:
+            return None
+        return {
+            "kind": kind,
+            "done": account.running_sync_done or 0,
+            "total": account.running_sync_total,
+        }
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "additionalProperties": True,
+            "description": "The provider's server settings (never a secret).",
+        }
+    )
+    def get_settings(self, account: Account) -> dict[str, Any]:
+        try:
+            adapter = providers.get_adapter(account.provider)
+        except providers.UnknownProvider:
+            return {}
+        return adapter.describe(account)
+
+
+class AccountCreateBase(StrictJsonInput):
+    email_address = serializers.EmailField(max_length=320)
+    display_name = serializers.CharField(
+        max_length=255, required=False, allow_blank=True, default=""
+    )
+    password = serializers.CharField(
+        max_length=4096,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="Write-only: stored encrypted, never returned.",
+    )
+    oauth2_token = serializers.CharField(
+        max_length=8192,
+        required=False,
+        allow_blank=True,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="Write-only, instead of a password (XOAUTH2).",
+    )
+    sync_settings = SyncSettings(required=False)
+
+    provider_name = ""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        adapter = providers.get_adapter(self.provider_name)
+        if adapter.requires_credentials and not (
+            attrs.get("password") or attrs.get("oauth2_token")
+        ):
+            raise serializers.ValidationError({"password": ["Give a password or an oauth2_token."]})
+        if not adapter.requires_credentials and (
+            attrs.get("password") or attrs.get("oauth2_token")
+        ):
+            raise serializers.ValidationError(
+                {"password": [f"{self.provider_name} accounts have no credentials."]}
+            )
+        attrs.setdefault("settings", {})
+        return attrs
+
+
+@cache
+def account_create_input(provider_name: str) -> type[AccountCreateBase]:
+    """The creation input of one provider: common fields plus its own `settings`."""
+    adapter = providers.get_adapter(provider_name)
+    settings_required = bool(adapter.settings_serializer().fields) and any(
+        field.required for field in adapter.settings_serializer().fields.values()
+    )
+    prefix = "".join(part.capitalize() for part in provider_name.split("_"))
+    return type(
+        f"{prefix}AccountCreateInput",
+        (AccountCreateBase,),
+        {
+            "provider": serializers.ChoiceField(choices=[provider_name]),
+            "settings": adapter.settings_serializer(required=settings_required),
+            "provider_name": provider_name,
+            "__doc__": f"A new {provider_name} account.",
+        },
+    )
+
+
+def account_create_request() -> PolymorphicProxySerializer:
+    """The POST body for the schema: one variant per registered provider."""
+    return PolymorphicProxySerializer(
+        component_name="AccountCreateInput",
+        serializers=lambda: {
+            name: account_create_input(name) for name in providers.provider_names()
+        },
+        resource_type_field_name="provider",
+    )
+
+
+class ProviderChoice(StrictJsonInput):
+    provider = serializers.CharField(max_length=32)
+
+    def validate_provider(self, value: str) -> str:
+        if value not in providers.provider_names():
+            names = ", ".join(providers.provider_names())
+            raise serializers.ValidationError(f"Unknown provider {value!r}; one of: {names}.")
+        return value
+
+
+class AccountUpdateInput(StrictJsonInput):
+    display_name = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    sync_settings = SyncSettings(
+        required=False, help_text="Merged into the stored settings: keys not given stay."
+    )
+    password = serializers.CharField(
+        max_length=4096,
+        required=False,
+        write_only=True,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        help_text="Write-only: a new password, tested against the server before it is stored.",
+    )
+    oauth2_token = serializers.CharField(
+        max_length=8192, required=False, write_only=True, trim_whitespace=False
+    )
+
+
+class SyncInput(StrictJsonInput):
+    full = serializers.BooleanField(
+        default=False, help_text="A full sync (else incremental: only what changed)."
+    )
+
+
+class SyncQueued(serializers.Serializer):
+    queued = serializers.BooleanField()
+    full = serializers.BooleanField()
+
+
+class ConnectionOk(serializers.Serializer):
+    ok = serializers.BooleanField()
+
+
+class AccountDeletion(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Account.Status.choices)
+
+
+# Folders -----------------------------------------------------------------------------------
+class FolderOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    account = serializers.IntegerField(source="account_id")
+    name = serializers.CharField(help_text="The provider's name (IMAP path); use it to move mail.")
+    display_name = serializers.CharField()
+    role = serializers.ChoiceField(choices=Folder.Role.choices)
+    parent = serializers.IntegerField(source="parent_id", allow_null=True)
+    total = serializers.IntegerField(source="total_count")
+    unread = serializers.IntegerField(source="unread_count")
+
+
+# People, messages, attachments -------------------------------------------------------------
+class Person(serializers.Serializer):
+    name = serializers.CharField(allow_blank=True)
+    address = serializers.CharField(allow_blank=True)
+
+
+def _people(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        return []
+    return [
+        {"name": str(p.get("name") or ""), "address": str(p.get("address") or "")}
+        for p in value
+        if isinstance(p, dict)
+    ]
+
+
+class AttachmentOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    filename = serializers.CharField()
+    content_type = serializers.CharField()
+    size = serializers.IntegerField()
+    content_id = serializers.CharField(help_text="For inline images referenced as cid: URLs.")
+    is_inline = serializers.BooleanField()
+    stored = serializers.BooleanField(
+        source="is_stored", help_text="False: fetched on demand by the first download."
+    )
+    download_url = serializers.SerializerMethodField()
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_download_url(self, attachment: Attachment) -> str:
+        return attachment_url(self.context["request"], attachment.pk)
+
+
+def attachment_url(request: Any, attachment_id: int) -> str:
+    return request.build_absolute_uri(reverse("api:attachment-download", args=[attachment_id]))
+
+
+class MessageSummaryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    account = serializers.IntegerField(source="account_id")
+    thread = serializers.IntegerField(source="thread_id")
+    subject = serializers.CharField()
+    sender = serializers.SerializerMethodField(method_name="get_from")
+    to = serializers.SerializerMethodField()
+    cc = serializers.SerializerMethodField()
+    date = serializers.DateTimeField(allow_null=True, help_text="The Date header.")
+    sort_date = serializers.DateTimeField(help_text="Date, else the provider's, else arrival.")
+    snippet = serializers.CharField()
+    is_read = serializers.BooleanField()
+    is_flagged = serializers.BooleanField()
+    is_answered = serializers.BooleanField()
+    is_draft = serializers.BooleanField()
+    has_attachments = serializers.BooleanField()
+    size = serializers.IntegerField()
+    folders = serializers.SerializerMethodField()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        fields["from"] = fields.pop("sender")
+        return fields
+
+    @extend_schema_field(Person)
+    def get_from(self, message: Message) -> dict[str, str]:
+        return {"name": message.from_name, "address": message.from_address}
+
+    @extend_schema_field(Person(many=True))
+    def get_to(self, message: Message) -> list[dict[str, str]]:
+        return _people(message.to)
+
+    @extend_schema_field(Person(many=True))
+    def get_cc(self, message: Message) -> list[dict[str, str]]:
+        return _people(message.cc)
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_folders(self, message: Message) -> list[str]:
+        return sorted({location.folder.name for location in message.locations.all()})
+
+
+class MessageDetailOutput(MessageSummaryOutput):
+    bcc = serializers.SerializerMethodField()
+    reply_to = serializers.SerializerMethodField()
+    message_id = serializers.CharField(source="message_id_header")
+    in_reply_to = serializers.CharField()
+    references = serializers.ListField(child=serializers.CharField())
+    internal_date = serializers.DateTimeField(allow_null=True)
+    text = serializers.CharField(source="body_text")
+    html = serializers.CharField(help_text="Sanitized: safe to show (in a sandboxed frame).")
+    remote_images_blocked = serializers.IntegerField(
+        help_text="Remote images removed from `html`; ask again with remote_images=true."
+    )
+    defects = serializers.ListField(child=serializers.CharField(), help_text="Parse problems.")
+    attachments = AttachmentOutput(many=True)
+    raw_url = serializers.URLField(help_text="The message as received (.eml).")
+    raw_headers = serializers.ListField(
+        child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
+        required=False,
+        help_text="Only with raw_headers=true: every header as received, [name, value].",
+    )
+
+    @extend_schema_field(Person(many=True))
+    def get_bcc(self, message: Message) -> list[dict[str, str]]:
+        return _people(message.bcc)
+
+    @extend_schema_field(Person(many=True))
+    def get_reply_to(self, message: Message) -> list[dict[str, str]]:
+        return _people(message.reply_to)
+
+
+class MessageDetailQuery(serializers.Serializer):
+    remote_images = QueryBooleanField(
+        default=False, help_text="Keep remote (http/https) images in the HTML."
+    )
+    raw_headers = QueryBooleanField(
+        default=False, help_text="Add every header as received, parsed from the raw message."
+    )
+
+
+class MessageUpdateInput(StrictJsonInput):
+    is_read = serializers.BooleanField(required=False)
+    is_flagged = serializers.BooleanField(required=False)
+    folder = serializers.CharField(
+        max_length=1024, required=False, help_text="Move to the folder of this name."
+    )
+    trash = serializers.BooleanField(required=False, help_text="true: move to the Trash folder.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError("Give is_read, is_flagged, folder or trash.")
+        return attrs
+
+
+class MessageChangeQueued(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["queued"])
+    change = MessageUpdateInput(help_text="What the provider will apply; the store follows.")
+
+
+# Threads -----------------------------------------------------------------------------------
+class ThreadOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    account = serializers.IntegerField(source="account_id")
+    subject = serializers.CharField()
+    snippet = serializers.CharField(help_text="Of the latest message.")
+    message_count = serializers.IntegerField()
+    unread_count = serializers.IntegerField()
+    last_message_at = serializers.DateTimeField()
+    participants = serializers.SerializerMethodField(
+        help_text="The senders of the thread's messages, in order of first appearance."
+    )
+
+    @extend_schema_field(Person(many=True))
+    def get_participants(self, thread: Thread) -> list[dict[str, str]]:
+        return selectors.participants(thread.senders)
+
+
+class ThreadDetailOutput(ThreadOutput):
+    messages = MessageSummaryOutput(many=True, source="messages.all")
+
+
+# Changes feed ------------------------------------------------------------------------------
+class ChangesQuery(serializers.Serializer):
+    cursor = serializers.IntegerField(
+        default=0,
+        min_value=0,
+        max_value=MAX_ID,
+        help_text="The `cursor` of the previous answer; 0 or absent: from the beginning.",
+    )
+    limit = serializers.IntegerField(default=100, min_value=1, max_value=1000)
+    wait = serializers.FloatField(
+        default=0,
+        min_value=0,
+        max_value=selectors.CHANGES_MAX_WAIT_SECONDS,
+        help_text="Long poll: wait up to this many seconds for a change when there is none.",
+    )
+
+
+class ChangeOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    type = serializers.ChoiceField(source="object_type", choices=ChangeEvent.ObjectType.choices)
+    kind = serializers.ChoiceField(choices=ChangeEvent.Kind.choices)
+    objectId = serializers.IntegerField(source="object_id")  # noqa: N815
+    accountId = serializers.IntegerField(source="account_id")  # noqa: N815
+    at = serializers.DateTimeField(source="created_at")
+
+
+class ChangesOutput(serializers.Serializer):
+    changes = ChangeOutput(many=True)
+    cursor = serializers.IntegerField(help_text="Pass it back as `cursor` for what comes next.")
+    hasMore = serializers.BooleanField(  # noqa: N815
+        help_text="More changes are waiting: ask again at once."
+    )

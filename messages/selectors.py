@@ -1,0 +1,232 @@
+"""Reads of the store for the API, always scoped to one owner.
+
+Every selector takes the user and returns only that user's objects: another user's object is
+simply not found (the API answers 404, never 403). Staff get no wider view here.
+Objects of accounts being deleted are hidden, except the account itself (its status shows).
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.postgres.expressions import ArraySubquery
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db.models import (
+    Count,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Cast, Coalesce, JSONObject
+
+from . import providers
+from .models import (
+    Account,
+    Attachment,
+    ChangeEvent,
+    Folder,
+    Message,
+    MessageLocation,
+    SyncRun,
+    Thread,
+)
+
+User = AbstractBaseUser | AnonymousUser
+
+SEARCH_CONFIG = "simple"
+# The changes feed's long poll: at most this long, looking every POLL_INTERVAL seconds.
+CHANGES_MAX_WAIT_SECONDS = 30.0
+CHANGES_POLL_INTERVAL = 0.5
+# Columns a message summary does not show (bodies can be megabytes).
+SUMMARY_DEFERRED = ("body_text", "body_html", "search_vector", "references", "defects")
+
+
+def _owned_accounts(user: User) -> QuerySet[Account]:
+    return Account.objects.filter(owner_id=user.pk)
+
+
+def _visible_accounts(user: User) -> QuerySet[Account]:
+    return _owned_accounts(user).exclude(status=Account.Status.DELETING)
+
+
+# Accounts ----------------------------------------------------------------------------------
+def account_list(*, user: User) -> QuerySet[Account]:
+    """The user's accounts, with the progress of the latest running sync."""
+    running = SyncRun.objects.filter(
+        account=OuterRef("pk"), status=SyncRun.Status.RUNNING
+    ).order_by("-started_at", "-id")
+    return (
+        _owned_accounts(user)
+        .select_related(*providers.related_names())
+        .annotate(
+            running_sync_kind=Subquery(running.values("kind")[:1]),
+            running_sync_done=Subquery(running.values("progress_done")[:1]),
+            running_sync_total=Subquery(running.values("progress_total")[:1]),
+        )
+    )
+
+
+def account_get(*, user: User, account_id: int) -> Account | None:
+    return account_list(user=user).filter(pk=account_id).first()
+
+
+# Folders -----------------------------------------------------------------------------------
+def folder_list(*, user: User, account_id: int | None = None) -> QuerySet[Folder]:
+    """Folders with their total and unread message counts, counted in the same query.
+
+    A message held twice in one folder (two UIDs) counts once.
+    """
+    folders = Folder.objects.filter(account__in=_visible_accounts(user))
+    if account_id is not None:
+        folders = folders.filter(account_id=account_id)
+    return folders.annotate(
+        total_count=Count("locations__message", distinct=True),
+        unread_count=Count(
+            "locations__message",
+            filter=Q(locations__message__is_read=False),
+            distinct=True,
+        ),
+    )
+
+
+# Threads -----------------------------------------------------------------------------------
+def thread_list(*, user: User) -> QuerySet[Thread]:
+    """Threads with activity, with unread count and participants (senders, first seen first).
+
+    Counts and participants are correlated subqueries, so PostgreSQL computes them only for
+    the page of threads returned.
+    """
+    unread = (
+        Message.objects.filter(thread=OuterRef("pk"), is_read=False)
+        .order_by()
+        .values("thread")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    senders = (
+        Message.objects.filter(thread=OuterRef("pk"))
+        .order_by("sort_date", "id")
+        .values(person=JSONObject(name="from_name", address="from_address"))
+    )
+    return (
+        Thread.objects.filter(account__in=_visible_accounts(user), last_message_at__isnull=False)
+        .annotate(
+            unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), Value(0)),
+            senders=ArraySubquery(senders),
+        )
+        .select_related("account")
+    )
+
+
+def thread_get(*, user: User, thread_id: int) -> Thread | None:
+    messages = (
+        Message.objects.order_by("sort_date", "id")
+        .defer(*SUMMARY_DEFERRED)
+        .prefetch_related(Prefetch("locations", queryset=_locations()))
+    )
+    return (
+        thread_list(user=user)
+        .prefetch_related(Prefetch("messages", queryset=messages))
+        .filter(pk=thread_id)
+        .first()
+    )
+
+
+def participants(senders: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Distinct people by address (case-insensitively), in order of first appearance."""
+    seen: dict[str, dict[str, str]] = {}
+    for person in senders or []:
+        key = (person.get("address") or person.get("name") or "").lower()
+        if key and key not in seen:
+            seen[key] = {"name": person.get("name") or "", "address": person.get("address") or ""}
+    return list(seen.values())
+
+
+# Messages ----------------------------------------------------------------------------------
+def _locations() -> QuerySet[MessageLocation]:
+    return MessageLocation.objects.select_related("folder").order_by("folder__name", "id")
+
+
+def message_list(*, user: User) -> QuerySet[Message]:
+    """The user's messages, without the heavy columns."""
+    return (
+        Message.objects.filter(account__in=_visible_accounts(user))
+        .defer(*SUMMARY_DEFERRED)
+        .prefetch_related(Prefetch("locations", queryset=_locations()))
+    )
+
+
+def message_search(messages: QuerySet[Message], text: str) -> QuerySet[Message]:
+    """Full-text search over subject (weight A), sender (B) and body (C), ranked.
+
+    The query is read as a web search (quoted phrases, OR, -excluded); the GIN index on the
+    generated `search_vector` column answers the match.
+    """
+    query = SearchQuery(text, search_type="websearch", config=SEARCH_CONFIG)
+    # double precision: ts_rank's real would not survive a round trip through a page cursor.
+    return messages.filter(search_vector=query).annotate(
+        search_rank=Cast(SearchRank(F("search_vector"), query), FloatField())
+    )
+
+
+def message_get(*, user: User, message_id: int) -> Message | None:
+    return (
+        Message.objects.filter(account__in=_visible_accounts(user), pk=message_id)
+        .defer("search_vector")
+        .select_related("account")
+        .prefetch_related(
+            Prefetch("locations", queryset=_locations()),
+            Prefetch("attachments", queryset=Attachment.objects.order_by("id")),
+        )
+        .first()
+    )
+
+
+def message_raw(*, user: User, message_id: int) -> bytes | None:
+    message = (
+        Message.objects.filter(account__in=_visible_accounts(user), pk=message_id)
+        .select_related("raw")
+        .first()
+    )
+    if message is None or not hasattr(message, "raw"):
+        return None
+    return message.raw.content()
+
+
+def attachment_get(*, user: User, attachment_id: int) -> Attachment | None:
+    return (
+        Attachment.objects.filter(message__account__in=_visible_accounts(user), pk=attachment_id)
+        .select_related("message")
+        .first()
+    )
+
+
+def message_has_folder(*, message: Message, folder_name: str) -> bool:
+    return Folder.objects.filter(account_id=message.account_id, name=folder_name).exists()
+
+
+def account_has_trash(*, account: Account) -> bool:
+    return Folder.objects.filter(account=account, role=Folder.Role.TRASH).exists()
+
+
+# Changes feed ------------------------------------------------------------------------------
+def changes_since(*, user: User, cursor: int, limit: int) -> list[ChangeEvent]:
+    """The user's change events after `cursor`, in id order (which is commit order)."""
+    return list(ChangeEvent.objects.filter(owner_id=user.pk, id__gt=cursor).order_by("id")[:limit])
+
+
+def changes_wait(*, user: User, cursor: int, limit: int, wait: float) -> list[ChangeEvent]:
+    """Like changes_since, but waits up to `wait` seconds for the first event to arrive."""
+    deadline = time.monotonic() + min(wait, CHANGES_MAX_WAIT_SECONDS)
+    while True:
+        events = changes_since(user=user, cursor=cursor, limit=limit)
+        if events or time.monotonic() >= deadline:
+            return events
+        time.sleep(min(CHANGES_POLL_INTERVAL, max(0.0, deadline - time.monotonic())))

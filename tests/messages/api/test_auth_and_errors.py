@@ -1,0 +1,150 @@
+"""Authentication (token and session), one error shape everywhere, and the documented schema."""
+
+import pytest
+import yaml
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_token_for_username_and_password(client, user):
+    response = client.post(
+        "/api/auth/token/",
+        {"username": "alice", "password": "pw-alice-123"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    token = response.json()["token"]
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api.get("/api/accounts/").status_code == 200
+    again = client.post(
+        "/api/auth/token/",
+        {"username": "alice", "password": "pw-alice-123"},
+        content_type="application/json",
+    )
+    assert again.json()["token"] == token
+
+
+def test_token_refused_for_a_wrong_password(client, user):
+    response = client.post(
+        "/api/auth/token/",
+        {"username": "alice", "password": "nope"},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert "Unable to log in" in error["message"]
+    missing = client.post("/api/auth/token/", {}, content_type="application/json")
+    assert set(missing.json()["error"]["fields"]) == {"username", "password"}
+
+
+def test_invalid_token_is_401(client):
+    response = client.get("/api/accounts/", HTTP_AUTHORIZATION="Token not-a-token")
+    assert response.status_code == 401
+    assert response.json()["error"] == {
+        "code": "authentication_failed",
+        "message": "Invalid token.",
+    }
+
+
+def test_session_authentication_with_csrf(user, account):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    assert client.get("/api/accounts/").json()["results"][0]["id"] == account.pk
+    refused = client.patch(f"/api/accounts/{account.pk}/", {"display_name": "x"}, format="json")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert "CSRF" in refused.json()["error"]["message"]
+
+
+def test_method_not_allowed_has_the_error_shape(api):
+    response = api.put("/api/accounts/", {}, format="json")
+    assert response.status_code == 405
+    assert response.json()["error"] == {
+        "code": "method_not_allowed",
+        "message": 'Method "PUT" not allowed.',
+    }
+
+
+def test_unknown_api_url_is_a_json_404(api):
+    for url in ("/api/nothing-here/", "/api/messages/abc/", "/api/messages/99999999999999999999/"):
+        response = api.get(url)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_malformed_json_is_a_parse_error(api, account):
+    response = api.generic(
+        "PATCH", f"/api/accounts/{account.pk}/", "{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "parse_error"
+
+
+def test_form_bodies_are_unsupported(api, account):
+    response = api.patch(f"/api/accounts/{account.pk}/", {"display_name": "x"})
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_schema_documents_every_endpoint_and_its_errors(client):
+    response = client.get("/api/schema/")
+    assert response.status_code == 200
+    schema = yaml.safe_load(response.content)
+    paths = schema["paths"]
+    assert set(paths) == {
+        "/api/auth/token/",
+        "/api/accounts/",
+        "/api/accounts/{id}/",
+        "/api/accounts/{id}/sync/",
+        "/api/accounts/{id}/test-connection/",
+        "/api/accounts/{id}/folders/",
+        "/api/folders/",
+        "/api/threads/",
+        "/api/threads/{id}/",
+        "/api/messages/",
+        "/api/messages/{id}/",
+        "/api/messages/{id}/raw/",
+        "/api/attachments/{id}/download/",
+        "/api/changes/",
+    }
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert responses["400"]["content"]["application/json"]["schema"] == error_ref
+            if path != "/api/auth/token/":
+                assert {"401", "403"} <= set(responses), (method, path)
+            if "{id}" in path:
+                assert "404" in responses, (method, path)
+    message_filters = {p["name"] for p in paths["/api/messages/"]["get"]["parameters"]}
+    assert message_filters >= {
+        "account",
+        "folder",
+        "thread",
+        "unread",
+        "flagged",
+        "has_attachments",
+        "from",
+        "to",
+        "subject",
+        "after",
+        "before",
+        "q",
+        "cursor",
+        "page_size",
+    }
+    create = schema["components"]["schemas"]["AccountCreateInputRequest"]
+    assert set(create["discriminator"]["mapping"]) == {"imap", "local"}
+    account_out = schema["components"]["schemas"]["AccountOutput"]["properties"]
+    assert "password" not in account_out and "oauth2_token" not in account_out
+    assert "409" in paths["/api/accounts/{id}/sync/"]["post"]["responses"]
+    assert "202" in paths["/api/messages/{id}/"]["patch"]["responses"]
+
+
+def test_swagger_ui_is_served(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
