@@ -292,7 +292,8 @@ def publish_message_change(
     if task_name is None:
         return False
     args = [account_id, message_id, change]
-    transaction.on_commit(lambda: app.send_task(task_name, args=args, queue=QUEUE_SMTP))
+    queue = PROVIDER_QUEUES[provider]
+    transaction.on_commit(lambda: app.send_task(task_name, args=args, queue=queue))
     return True
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import nh3
+from contextvars import ContextVar
+
 from django.contrib import admin, messages
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -22,6 +23,8 @@ from .models import (
     SyncRun,
     Thread,
 )
+from .sanitize import sanitize_mail_html
+from .services import attachment_ensure_stored
 
 
 def _progress(run: SyncRun | None) -> str:
@@ -65,10 +68,7 @@ class AccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now (full sync)")
     def sync_now(self, request: HttpRequest, queryset) -> None:
-        published = sum(
-            topics.publish_full_sync(a.pk, a.provider, {"includeAttachments": True})
-            for a in queryset
-        )
+        published = sum(topics.publish_full_sync(a.pk, a.provider) for a in queryset)
         self.message_user(request, f"Full sync requested for {published} account(s).")
 
     @admin.action(description="Pause syncing")
@@ -181,15 +181,32 @@ class MessageAdmin(admin.ModelAdmin):
         url = reverse("admin:mailstore_message_raw", args=[obj.pk])
         return format_html('<a href="{}">Download .eml</a>', url)
 
-    @admin.display(description="HTML (sanitized)")
+    @admin.display(description="HTML (sanitized; remote images blocked)")
     def rendered_html(self, obj: Message) -> str:
         if not obj.body_html:
             return "-"
+        base = _site_root.get()
+        cid_urls = {
+            a.content_id: base
+            + reverse("admin:mailstore_message_attachment", args=[obj.pk, a.pk]).lstrip("/")
+            for a in obj.attachments.exclude(content_id="")
+        }
+        sanitized = sanitize_mail_html(obj.body_html, cid_urls=cid_urls)
         return format_html(
             '<div style="border:1px solid #ccc;padding:8px;max-height:40em;overflow:auto">{}</div>',
-            # nh3 removes scripts, event handlers and javascript: URLs; the result is safe.
-            _safe(nh3.clean(obj.body_html, url_schemes={"http", "https", "mailto", "cid"})),
+            _safe(sanitized.html),
         )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The sanitizer accepts absolute URLs only: give rendered_html this request's root.
+        token = _site_root.set(request.build_absolute_uri("/"))
+        try:
+            response = super().change_view(request, object_id, form_url, extra_context)
+            if hasattr(response, "render"):
+                response.render()  # while the root is set: a TemplateResponse renders lazily
+            return response
+        finally:
+            _site_root.reset(token)
 
     def get_urls(self):
         urls = [
@@ -197,15 +214,36 @@ class MessageAdmin(admin.ModelAdmin):
                 "<int:pk>/raw/",
                 self.admin_site.admin_view(self.raw_view),
                 name="mailstore_message_raw",
-            )
+            ),
+            path(
+                "<int:pk>/attachment/<int:attachment_id>/",
+                self.admin_site.admin_view(self.attachment_view),
+                name="mailstore_message_attachment",
+            ),
         ]
         return urls + super().get_urls()
+
+    def attachment_view(self, request: HttpRequest, pk: int, attachment_id: int) -> HttpResponse:
+        attachment = attachment_ensure_stored(
+            attachment=get_object_or_404(Attachment, pk=attachment_id, message_id=pk)
+        )
+        response = FileResponse(
+            attachment.file.open("rb"),
+            content_type=attachment.content_type or "application/octet-stream",
+        )
+        response["Content-Disposition"] = "inline" if attachment.is_inline else "attachment"
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+        return response
 
     def raw_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         raw = get_object_or_404(RawMessage, pk=pk)
         response = HttpResponse(raw.content(), content_type="message/rfc822")
         response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
         return response
+
+
+_site_root: ContextVar[str] = ContextVar("admin_site_root", default="http://localhost/")
 
 
 def _safe(html: str):

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from django.db import connection, transaction
 
-from .models import Account, ChangeEvent
+from .models import Account, ChangeEvent, Message
 
 EVENT_LOCK_NAMESPACE = 7202
 
@@ -35,3 +35,14 @@ def events_record(account: Account, object_type: str, kind: str, object_ids: Ite
             ],
             batch_size=1000,
         )
+
+
+def messages_updated(account: Account, message_ids: Iterable[int]) -> None:
+    """Message events, plus thread events: a thread's unread count and folders follow its
+    messages, so a client showing the thread must hear of it too."""
+    ids = set(message_ids)
+    if not ids:
+        return
+    thread_ids = set(Message.objects.filter(id__in=ids).values_list("thread_id", flat=True))
+    events_record(account, "message", "updated", ids)
+    events_record(account, "thread", "updated", thread_ids)

@@ -17,7 +17,7 @@ from django.db import connection, transaction
 
 from emailplatform.topics import IncomingMessage
 
-from .events import events_record
+from .events import events_record, messages_updated
 from .folders import folders_by_name
 from .mime import ParsedAttachment, ParsedMessage, parse_message
 from .models import Account, Attachment, Message, MessageLocation, RawMessage
@@ -107,12 +107,12 @@ def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> In
         result.message_ids = sorted(m.id for m in all_messages.values())
         created_ids = {m.id for m in created.values()}
         events_record(account, "message", "created", created_ids)
-        events_record(account, "message", "updated", changed_ids - created_ids)
         if threads is not None:
             touched = set(threads.thread_ids)
             events_record(account, "thread", "created", threads.created)
             events_record(account, "thread", "updated", touched - threads.created)
             events_record(account, "thread", "deleted", threads.merged_away)
+        messages_updated(account, changed_ids - created_ids)
     return result
 
 

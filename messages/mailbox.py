@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from django.db import transaction
 from django.db.models import Count
 
-from .events import events_record
+from .events import events_record, messages_updated
 from .ingest import FLAG_FIELDS, flag_values
 from .models import Account, Folder, Message, MessageLocation, Thread
 from .threader import refresh_thread_summaries
@@ -49,7 +49,7 @@ def folders_remove_missing(account: Account, present: Iterable[str]) -> int:
         touched = _messages_in(MessageLocation.objects.filter(folder_id__in=gone_ids))
         Folder.objects.filter(id__in=gone_ids).delete()
         events_record(account, "folder", "deleted", gone_ids)
-        events_record(account, "message", "updated", touched)
+        messages_updated(account, touched)
     return len(gone_ids)
 
 
@@ -77,7 +77,7 @@ def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
         folder.highest_modseq = None
         folder.sync_state = {}
         folder.save(update_fields=["uidvalidity", "uidnext", "highest_modseq", "sync_state"])
-        events_record(folder.account, "message", "updated", touched)
+        messages_updated(folder.account, touched)
     return removed
 
 
@@ -86,7 +86,7 @@ def locations_remove(folder: Folder, uids: Iterable[int]) -> int:
         locations = MessageLocation.objects.filter(folder=folder, uid__in=list(uids))
         touched = _messages_in(locations)
         removed, _ = locations.delete()
-        events_record(folder.account, "message", "updated", touched)
+        messages_updated(folder.account, touched)
     return removed
 
 
@@ -107,7 +107,7 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
     if changed:
         with transaction.atomic():
             Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
-            events_record(folder.account, "message", "updated", [m.id for m in changed])
+            messages_updated(folder.account, [m.id for m in changed])
     return len(changed)
 
 

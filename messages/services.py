@@ -19,7 +19,7 @@ from django.utils import timezone
 from emailplatform import topics
 
 from . import providers
-from .events import events_record
+from .events import events_record, messages_updated
 from .folders import folders_by_name
 from .ingest import INGEST_LOCK_NAMESPACE, IngestResult
 from .mime import parse_message
@@ -90,7 +90,7 @@ def full_syncs_schedule() -> int:
     accounts = Account.objects.filter(status=Account.Status.ACTIVE).values_list("id", "provider")
     with transaction.atomic():
         for account_id, provider in accounts:
-            if topics.publish_full_sync(account_id, provider, {"includeAttachments": True}):
+            if topics.publish_full_sync(account_id, provider):
                 published += 1
     return published
 
@@ -262,10 +262,7 @@ def account_sync_request(*, account: Account, full: bool) -> None:
             code="auth_failed",
         )
     if full:
-        include = bool((account.sync_settings or {}).get("includeAttachments", True))
-        published = topics.publish_full_sync(
-            account.pk, account.provider, {"includeAttachments": include}
-        )
+        published = topics.publish_full_sync(account.pk, account.provider)
     else:
         published = topics.publish_incremental_sync(account.pk, account.provider)
     if not published:
@@ -343,8 +340,7 @@ def _message_change_in_store(
             destination = Folder.objects.get(account=account, name=folder)
         moved = destination is not None and _move_in_store(message, destination)
         if changed or moved:
-            events_record(account, "message", "updated", [message.pk])
-            events_record(account, "thread", "updated", [message.thread_id])
+            messages_updated(account, [message.pk])
 
 
 def _move_in_store(message: Message, destination: Folder) -> bool:

@@ -94,8 +94,7 @@ def imap_account_create(
         )
         events_record(account, "account", "created", [account.pk])
         if start_sync:
-            include = bool(data.sync_settings.get("includeAttachments", True))
-            topics.publish_full_sync(account.pk, account.provider, {"includeAttachments": include})
+            topics.publish_full_sync(account.pk, account.provider)
     return account
 
 

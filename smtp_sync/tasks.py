@@ -60,14 +60,15 @@ def apply_message_change(self, account_id: int, message_id: int, change: dict) -
             _mark(account_id, f"could not apply a change to message {message_id}: {exc}")
         raise
     except ImapAuthError as exc:
+        _mark(account_id, str(exc), auth=True)
         return {"error": str(exc)}
     return {"applied": change}
 
 
-def _mark(account_id: int, reason: str) -> None:
+def _mark(account_id: int, reason: str, *, auth: bool = False) -> None:
     account = Account.objects.filter(pk=account_id).first()
     if account is not None:
-        account_mark_error(account, reason)
+        account_mark_error(account, reason, auth=auth)
 
 
 @shared_task(name="smtp_sync.poll_accounts")

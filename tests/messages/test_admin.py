@@ -85,3 +85,27 @@ def test_sync_now_and_pause_actions(staff_client, stored):
     staff_client.post(url, {"action": "resume", "_selected_action": [stored.account_id]})
     stored.account.refresh_from_db()
     assert stored.account.status == "active"
+
+
+def test_inline_images_are_served_and_remote_images_blocked(staff_client, account):
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "a@example.com"
+    msg["Subject"] = "with images"
+    msg.set_content("x")
+    msg.add_alternative(
+        '<p><img src="cid:logo@x"> <img src="https://tracker.example/pixel.gif"></p>',
+        subtype="html",
+    )
+    msg.get_payload()[1].add_related(b"GIF89a-bytes", "image", "gif", cid="<logo@x>")
+    messages_upsert(account=account, items=[incoming(bytes(msg), folder="INBOX", uid=1)])
+    message = Message.objects.get(account=account, subject="with images")
+    body = staff_client.get(reverse("admin:mailstore_message_change", args=[message.pk])).content
+    text = body.decode()
+    assert "tracker.example" not in text
+    logo = message.attachments.get(content_id="logo@x")
+    url = reverse("admin:mailstore_message_attachment", args=[message.pk, logo.pk])
+    assert f'src="http://testserver{url}"' in text
+    served = staff_client.get(url)
+    assert b"".join(served.streaming_content) == b"GIF89a-bytes"

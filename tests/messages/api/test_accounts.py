@@ -158,11 +158,8 @@ def test_sync_now_publishes_full_and_incremental_syncs(
     assert full.status_code == incremental.status_code == 202
     assert full.json() == {"queued": True, "full": True}
     assert incremental.json() == {"queued": True, "full": False}
-    payload = {
-        "accountId": account.pk,
-        "provider": "imap",
-        "options": {"includeAttachments": False},
-    }
+    # No per-run options: the sync reads the account's own settings (includeAttachments false).
+    payload = {"accountId": account.pk, "provider": "imap", "options": {}}
     assert queued(topics.QUEUE_FULL_SYNC) == [("smtp_sync.full_sync", [payload])]
     assert queued(topics.QUEUE_SMTP) == [("smtp_sync.incremental_sync", [account.pk])]
 

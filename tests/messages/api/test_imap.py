@@ -57,7 +57,7 @@ def test_create_an_imap_account_against_the_server(api, user, imap_user, empty_q
     assert account.get_credentials() == {"password": imap_user.password}
     assert imap_user.password.encode() not in bytes(account.credentials_encrypted)
     assert "IMAP4REV1" in ImapSettings.objects.get(account=account).capabilities
-    payload = {"accountId": account.pk, "provider": "imap", "options": {"includeAttachments": True}}
+    payload = {"accountId": account.pk, "provider": "imap", "options": {}}
     assert queued(topics.QUEUE_FULL_SYNC) == [("smtp_sync.full_sync", [payload])]
 
 
