@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bench-ingest bench-imap
+.PHONY: run test lint format bootstrap bench-ingest bench-imap bench-api
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -27,3 +27,6 @@ bench-ingest: bootstrap
 
 bench-imap: bootstrap
 	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)
+
+bench-api: bootstrap
+	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)
