@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import socket
 import ssl
@@ -100,6 +101,12 @@ def _flags(values: Iterable[bytes | str]) -> list[str]:
     return sorted(_text(v) for v in values if _text(v).lower() != "\\recent")
 
 
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """Built once: creating a default context costs ~20 ms, a third of a quiet sync."""
+    return ssl.create_default_context()
+
+
 def _reason(exc: Exception) -> str:
     """The server's words from an imaplib error (whose argument is often bytes)."""
     arg = exc.args[0] if exc.args else exc
@@ -145,7 +152,7 @@ class ImapConnection:
     # Connection --------------------------------------------------------------------------
     def connect(self) -> None:
         server = self.server
-        context = ssl.create_default_context()
+        context = _tls_context() if server.security in ("ssl", "starttls") else None
         try:
             client = IMAPClient(
                 server.host,
@@ -227,6 +234,21 @@ class ImapConnection:
             uidvalidity=int(response[b"UIDVALIDITY"]),
             uidnext=int(response.get(b"UIDNEXT", 0)),
             exists=int(response.get(b"EXISTS", 0)),
+            highest_modseq=int(response[b"HIGHESTMODSEQ"])
+            if b"HIGHESTMODSEQ" in response
+            else None,
+        )
+
+    def status(self, folder: str) -> FolderStatus:
+        """The folder's counters without selecting it (cheaper on big folders)."""
+        items = [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES"]
+        if self.has("CONDSTORE"):
+            items.append(b"HIGHESTMODSEQ")
+        response = self._call(self.imap.folder_status, folder, items)
+        return FolderStatus(
+            uidvalidity=int(response[b"UIDVALIDITY"]),
+            uidnext=int(response.get(b"UIDNEXT", 0)),
+            exists=int(response.get(b"MESSAGES", 0)),
             highest_modseq=int(response[b"HIGHESTMODSEQ"])
             if b"HIGHESTMODSEQ" in response
             else None,

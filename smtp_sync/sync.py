@@ -42,6 +42,7 @@ class SyncReport:
     new: int = 0
     flag_changes: int = 0
     removed_locations: int = 0
+    removed_folders: int = 0
     deleted_messages: int = 0
     done: bool = True
     folder_errors: dict[str, str] = field(default_factory=dict)
@@ -51,6 +52,7 @@ class SyncReport:
         self.new += other.new
         self.flag_changes += other.flag_changes
         self.removed_locations += other.removed_locations
+        self.removed_folders += other.removed_folders
         self.deleted_messages += other.deleted_messages
         self.done = other.done
         self.folder_errors.update(other.folder_errors)
@@ -162,7 +164,10 @@ class ImapAccountSync:
             sync_run_finish(run=self.run, error=f"{type(exc).__name__}: {exc}")
             raise
         if self.report.done:
-            self.report.deleted_messages = mailbox.orphans_delete(self.account)
+            # The orphan scan reads every message of the account: run it when this pass took
+            # messages out of folders, and on full syncs (which also clean up after a crash).
+            if full or self.report.removed_locations or self.report.removed_folders:
+                self.report.deleted_messages = mailbox.orphans_delete(self.account)
             account_mark_ok(self.account)
         sync_run_finish(run=self.run)
         return self.report
@@ -181,7 +186,7 @@ class ImapAccountSync:
                 role=sf.role or guess_role(sf.name, sf.delimiter),
                 parent=by_name.get(parent_name) if parent_name else None,
             )
-        mailbox.folders_remove_missing(self.account, by_name)
+        self.report.removed_folders += mailbox.folders_remove_missing(self.account, by_name)
         selectable = [
             by_name[sf.name]
             for sf in server_folders
@@ -197,6 +202,8 @@ class ImapAccountSync:
         SyncRun.objects.filter(pk=self.run.pk).update(progress_total=self.progress_total)
 
     def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
+        if not full and self._unchanged(conn, folder):
+            return
         status = conn.select(folder.name)
         if folder.uidvalidity is not None and folder.uidvalidity != status.uidvalidity:
             logger.info("UIDVALIDITY of %s changed: re-mapping its messages", folder.name)
@@ -215,6 +222,17 @@ class ImapAccountSync:
         folder.highest_modseq = status.highest_modseq
         folder.sync_state = {**folder.sync_state, "complete": True}
         folder.save(update_fields=["uidnext", "highest_modseq", "sync_state"])
+
+    def _unchanged(self, conn: ImapConnection, folder: Folder) -> bool:
+        """With CONDSTORE, STATUS tells a quiet folder without the cost of selecting it."""
+        if not folder.sync_state.get("complete") or folder.highest_modseq is None:
+            return False
+        status = conn.status(folder.name)
+        return (
+            status.uidvalidity == folder.uidvalidity
+            and status.uidnext == folder.uidnext
+            and status.highest_modseq == folder.highest_modseq
+        )
 
     def _reconcile(self, conn: ImapConnection, folder: Folder, *, refresh_flags: bool) -> None:
         """Make the folder's stored UIDs equal the server's: fetch missing, drop vanished.
