@@ -13,7 +13,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from messages.models import Message
 from smtp_sync.sync import ImapAccountSync
@@ -56,6 +57,13 @@ def browser():
     driver.quit()
 
 
+def wait_for_text(driver, text: str, timeout: float = 15) -> None:
+    """A click starts a navigation and returns: wait until the new page shows the text."""
+    WebDriverWait(driver, timeout).until(
+        expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "body"), text)
+    )
+
+
 def shot(driver, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
@@ -74,13 +82,13 @@ def test_operator_logs_in_syncs_and_reads_mail(
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("op-pass-12345")
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    assert "Site administration" in browser.page_source
+    wait_for_text(browser, "Site administration")
     shot(browser, "01-admin-home")
 
     browser.get(f"{live_server.url}/admin/mailstore/account/")
     assert imap_account.email_address in browser.page_source
     browser.find_element(By.LINK_TEXT, imap_account.email_address).click()
-    assert "last_error" in browser.page_source or "Last error" in browser.page_source
+    wait_for_text(browser, "Last error")
     assert imap_user.password not in browser.page_source
     shot(browser, "02-account")
 
@@ -88,11 +96,11 @@ def test_operator_logs_in_syncs_and_reads_mail(
     browser.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("sync_now")
     browser.find_element(By.NAME, "index").click()
-    assert "Full sync requested for 1 account(s)." in browser.page_source
+    wait_for_text(browser, "Full sync requested for 1 account(s).")
     shot(browser, "03-sync-now")
 
     browser.get(f"{live_server.url}/admin/mailstore/message/{message.pk}/change/")
-    assert "Quarterly numbers inside." in browser.page_source
+    wait_for_text(browser, "Quarterly numbers inside.")
     assert browser.title != "pwned", "a script from the mail ran in the admin"
     raw_link = browser.find_element(By.LINK_TEXT, "Download .eml")
     assert raw_link.get_attribute("href").endswith(f"/admin/mailstore/message/{message.pk}/raw/")
