@@ -10,6 +10,7 @@ from django.conf import settings
 
 from emailplatform import topics
 from messages.models import Account, Message
+from messages.services import dead_letter_record
 
 from .changes import ChangeError, imap_message_change
 from .imap import ImapAuthError, ImapConnectError
@@ -34,9 +35,15 @@ RETRY = {
 
 @shared_task(name=topics.FULL_SYNC_TASKS["imap"], **RETRY)
 def full_sync(payload: dict[str, Any]) -> dict[str, Any]:
-    """EmailFullSync consumer for IMAP accounts."""
-    account_id = int(payload["accountId"])
-    options = payload.get("options") or {}
+    """EmailFullSync consumer for IMAP accounts; a payload that breaks the contract is
+    dead-lettered with the reason, not retried."""
+    try:
+        account_id = int(payload["accountId"])
+        options = dict(payload.get("options") or {})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = f"EmailFullSync payload unreadable ({type(exc).__name__}: {exc})"
+        letter = dead_letter_record(task_name=full_sync.name, reason=reason, payload=payload)
+        return {"deadLetter": letter.pk, "reason": reason}
     return _run(account_id, full=not payload.get("continuation"), options=options, payload=payload)
 
 

@@ -308,3 +308,16 @@ def test_admin_adds_an_imap_account_after_testing_it(client, django_user_model, 
     page = client.get(reverse("admin:smtp_sync_imapsettings_change", args=[account.pk]))
     assert imap_user.password not in page.content.decode()
     assert ImapSettings.objects.get(account=account).username == imap_user.username
+
+
+@pytest.mark.parametrize(
+    "payload", [{}, {"accountId": "x"}, "not an object", {"accountId": 1, "options": 5}]
+)
+def test_malformed_full_sync_payload_is_dead_lettered(payload):
+    from messages.models import DeadLetter
+    from smtp_sync.tasks import full_sync
+
+    outcome = full_sync.apply(args=[payload]).get()
+    letter = DeadLetter.objects.get()
+    assert outcome["deadLetter"] == letter.pk
+    assert "EmailFullSync payload unreadable" in letter.reason
