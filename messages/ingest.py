@@ -42,13 +42,6 @@ class IngestResult:
     damaged: int = 0
     message_ids: list[int] = field(default_factory=list)
 
-    def add(self, other: IngestResult) -> None:
-        self.created += other.created
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.damaged += other.damaged
-        self.message_ids.extend(other.message_ids)
-
 
 @dataclass
 class _Prepared:

@@ -395,7 +395,3 @@ def _html_to_text(html: str) -> str:
 
 def _snippet(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()[:SNIPPET_LENGTH]
-
-
-def ingestion_time() -> datetime:
-    return datetime.now(UTC)

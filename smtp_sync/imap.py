@@ -26,7 +26,6 @@ SPECIAL_USE_ROLES = {
     b"\\flagged": "flagged",
     b"\\important": "important",
 }
-SYSTEM_FLAGS = ("\\Seen", "\\Flagged", "\\Answered", "\\Draft")
 
 
 class ImapError(Exception):
@@ -99,6 +98,17 @@ def _text(value: bytes | str) -> str:
 
 def _flags(values: Iterable[bytes | str]) -> list[str]:
     return sorted(_text(v) for v in values if _text(v).lower() != "\\recent")
+
+
+def _folder_status(response: dict, *, count_key: bytes) -> FolderStatus:
+    """SELECT and STATUS answer with the same counters (the count is EXISTS or MESSAGES)."""
+    modseq = response.get(b"HIGHESTMODSEQ")
+    return FolderStatus(
+        uidvalidity=int(response[b"UIDVALIDITY"]),
+        uidnext=int(response.get(b"UIDNEXT", 0)),
+        exists=int(response.get(count_key, 0)),
+        highest_modseq=int(modseq) if modseq is not None else None,
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -230,14 +240,7 @@ class ImapConnection:
 
     def select(self, folder: str, readonly: bool = True) -> FolderStatus:
         response = self._call(self.imap.select_folder, folder, readonly=readonly)
-        return FolderStatus(
-            uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(response.get(b"UIDNEXT", 0)),
-            exists=int(response.get(b"EXISTS", 0)),
-            highest_modseq=int(response[b"HIGHESTMODSEQ"])
-            if b"HIGHESTMODSEQ" in response
-            else None,
-        )
+        return _folder_status(response, count_key=b"EXISTS")
 
     def status(self, folder: str) -> FolderStatus:
         """The folder's counters without selecting it (cheaper on big folders)."""
@@ -245,14 +248,7 @@ class ImapConnection:
         if self.has("CONDSTORE"):
             items.append(b"HIGHESTMODSEQ")
         response = self._call(self.imap.folder_status, folder, items)
-        return FolderStatus(
-            uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(response.get(b"UIDNEXT", 0)),
-            exists=int(response.get(b"MESSAGES", 0)),
-            highest_modseq=int(response[b"HIGHESTMODSEQ"])
-            if b"HIGHESTMODSEQ" in response
-            else None,
-        )
+        return _folder_status(response, count_key=b"MESSAGES")
 
     def message_count(self, folder: str) -> int:
         status = self._call(self.imap.folder_status, folder, [b"MESSAGES"])
@@ -358,9 +354,6 @@ class ImapConnection:
             self._call(self.imap.uid_expunge, list(uids))
         else:
             self._call(self.imap.expunge)
-
-    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
-        self._call(self.imap.append, folder, raw, flags=[f.encode() for f in flags])
 
     # Errors ------------------------------------------------------------------------------
     def _call(self, method, *args, **kwargs):
