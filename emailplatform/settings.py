@@ -113,9 +113,14 @@ SYNC_LOCK_TTL_SECONDS = env.int("SYNC_LOCK_TTL_SECONDS", default=120)
 # operators edit it in the admin afterwards).
 FULL_SYNC_INTERVAL_MINUTES = env.int("FULL_SYNC_INTERVAL_MINUTES", default=360)
 
-# Messages larger than this are not inlined on a queue: they are staged in the database and the
-# payload carries a reference (see emailplatform.topics).
+# Messages larger than this are not inlined on a queue: they are staged in the media storage and
+# the payload carries a reference (see emailplatform.topics).
 INLINE_RAW_LIMIT_BYTES = env.int("INLINE_RAW_LIMIT_BYTES", default=2 * 1024 * 1024)
+
+# Messages larger than this are never held in memory whole: IMAP fetches them in pieces into a
+# temporary file, their big parts are decoded part by part (messages.mime_stream), and their
+# raw bytes are kept compressed in a file of the media storage rather than in the database.
+LARGE_MESSAGE_BYTES = env.int("LARGE_MESSAGE_BYTES", default=8 * 1024 * 1024)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

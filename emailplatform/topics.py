@@ -119,6 +119,7 @@ class IncomingMessage:
     internal_date: str | None = None
     include_attachments: bool = True
     staged_ref: str | None = None
+    raw_file: str | None = None  # a local file with the raw bytes (raw is then empty)
 
 
 @dataclass
@@ -151,10 +152,10 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
                 raw = base64.b64decode(item["raw"], validate=True)
             except ValueError as exc:
                 raise PayloadError(f"messages/{index}/raw: not valid base64 ({exc})") from exc
-            staged_ref = None
+            staged_ref = raw_file = None
         else:
             staged_ref = item["rawRef"]
-            raw = _read_staged(staged_ref, index)
+            raw, raw_file = _read_staged(staged_ref, index)
         folders = list(item.get("labels") or [])
         if item.get("folder"):
             folders.insert(0, item["folder"])
@@ -169,6 +170,7 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
                 internal_date=item.get("internalDate"),
                 include_attachments=item.get("includeAttachments", True),
                 staged_ref=staged_ref,
+                raw_file=raw_file,
             )
         )
     return NewMessageBatch(
@@ -179,14 +181,17 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
     )
 
 
-def _read_staged(ref: str, index: int) -> bytes:
+def _read_staged(ref: str, index: int) -> tuple[bytes, str | None]:
+    """(raw, None), or (b"", its local path) when the storage has one: big mail stays on disk."""
     from django.core.files.storage import default_storage
 
+    if not default_storage.exists(ref):
+        raise PayloadError(f"messages/{index}/rawRef: staged blob {ref} does not exist")
     try:
+        return b"", default_storage.path(ref)
+    except NotImplementedError:
         with default_storage.open(ref, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError as exc:
-        raise PayloadError(f"messages/{index}/rawRef: staged blob {ref} does not exist") from exc
+            return handle.read(), None
 
 
 def stage_raw(raw: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 
 from django.contrib import admin, messages
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -238,7 +238,8 @@ class MessageAdmin(admin.ModelAdmin):
 
     def raw_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         raw = get_object_or_404(RawMessage, pk=pk)
-        response = HttpResponse(raw.content(), content_type="message/rfc822")
+        response = StreamingHttpResponse(raw.chunks(), content_type="message/rfc822")
+        response["Content-Length"] = str(raw.size)
         response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
         return response
 

@@ -7,11 +7,15 @@ changes nothing that is already there and never creates a second row.
 
 from __future__ import annotations
 
+import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
-from django.core.files.base import ContentFile
+from django.conf import settings
+from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 
@@ -20,6 +24,7 @@ from emailplatform.topics import IncomingMessage
 from .events import events_record, messages_updated
 from .folders import folders_by_name
 from .mime import ParsedAttachment, ParsedMessage, parse_message
+from .mime_stream import parse_message_file
 from .models import Account, Attachment, Message, MessageLocation, RawMessage
 from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
 
@@ -46,6 +51,7 @@ class IngestResult:
 @dataclass
 class _Prepared:
     item: IncomingMessage
+    raw: bytes | None  # None: a big message, read from item.raw_file and never held whole
     parsed: ParsedMessage
     provider_id: str
     sort_date: datetime
@@ -68,8 +74,15 @@ def flag_values(flags: Sequence[str]) -> dict[str, bool]:
 
 def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> IngestResult:
     """Store a batch of raw messages with their provider metadata."""
-    prepared = _prepare(items)
-    stored_files = _store_attachment_files(prepared)
+    with tempfile.TemporaryDirectory(prefix="ingest-", dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
+        prepared = _prepare(items, Path(tmp))
+        stored_files = _store_attachment_files(prepared)
+        return _write(account, prepared, stored_files, Path(tmp))
+
+
+def _write(
+    account: Account, prepared: list[_Prepared], stored_files: dict[str, str], work_dir: Path
+) -> IngestResult:
     result = IngestResult()
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -88,7 +101,10 @@ def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> In
         for p in prepared:
             if p.provider_id not in existing and p.provider_id not in new_by_id:
                 new_by_id[p.provider_id] = p
-        created, threads = _create_messages(account, list(new_by_id.values()), stored_files)
+        raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir)
+        created, threads = _create_messages(
+            account, list(new_by_id.values()), stored_files, raw_files
+        )
         result.created = len(created)
         result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
 
@@ -109,17 +125,18 @@ def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> In
     return result
 
 
-def _prepare(items: Sequence[IncomingMessage]) -> list[_Prepared]:
+def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepared]:
     now = datetime.now(UTC)
     prepared = []
     for item in items:
-        parsed = parse_message(item.raw)
+        raw, parsed = _parse(item, spill_dir)
         internal_date = _parse_iso(item.internal_date)
         if item.internal_date and internal_date is None:
             parsed.defects.append(f"provider internalDate unreadable: {item.internal_date!r}")
         prepared.append(
             _Prepared(
                 item=item,
+                raw=raw,
                 parsed=parsed,
                 provider_id=item.provider_id or derive_provider_id(parsed),
                 sort_date=internal_date or parsed.date or now,
@@ -127,6 +144,16 @@ def _prepare(items: Sequence[IncomingMessage]) -> list[_Prepared]:
             )
         )
     return prepared
+
+
+def _parse(item: IncomingMessage, spill_dir: Path) -> tuple[bytes | None, ParsedMessage]:
+    if not item.raw_file:
+        return item.raw, parse_message(item.raw)
+    path = Path(item.raw_file)
+    if path.stat().st_size > settings.LARGE_MESSAGE_BYTES:
+        return None, parse_message_file(path, spill_dir=spill_dir)
+    raw = path.read_bytes()
+    return raw, parse_message(raw)
 
 
 def _parse_iso(value: str | None) -> datetime | None:
@@ -148,15 +175,40 @@ def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
         for attachment in p.parsed.attachments:
             if attachment.sha256 in names:
                 continue
-            name = f"attachments/{attachment.sha256[:2]}/{attachment.sha256}"
-            if not default_storage.exists(name):
-                name = default_storage.save(name, ContentFile(attachment.payload))
-            names[attachment.sha256] = name
+            names[attachment.sha256] = attachment_file_store(attachment)
+    return names
+
+
+def attachment_file_store(attachment: ParsedAttachment) -> str:
+    """Store a part's content under its sha256 (once) and return the storage name."""
+    name = f"attachments/{attachment.sha256[:2]}/{attachment.sha256}"
+    if default_storage.exists(name):
+        return name
+    with attachment.open() as content:
+        return default_storage.save(name, File(content))
+
+
+def _store_raw_files(account: Account, new: list[_Prepared], work_dir: Path) -> dict[str, str]:
+    """Big new messages' raw bytes, zlib-compressed as in the database, streamed into a file
+    of their own (never shared, so deleting a message can never take another's raw)."""
+    names: dict[str, str] = {}
+    for p in new:
+        if p.raw is not None:
+            continue
+        compressed = work_dir / f"{p.parsed.sha256}.z"
+        RawMessage.compress_file(Path(p.item.raw_file), compressed)
+        with compressed.open("rb") as content:
+            name = f"raw/{account.pk}/{p.parsed.sha256[:2]}/{uuid.uuid4()}.z"
+            names[p.provider_id] = default_storage.save(name, File(content))
+        compressed.unlink()
     return names
 
 
 def _create_messages(
-    account: Account, new: list[_Prepared], stored_files: dict[str, str]
+    account: Account,
+    new: list[_Prepared],
+    stored_files: dict[str, str],
+    raw_files: dict[str, str],
 ) -> tuple[dict[str, Message], ThreadAssignment | None]:
     if not new:
         return {}, None
@@ -180,8 +232,9 @@ def _create_messages(
         [
             RawMessage(
                 message=row,
-                data=RawMessage.compress(p.item.raw),
-                size=len(p.item.raw),
+                data=RawMessage.compress(p.raw) if p.raw is not None else b"",
+                file=raw_files.get(p.provider_id, ""),
+                size=p.parsed.size,
                 sha256=p.parsed.sha256,
             )
             for p, row in zip(new, rows, strict=True)

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.db.models import Count
 
 from .events import events_record, messages_updated
+from .files import files_delete_unused_on_commit, message_files
 from .ingest import FLAG_FIELDS, flag_values
 from .models import Account, Folder, Message, MessageLocation, Thread
 from .threader import refresh_thread_summaries
@@ -120,7 +121,10 @@ def orphans_delete(account: Account) -> int:
             return 0
         message_ids = [m for m, _ in rows]
         thread_ids = {t for _, t in rows}
-        Message.objects.filter(id__in=message_ids).delete()
+        gone = Message.objects.filter(id__in=message_ids)
+        files = message_files(gone)
+        gone.delete()
+        files_delete_unused_on_commit(files)
         empty = list(
             Thread.objects.filter(id__in=thread_ids)
             .annotate(n=Count("messages"))

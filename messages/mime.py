@@ -15,6 +15,7 @@ from __future__ import annotations
 import email
 import hashlib
 import html as html_lib
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parsedate_to_datetime
+from typing import BinaryIO
 
 import nh3
 
@@ -43,10 +45,15 @@ class ParsedAttachment:
     is_inline: bool
     payload: bytes
     sha256: str
+    spill_path: str | None = None  # big parts of big messages: decoded into this file instead
+    spill_size: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.payload)
+        return self.spill_size if self.spill_path else len(self.payload)
+
+    def open(self) -> BinaryIO:
+        return open(self.spill_path, "rb") if self.spill_path else io.BytesIO(self.payload)  # noqa: SIM115
 
 
 @dataclass

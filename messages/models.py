@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
@@ -272,24 +274,65 @@ class Attachment(models.Model):
 
 
 class RawMessage(models.Model):
-    """The message as received, zlib-compressed: nothing is lost, and it can be re-parsed."""
+    """The message as received, zlib-compressed: nothing is lost, and it can be re-parsed.
+
+    Big messages (settings.LARGE_MESSAGE_BYTES) are kept, compressed the same way, in a file of
+    the media storage named by their sha256, and are read back in pieces."""
 
     message = models.OneToOneField(
         Message, on_delete=models.CASCADE, primary_key=True, related_name="raw"
     )
-    data = models.BinaryField()
+    data = models.BinaryField(blank=True, default=b"")
+    file = models.FileField(max_length=255, blank=True, default="")
     size = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
+
+    COMPRESSION_LEVEL = 1  # 3-4x faster than 6; mail is mostly base64 either way
+    CHUNK_BYTES = 1024 * 1024
 
     def __str__(self) -> str:
         return f"raw message {self.message_id} ({self.size} bytes)"
 
-    @staticmethod
-    def compress(raw: bytes) -> bytes:
-        return zlib.compress(raw, 1)  # 3-4x faster than 6; mail is mostly base64 either way
+    @classmethod
+    def compress(cls, raw: bytes) -> bytes:
+        return zlib.compress(raw, cls.COMPRESSION_LEVEL)
+
+    @classmethod
+    def compress_file(cls, source: Path, destination: Path) -> None:
+        compressor = zlib.compressobj(cls.COMPRESSION_LEVEL)
+        with source.open("rb") as src, destination.open("wb") as dst:
+            while block := src.read(cls.CHUNK_BYTES):
+                dst.write(compressor.compress(block))
+            dst.write(compressor.flush())
+
+    def chunks(self) -> Iterator[bytes]:
+        """The raw bytes, decompressed piece by piece."""
+        decompressor = zlib.decompressobj()
+        if self.file:
+            with self.file.open("rb") as handle:
+                while block := handle.read(self.CHUNK_BYTES):
+                    yield decompressor.decompress(block)
+        else:
+            yield decompressor.decompress(bytes(self.data))
+        yield decompressor.flush()
 
     def content(self) -> bytes:
-        return zlib.decompress(bytes(self.data))
+        return b"".join(self.chunks())
+
+    def head(self) -> bytes:
+        """The header block (up to the first blank line), without reading a big body."""
+        seen = b""
+        for chunk in self.chunks():
+            seen += chunk
+            ends = [seen.find(sep) + len(sep) for sep in (b"\r\n\r\n", b"\n\n") if sep in seen]
+            if ends:
+                return seen[: min(ends)]
+        return seen
+
+    def save_to(self, path: Path) -> None:
+        with path.open("wb") as handle:
+            for chunk in self.chunks():
+                handle.write(chunk)
 
 
 class SyncRun(models.Model):

@@ -34,6 +34,7 @@ from .models import (
     Folder,
     Message,
     MessageLocation,
+    RawMessage,
     SyncRun,
     Thread,
 )
@@ -189,15 +190,10 @@ def message_get(*, user: User, message_id: int) -> Message | None:
     )
 
 
-def message_raw(*, user: User, message_id: int) -> bytes | None:
-    message = (
-        Message.objects.filter(account__in=_visible_accounts(user), pk=message_id)
-        .select_related("raw")
-        .first()
-    )
-    if message is None or not hasattr(message, "raw"):
-        return None
-    return message.raw.content()
+def message_raw(*, user: User, message_id: int) -> RawMessage | None:
+    return RawMessage.objects.filter(
+        message__account__in=_visible_accounts(user), pk=message_id
+    ).first()
 
 
 def attachment_get(*, user: User, attachment_id: int) -> Attachment | None:

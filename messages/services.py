@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
@@ -20,9 +22,11 @@ from emailplatform import topics
 
 from . import providers
 from .events import events_record, messages_updated
+from .files import files_delete_unused_on_commit, message_files
 from .folders import folders_by_name
-from .ingest import INGEST_LOCK_NAMESPACE, IngestResult
-from .mime import parse_message
+from .ingest import INGEST_LOCK_NAMESPACE, IngestResult, attachment_file_store
+from .mime import ParsedMessage, parse_message
+from .mime_stream import parse_message_file
 from .models import (
     Account,
     Attachment,
@@ -210,13 +214,10 @@ def account_delete(*, account_id: int, max_seconds: float | None = None) -> bool
         if not ids:
             break
         with transaction.atomic():
-            files = set(
-                Attachment.objects.filter(message_id__in=ids)
-                .exclude(file="")
-                .values_list("file", flat=True)
-            )
-            Message.objects.filter(id__in=ids).delete()
-            _delete_unused_files_on_commit(files)
+            batch = Message.objects.filter(id__in=ids)
+            files = message_files(batch)
+            batch.delete()
+            files_delete_unused_on_commit(files)
         if deadline is not None and time.monotonic() > deadline:
             return False
     with transaction.atomic():
@@ -226,29 +227,13 @@ def account_delete(*, account_id: int, max_seconds: float | None = None) -> bool
                 "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
             )
         late = Message.objects.filter(account=account)
-        files = set(
-            Attachment.objects.filter(message__in=late)
-            .exclude(file="")
-            .values_list("file", flat=True)
-        )
+        files = message_files(late)
         late.delete()
-        _delete_unused_files_on_commit(files)
+        files_delete_unused_on_commit(files)
         Thread.objects.filter(account=account).delete()
         events_record(account, "account", "deleted", [account.pk])
         account.delete()
     return True
-
-
-def _delete_unused_files_on_commit(names: set[str]) -> None:
-    if not names:
-        return
-
-    def delete() -> None:
-        used = set(Attachment.objects.filter(file__in=names).values_list("file", flat=True))
-        for name in names - used:
-            default_storage.delete(name)
-
-    transaction.on_commit(delete)
 
 
 def account_sync_request(*, account: Account, full: bool) -> None:
@@ -367,13 +352,13 @@ def attachment_ensure_stored(*, attachment: Attachment) -> Attachment:
     raw = RawMessage.objects.filter(pk=attachment.message_id).first()
     if raw is None:
         raise AttachmentUnavailable("the raw message is not stored")
-    parsed = parse_message(raw.content())
-    part = next((a for a in parsed.attachments if a.part_path == attachment.part_path), None)
-    if part is None:
-        raise AttachmentUnavailable(f"part {attachment.part_path} is not in the raw message")
-    name = f"attachments/{part.sha256[:2]}/{part.sha256}"
-    if not default_storage.exists(name):
-        name = default_storage.save(name, ContentFile(part.payload))
+    work_dir = settings.FILE_UPLOAD_TEMP_DIR
+    with tempfile.TemporaryDirectory(prefix="attachment-", dir=work_dir) as tmp:
+        parsed = _parse_stored_raw(raw, Path(tmp))
+        part = next((a for a in parsed.attachments if a.part_path == attachment.part_path), None)
+        if part is None:
+            raise AttachmentUnavailable(f"part {attachment.part_path} is not in the raw message")
+        name = attachment_file_store(part)
     Attachment.objects.filter(pk=attachment.pk).update(
         file=name, sha256=part.sha256, size=part.size
     )
@@ -381,3 +366,11 @@ def attachment_ensure_stored(*, attachment: Attachment) -> Attachment:
     attachment.sha256 = part.sha256
     attachment.size = part.size
     return attachment
+
+
+def _parse_stored_raw(raw: RawMessage, work_dir: Path) -> ParsedMessage:
+    if raw.size <= settings.LARGE_MESSAGE_BYTES:
+        return parse_message(raw.content())
+    path = work_dir / "raw.eml"
+    raw.save_to(path)
+    return parse_message_file(path, spill_dir=work_dir)

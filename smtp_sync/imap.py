@@ -10,10 +10,13 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
+
+FETCH_PIECE_BYTES = 4 * 1024 * 1024
 
 SPECIAL_USE_ROLES = {
     b"\\inbox": "inbox",
@@ -80,6 +83,7 @@ class FetchedMessage:
     internal_date: datetime | None
     raw: bytes | None
     size: int
+    raw_file: str | None = None  # fetch_message_to_file: the raw is in this file instead
     modseq: int | None = None
     gm_msgid: str | None = None
     gm_thrid: str | None = None
@@ -299,6 +303,30 @@ class ImapConnection:
                 )
             )
         return fetched
+
+    def fetch_message_to_file(self, uid: int, path: Path) -> FetchedMessage | None:
+        """A big message, fetched in pieces (BODY.PEEK[]<offset.length>) into PATH, so that
+        it is never whole in memory. None when it was expunged meanwhile."""
+        fetched = self.fetch_messages([uid], include_body=False)
+        if not fetched:
+            return None
+        piece_bytes = FETCH_PIECE_BYTES
+        offset = 0
+        with path.open("wb") as handle:
+            while True:
+                response = self._call(
+                    self.imap.fetch, [uid], [f"BODY.PEEK[]<{offset}.{piece_bytes}>"]
+                )
+                data = response.get(uid)
+                if data is None:
+                    return None
+                piece = data.get(f"BODY[]<{offset}>".encode()) or b""
+                handle.write(piece)
+                offset += len(piece)
+                if len(piece) < piece_bytes:
+                    break
+        fetched[0].raw_file = str(path)
+        return fetched[0]
 
     def fetch_flags(self, uids: Sequence[int]) -> dict[int, list[str]]:
         if not uids:

@@ -8,10 +8,12 @@ A folder's UIDNEXT / HIGHESTMODSEQ cursor moves only after everything below it i
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -292,22 +294,37 @@ class ImapAccountSync:
 
     # Fetching ----------------------------------------------------------------------------
     def _fetch_and_store(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
-        for batch in self._batches(conn, uids):
+        for batch, large in self._batches(conn, uids):
             self._check_budget()
-            fetched = conn.fetch_messages(batch, include_body=True)
-            items = [self._incoming(folder, m) for m in fetched if m.raw is not None]
-            with transaction.atomic():
-                result = messages_upsert(account=self.account, items=items)
-                sync_run_add(run_id=self.run.pk, result=result)
-            self.report.new += result.created
+            if large:
+                work_dir = settings.FILE_UPLOAD_TEMP_DIR
+                with tempfile.TemporaryDirectory(prefix="imap-", dir=work_dir) as tmp:
+                    one = conn.fetch_message_to_file(batch[0], Path(tmp) / "raw.eml")
+                    self._store(folder, [one] if one else [])
+            else:
+                self._store(folder, conn.fetch_messages(batch, include_body=True))
             self.fetched += len(batch)
             if self.progress:
                 self.progress(self.fetched, self.progress_total)
             if self.after_batch:
                 self.after_batch()
 
-    def _batches(self, conn: ImapConnection, uids: Sequence[int]) -> Iterator[list[int]]:
-        """Batches bounded in count and, using RFC822.SIZE, in bytes (a 50 MB mail goes alone)."""
+    def _store(self, folder: Folder, fetched: list[FetchedMessage]) -> None:
+        items = [
+            self._incoming(folder, m)
+            for m in fetched
+            if m.raw is not None or m.raw_file is not None
+        ]
+        with transaction.atomic():
+            result = messages_upsert(account=self.account, items=items)
+            sync_run_add(run_id=self.run.pk, result=result)
+        self.report.new += result.created
+
+    def _batches(
+        self, conn: ImapConnection, uids: Sequence[int]
+    ) -> Iterator[tuple[list[int], bool]]:
+        """Batches bounded in count and, using RFC822.SIZE, in bytes; a large message goes
+        alone, flagged to be fetched into a file rather than into memory."""
         count = settings.IMAP_FETCH_BATCH
         for start in range(0, len(uids), count):
             chunk = list(uids[start : start + count])
@@ -315,13 +332,17 @@ class ImapAccountSync:
             batch: list[int] = []
             batch_bytes = 0
             for uid in chunk:
-                if batch and batch_bytes + sizes.get(uid, 0) > FETCH_BATCH_BYTES:
-                    yield batch
+                size = sizes.get(uid, 0)
+                if size > settings.LARGE_MESSAGE_BYTES:
+                    yield [uid], True
+                    continue
+                if batch and batch_bytes + size > FETCH_BATCH_BYTES:
+                    yield batch, False
                     batch, batch_bytes = [], 0
                 batch.append(uid)
-                batch_bytes += sizes.get(uid, 0)
+                batch_bytes += size
             if batch:
-                yield batch
+                yield batch, False
 
     def _check_budget(self) -> None:
         if self.max_messages is not None and self.fetched >= self.max_messages:
@@ -335,6 +356,7 @@ class ImapAccountSync:
             internal = internal.astimezone(UTC) if internal.tzinfo else internal.astimezone(UTC)
         return IncomingMessage(
             raw=message.raw or b"",
+            raw_file=message.raw_file,
             provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
             provider_thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
             folders=[folder.name],

@@ -13,7 +13,7 @@ from typing import Any
 from django.contrib.auth import authenticate
 from django.core.files.storage import default_storage
 from django.db.models import QuerySet
-from django.http import FileResponse, HttpResponse
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -318,8 +318,8 @@ class MessageDetailView(APIView):
         message.remote_images_blocked = html.remote_images_blocked
         message.raw_url = request.build_absolute_uri(reverse("api:message-raw", args=[message.pk]))
         if query.get("raw_headers"):
-            raw = selectors.message_raw(user=request.user, message_id=message.pk) or b""
-            message.raw_headers = _raw_headers(raw)
+            raw = selectors.message_raw(user=request.user, message_id=message.pk)
+            message.raw_headers = _raw_headers(raw.head() if raw else b"")
         return s.MessageDetailOutput(message, context={"request": request}).data
 
 
@@ -343,7 +343,8 @@ class MessageRawView(DownloadView):
     )
     def get(self, request: Request, pk: int) -> HttpResponse:
         raw = _found(selectors.message_raw(user=request.user, message_id=pk))
-        response = HttpResponse(raw, content_type="message/rfc822")
+        response = StreamingHttpResponse(raw.chunks(), content_type="message/rfc822")
+        response["Content-Length"] = str(raw.size)
         response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
         response["X-Content-Type-Options"] = "nosniff"
         return response

@@ -194,3 +194,74 @@ def test_changes_are_recorded_as_events_once(account):
     # The thread's unread count changed with its message: both are reported.
     assert [(e.object_type, e.kind) for e in new] == [("message", "updated"), ("thread", "updated")]
     assert {e.owner_id for e in new} == {account.owner_id}
+
+
+@pytest.fixture
+def big_message(tmp_path, settings):
+    """A 3 MB mail above a lowered LARGE_MESSAGE_BYTES, as the IMAP sync hands it over."""
+    settings.LARGE_MESSAGE_BYTES = 1024 * 1024
+    payload = bytes(range(256)) * 12 * 1024
+    raw = make_mail(
+        "Scan",
+        message_id="<scan@example.org>",
+        attachments=[("scan.tiff", "image/tiff", payload)],
+    )
+    path = tmp_path / "incoming.eml"
+    path.write_bytes(raw)
+    return raw, payload, path
+
+
+def test_a_big_message_is_stored_from_its_file_with_its_raw_in_storage(
+    account, big_message, django_capture_on_commit_callbacks
+):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    from emailplatform.topics import IncomingMessage
+    from messages.services import account_delete
+
+    raw, payload, path = big_message
+    result = upsert(account, IncomingMessage(raw=b"", raw_file=str(path), folders=["INBOX"]))
+    assert result.created == 1
+    message = Message.objects.get(account=account)
+    assert (message.subject, message.size, message.body_text) == (
+        "Scan",
+        len(raw),
+        "Hello Alice,\nhow are you?\n",
+    )
+    stored_raw = message.raw
+    assert stored_raw.file and bytes(stored_raw.data) == b""
+    assert stored_raw.content() == raw and stored_raw.sha256 == hashlib.sha256(raw).hexdigest()
+    assert stored_raw.head().startswith(b"From: ") and len(stored_raw.head()) < 1000
+    [attachment] = message.attachments.all()
+    assert (attachment.filename, attachment.size) == ("scan.tiff", len(payload))
+    assert attachment.file.read() == payload
+    # Idempotent: the same message again adds nothing, not even a second raw file.
+    assert (
+        upsert(account, IncomingMessage(raw=b"", raw_file=str(path), folders=["INBOX"])).created
+        == 0
+    )
+    raw_dir = default_storage.path(f"raw/{account.pk}")
+    assert sum(len(files) for _, _, files in os.walk(raw_dir)) == 1
+
+    account.status = account.Status.DELETING
+    account.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert account_delete(account_id=account.pk)
+    assert not default_storage.exists(stored_raw.file.name)
+    assert not default_storage.exists(attachment.file.name)
+
+
+def test_a_big_message_left_without_attachments_gives_them_on_demand(account, big_message):
+    from emailplatform.topics import IncomingMessage
+    from messages.services import attachment_ensure_stored
+
+    raw, payload, path = big_message
+    item = IncomingMessage(raw=b"", raw_file=str(path), include_attachments=False)
+    upsert(account, item)
+    attachment = Attachment.objects.get(message__account=account)
+    assert not attachment.file and attachment.size == len(payload)
+    attachment = attachment_ensure_stored(attachment=attachment)
+    assert attachment.file.read() == payload
+    assert attachment.sha256 == hashlib.sha256(payload).hexdigest()

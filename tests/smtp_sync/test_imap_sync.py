@@ -321,3 +321,30 @@ def test_malformed_full_sync_payload_is_dead_lettered(payload):
     letter = DeadLetter.objects.get()
     assert outcome["deadLetter"] == letter.pk
     assert "EmailFullSync payload unreadable" in letter.reason
+
+
+def test_a_big_message_is_fetched_in_pieces_and_stored_whole(
+    imap_account, imap_user, settings, monkeypatch
+):
+    import hashlib
+
+    from smtp_sync import imap
+
+    settings.LARGE_MESSAGE_BYTES = 1024 * 1024
+    monkeypatch.setattr(imap, "FETCH_PIECE_BYTES", 256 * 1024)
+    payload = bytes(range(256)) * 8 * 1024
+    big = make_mail("Big", attachments=[("data.bin", "application/octet-stream", payload)])
+    imap_user.append("INBOX", *mails("small", 2))
+    imap_user.append("INBOX", big, flags=("\\Flagged",))
+    assert len(big) > 2 * 1024 * 1024
+
+    report = sync(imap_account, full=True)
+    assert report.done and report.new == 3
+    assert_store_matches_server(imap_account, imap_user)
+    message = Message.objects.get(account=imap_account, subject="Big")
+    content = message.raw.content()  # the server's bytes (CRLF), and their sha matches it
+    assert message.is_flagged and message.raw.file and content.replace(b"\r\n", b"\n") == big
+    assert hashlib.sha256(content).hexdigest() == message.raw.sha256
+    [attachment] = message.attachments.all()
+    assert attachment.sha256 == hashlib.sha256(payload).hexdigest()
+    assert attachment.file.read() == payload

@@ -27,7 +27,7 @@ def test_every_corpus_message_is_served(api, account, include_attachments):
         message = by_content[hashlib.sha256(raw).hexdigest()]
         detail = api.get(f"/api/messages/{message.pk}/?raw_headers=true&remote_images=true")
         assert detail.status_code == 200, detail.content
-        assert api.get(f"/api/messages/{message.pk}/raw/").content == raw
+        assert b"".join(api.get(f"/api/messages/{message.pk}/raw/").streaming_content) == raw
         for attachment in detail.json()["attachments"]:
             response = api.get(attachment["download_url"])
             assert response.status_code == 200, (message.subject, attachment)

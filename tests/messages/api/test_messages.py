@@ -175,7 +175,7 @@ def test_raw_download_is_the_exact_bytes(api, account):
     assert response.status_code == 200
     assert response["Content-Type"] == "message/rfc822"
     assert response["Content-Disposition"] == f'attachment; filename="message-{message.pk}.eml"'
-    assert response.content == raw
+    assert b"".join(response.streaming_content) == raw
 
 
 def test_raw_download_errors_are_json_whatever_is_accepted(api):
