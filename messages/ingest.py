@@ -51,7 +51,7 @@ class IngestResult:
 @dataclass
 class _Prepared:
     item: IncomingMessage
-    raw: bytes | None  # None: a big message, read from item.raw_file and never held whole
+    compressed_raw: bytes | None  # None: a big message, kept in item.raw_file, never whole
     parsed: ParsedMessage
     provider_id: str
     sort_date: datetime
@@ -72,17 +72,44 @@ def flag_values(flags: Sequence[str]) -> dict[str, bool]:
     return {fname: flag in lowered for flag, fname in FLAG_FIELDS.items()}
 
 
+class PreparedBatch:
+    """A batch parsed and its attachment files stored: all of an upsert but the database.
+
+    Preparing touches neither the database nor the account, so a sync can prepare the next
+    batch in another thread while this one is written. Close it (or use `with`) to remove its
+    temporary files."""
+
+    def __init__(self, items: Sequence[IncomingMessage]) -> None:
+        self._work_dir = tempfile.TemporaryDirectory(
+            prefix="ingest-", dir=settings.FILE_UPLOAD_TEMP_DIR
+        )
+        self.work_dir = Path(self._work_dir.name)
+        try:
+            self.prepared = _prepare(items, self.work_dir)
+            self.stored_files = _store_attachment_files(self.prepared)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> PreparedBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._work_dir.cleanup()
+
+
 def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> IngestResult:
     """Store a batch of raw messages with their provider metadata."""
-    with tempfile.TemporaryDirectory(prefix="ingest-", dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
-        prepared = _prepare(items, Path(tmp))
-        stored_files = _store_attachment_files(prepared)
-        return _write(account, prepared, stored_files, Path(tmp))
+    with PreparedBatch(items) as batch:
+        return messages_write(account=account, batch=batch)
 
 
-def _write(
-    account: Account, prepared: list[_Prepared], stored_files: dict[str, str], work_dir: Path
-) -> IngestResult:
+def messages_write(*, account: Account, batch: PreparedBatch) -> IngestResult:
+    """The database half of `messages_upsert`, for a batch prepared beforehand."""
+    prepared, stored_files, work_dir = batch.prepared, batch.stored_files, batch.work_dir
     result = IngestResult()
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -136,7 +163,7 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
         prepared.append(
             _Prepared(
                 item=item,
-                raw=raw,
+                compressed_raw=RawMessage.compress(raw) if raw is not None else None,
                 parsed=parsed,
                 provider_id=item.provider_id or derive_provider_id(parsed),
                 sort_date=internal_date or parsed.date or now,
@@ -193,7 +220,7 @@ def _store_raw_files(account: Account, new: list[_Prepared], work_dir: Path) -> 
     of their own (never shared, so deleting a message can never take another's raw)."""
     names: dict[str, str] = {}
     for p in new:
-        if p.raw is not None:
+        if p.compressed_raw is not None:
             continue
         compressed = work_dir / f"{p.parsed.sha256}.z"
         RawMessage.compress_file(Path(p.item.raw_file), compressed)
@@ -232,7 +259,7 @@ def _create_messages(
         [
             RawMessage(
                 message=row,
-                data=RawMessage.compress(p.raw) if p.raw is not None else b"",
+                data=p.compressed_raw or b"",
                 file=raw_files.get(p.provider_id, ""),
                 size=p.parsed.size,
                 sha256=p.parsed.sha256,

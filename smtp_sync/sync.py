@@ -23,13 +23,14 @@ from emailplatform.topics import IncomingMessage
 from messages import mailbox
 from messages.events import events_record
 from messages.folders import guess_role
-from messages.ingest import messages_upsert
+from messages.ingest import PreparedBatch, messages_write
 from messages.models import Account, Folder, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
 from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
 from .locks import SyncLockLost
 from .models import ImapSettings
+from .prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
@@ -294,31 +295,52 @@ class ImapAccountSync:
 
     # Fetching ----------------------------------------------------------------------------
     def _fetch_and_store(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
-        for batch, large in self._batches(conn, uids):
-            self._check_budget()
-            if large:
-                work_dir = settings.FILE_UPLOAD_TEMP_DIR
-                with tempfile.TemporaryDirectory(prefix="imap-", dir=work_dir) as tmp:
-                    one = conn.fetch_message_to_file(batch[0], Path(tmp) / "raw.eml")
-                    self._store(folder, [one] if one else [])
-            else:
-                self._store(folder, conn.fetch_messages(batch, include_body=True))
-            self.fetched += len(batch)
-            if self.progress:
-                self.progress(self.fetched, self.progress_total)
-            if self.after_batch:
-                self.after_batch()
+        """Batches are fetched and parsed one ahead, in a thread, while the last is written."""
+        batches = Prefetcher(self._prepared_batches(conn, folder, uids), discard=_close)
+        with batches:
+            for count, batch, fetch_dir in batches:
+                try:
+                    self._check_budget()
+                    with transaction.atomic():
+                        result = messages_write(account=self.account, batch=batch)
+                        sync_run_add(run_id=self.run.pk, result=result)
+                finally:
+                    _close((count, batch, fetch_dir))
+                self.report.new += result.created
+                self.fetched += count
+                if self.progress:
+                    self.progress(self.fetched, self.progress_total)
+                if self.after_batch:
+                    self.after_batch()
 
-    def _store(self, folder: Folder, fetched: list[FetchedMessage]) -> None:
-        items = [
-            self._incoming(folder, m)
-            for m in fetched
-            if m.raw is not None or m.raw_file is not None
-        ]
-        with transaction.atomic():
-            result = messages_upsert(account=self.account, items=items)
-            sync_run_add(run_id=self.run.pk, result=result)
-        self.report.new += result.created
+    def _prepared_batches(
+        self, conn: ImapConnection, folder: Folder, uids: Sequence[int]
+    ) -> Iterator[tuple[int, PreparedBatch, tempfile.TemporaryDirectory | None]]:
+        """(UIDs asked for, the batch parsed, the directory a large message was fetched to).
+
+        Runs in the prefetch thread: IMAP and files only, no database."""
+        for uids_batch, large in self._batches(conn, uids):
+            fetch_dir = None
+            if large:
+                fetch_dir = tempfile.TemporaryDirectory(
+                    prefix="imap-", dir=settings.FILE_UPLOAD_TEMP_DIR
+                )
+                one = conn.fetch_message_to_file(uids_batch[0], Path(fetch_dir.name) / "raw.eml")
+                fetched = [one] if one else []
+            else:
+                fetched = conn.fetch_messages(uids_batch, include_body=True)
+            items = [
+                self._incoming(folder, m)
+                for m in fetched
+                if m.raw is not None or m.raw_file is not None
+            ]
+            try:
+                batch = PreparedBatch(items)
+            except BaseException:
+                if fetch_dir is not None:
+                    fetch_dir.cleanup()
+                raise
+            yield len(uids_batch), batch, fetch_dir
 
     def _batches(
         self, conn: ImapConnection, uids: Sequence[int]
@@ -365,3 +387,10 @@ class ImapAccountSync:
             internal_date=internal.isoformat() if internal else None,
             include_attachments=self.include_attachments,
         )
+
+
+def _close(prepared: tuple[int, PreparedBatch, tempfile.TemporaryDirectory | None]) -> None:
+    _count, batch, fetch_dir = prepared
+    batch.close()
+    if fetch_dir is not None:
+        fetch_dir.cleanup()

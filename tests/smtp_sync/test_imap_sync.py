@@ -145,12 +145,16 @@ def test_connection_killed_mid_sync_then_resumed(imap_account, seeded, settings)
     connections = []
 
     class Recording(ImapConnection):
+        killed = False
+
         def connect(self):
             super().connect()
             connections.append(self)
 
-    def kill_connection():
-        connections[-1].imap._imap.sock.shutdown(2)
+    def kill_connection():  # once: the batch fetched ahead may still be written after it
+        if len(connections) == 1 and not connections[0].killed:
+            connections[0].imap._imap.sock.shutdown(2)
+            connections[0].killed = True
 
     with pytest.raises(ImapConnectError):
         sync(imap_account, connection_factory=Recording, after_batch=kill_connection)
