@@ -23,8 +23,8 @@ from emailplatform.topics import IncomingMessage
 
 from .events import events_record, messages_updated
 from .folders import folders_by_name
-from .mime import ParsedAttachment, ParsedMessage, parse_message
-from .mime_stream import parse_message_file
+from .mime import ParsedAttachment, ParsedMessage
+from .mime_stream import parse_message_bytes, parse_message_file
 from .models import Account, Attachment, Message, MessageLocation, RawMessage
 from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
 
@@ -175,12 +175,12 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
 
 def _parse(item: IncomingMessage, spill_dir: Path) -> tuple[bytes | None, ParsedMessage]:
     if not item.raw_file:
-        return item.raw, parse_message(item.raw)
+        return item.raw, parse_message_bytes(item.raw)
     path = Path(item.raw_file)
     if path.stat().st_size > settings.LARGE_MESSAGE_BYTES:
         return None, parse_message_file(path, spill_dir=spill_dir)
     raw = path.read_bytes()
-    return raw, parse_message(raw)
+    return raw, parse_message_bytes(raw)
 
 
 def _parse_iso(value: str | None) -> datetime | None:

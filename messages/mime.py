@@ -87,6 +87,12 @@ def parse_message(raw: bytes) -> ParsedMessage:
         result.body_text = raw.decode("utf-8", errors="replace")
         result.snippet = _snippet(result.body_text)
         return result
+    read_message(msg, result)
+    return result
+
+
+def read_message(msg: Message, result: ParsedMessage) -> None:
+    """Fill RESULT from a parsed message tree (see messages.mime_stream for other parsers)."""
     _read_headers(msg, result)
     try:
         _read_parts(msg, result)
@@ -95,7 +101,6 @@ def parse_message(raw: bytes) -> ParsedMessage:
         result.body_text = _decode_bytes(_payload_bytes(msg), "utf-8", result)
     _collect_parser_defects(msg, result)
     result.snippet = _snippet(result.body_text or _html_to_text(result.body_html))
-    return result
 
 
 def _raw_values(msg: Message, name: str) -> list[str]:
@@ -212,13 +217,16 @@ def _collect_parser_defects(msg: Message, result: ParsedMessage) -> None:
     seen: set[str] = set(result.defects)
     for part in _walk(msg):
         for defect in getattr(part, "defects", []):
-            text = type(defect).__name__
-            detail = str(defect)
-            if detail and detail != text:
-                text = f"{text}: {detail[:200]}"
+            text = defect_text(defect)
             if text not in seen:
                 seen.add(text)
                 result.defects.append(text)
+
+
+def defect_text(defect: Exception) -> str:
+    text = type(defect).__name__
+    detail = str(defect)
+    return f"{text}: {detail[:200]}" if detail and detail != text else text
 
 
 def _walk(msg: Message):
@@ -401,4 +409,7 @@ def _html_to_text(html: str) -> str:
 
 
 def _snippet(text: str) -> str:
-    return _WS_RE.sub(" ", text).strip()[:SNIPPET_LENGTH]
+    head = _WS_RE.sub(" ", text[: SNIPPET_LENGTH * 10]).strip()  # not the whole body
+    if len(head) < SNIPPET_LENGTH and len(text) > SNIPPET_LENGTH * 10:
+        head = _WS_RE.sub(" ", text).strip()
+    return head[:SNIPPET_LENGTH]

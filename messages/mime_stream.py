@@ -1,74 +1,151 @@
-"""Big messages converted without holding them in memory.
+"""Messages with big parts, converted without the standard parser reading those parts.
 
-The standard parser keeps every line of a message as a string and then joins them: about 7x
-the message's size (a 72 MB mail peaked at 680 MB). A big message is therefore read line by
-line from a file: each big non-text leaf part (the attachment that makes the message big) is
-decoded straight into a temporary file and replaced by a short marker, and what remains
-(headers, text bodies, small parts) goes through `parse_message` like any other mail. The
-markers are then swapped for the spilled files, so the result is the same `ParsedMessage`,
-with the same part paths, as if the whole message had been parsed in memory.
+The standard parser handles a message line by line in Python and keeps every line as a
+string: slow on attachments (most of a mailbox's bytes) and about 7x the message's size in
+memory (a 72 MB mail peaked at 680 MB). Here the MIME structure is walked with regular
+expressions over the bytes: each big non-text leaf part (an attachment) is cut out, decoded
+on its own, and replaced by a short marker; what remains (headers, text bodies, small parts)
+goes through `parse_message` as any other mail, and the markers are swapped back for the
+decoded parts. The result is the same `ParsedMessage`, with the same part paths, as parsing
+the whole message (tests compare them over the corpus).
 
-The part boundaries are found as the standard feedparser finds them (a line starting with
-`--boundary`, of this part or of any enclosing one); what this reader does not recognise is
-kept in the stripped message, so the worst case is the in-memory cost, never a lost part.
+Two sources: bytes in memory (`parse_message_bytes`: parts are decoded by the standard
+library, only faster), and a file (`parse_message_file`, for messages too big to hold: the
+file is read through a bounded window, and big parts are decoded into files as they stream).
+
+Part boundaries are found as the feedparser finds them (a line `--boundary`, of this part or
+of an enclosing one, optionally followed by `--` and blanks). Whatever this reader does not
+recognise stays in the stripped message, so the worst case is the standard parser's cost.
 """
 
 from __future__ import annotations
 
 import binascii
+import email
 import hashlib
 import io
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
 from typing import BinaryIO
 
-from .mime import ParsedMessage, parse_message
+from .mime import ParsedMessage, parse_message, read_message
 
-SPILL_PART_BYTES = 256 * 1024  # inside a big message, non-text parts above this go to a file
-READ_CHUNK = 64 * 1024  # longest piece of a line held at once (binary parts may lack newlines)
-MAX_HEADER_BYTES = 1024 * 1024
+SPLIT_MIN_BYTES = 16 * 1024  # smaller messages go straight to the standard parser
+SPILL_PART_BYTES = 32 * 1024  # non-text leaf parts above this are cut out and decoded alone
+WINDOW_BYTES = 1024 * 1024  # of a file, read at a time
+MAX_HEADER_BYTES = 256 * 1024
 MAX_DEPTH = 50
 _SPILLABLE_ENCODINGS = frozenset({"base64", "7bit", "8bit", "binary"})
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
-_HEADER_LINE = re.compile(rb"^[^\s:][^:]*:|^[ \t]")
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # the feedparser's headerRE
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r?\Z)")
+
+
+def parse_message_bytes(raw: bytes) -> ParsedMessage:
+    """`parse_message(raw)`, faster on mail with attachments."""
+    if len(raw) < SPLIT_MIN_BYTES or raw.count(b"\r") != raw.count(b"\r\n"):
+        return parse_message(raw)  # small, or lines the feedparser would split at a lone CR
+    reader = _Reader(raw=raw)
+    reader.entity()
+    parsed = _finish(reader, len(raw), hashlib.sha256(raw).hexdigest())
+    # A part the parser did not see where this reader did: the structure is too unusual.
+    return parsed if parsed is not None and not reader.unplaced else parse_message(raw)
 
 
 def parse_message_file(path: Path, *, spill_dir: Path) -> ParsedMessage:
-    """Parse the message in PATH; big parts are decoded into files under SPILL_DIR.
+    """Parse the message in PATH, holding at most a window of it and its small parts.
 
-    The caller owns SPILL_DIR and removes it once the attachments are stored."""
+    Big parts are decoded into files under SPILL_DIR; the caller owns SPILL_DIR and removes it
+    once the attachments are stored."""
     with path.open("rb") as source:
-        reader = _Reader(source, spill_dir)
-        reader.entity([], 0)
-    parsed = parse_message(reader.out.getvalue())
-    parsed.size = reader.size
-    parsed.sha256 = reader.sha256.hexdigest()
-    spills = {spill.marker: spill for spill in reader.spills}
-    for attachment in parsed.attachments:
-        spill = spills.pop(attachment.payload.rstrip(b"\r\n"), None)
-        if spill is not None:
-            attachment.payload = b""
-            attachment.spill_path = str(spill.path)
-            attachment.spill_size = spill.size
-            attachment.sha256 = spill.sha256
-    for spill in spills.values():
-        parsed.defects.append(f"a {spill.size}-byte part could not be placed; kept in raw only")
-    parsed.defects.extend(d for d in reader.defects if d not in parsed.defects)
+        reader = _Reader(source=source, spill_dir=spill_dir)
+        reader.entity()
+    parsed = _finish(reader, reader.size, reader.hash.hexdigest())
+    if parsed is None:
+        parsed = ParsedMessage(size=reader.size, sha256=reader.hash.hexdigest())
+        parsed.defects.append("unparseable message; kept in raw only")
     return parsed
 
 
+def _finish(reader: _Reader, size: int, sha256: str) -> ParsedMessage | None:
+    """Parse the stripped message, put the cut-out bodies back, read it; None when the
+    standard parser fails on the stripped message (the caller falls back)."""
+    try:
+        msg = email.message_from_bytes(reader.out.getvalue(), policy=compat32)
+    except Exception:
+        return None
+    cut = {part.written.decode("ascii"): part for part in reader.parts}
+    spilled: dict[bytes, _CutPart] = {}
+    for part in _leaves(msg):
+        payload = part.get_payload()
+        found = cut.pop(payload.rstrip("\r\n"), None) if isinstance(payload, str) else None
+        if found is None:
+            continue
+        if found.path is None:
+            part.set_payload(found.body.decode("ascii", "surrogateescape"))
+        else:
+            spilled[found.marker] = found
+    parsed = ParsedMessage(size=size, sha256=sha256)
+    read_message(msg, parsed)
+    for attachment in parsed.attachments:
+        found = spilled.pop(attachment.payload.rstrip(b"\r\n"), None)
+        if found is not None:
+            attachment.payload = b""
+            attachment.sha256 = found.sha256
+            attachment.spill_path = str(found.path)
+            attachment.spill_size = found.size
+    reader.unplaced = [*cut.values(), *spilled.values()]
+    for part in reader.unplaced:
+        parsed.defects.append(f"a {part.size}-byte part could not be placed; kept in raw only")
+    parsed.defects.extend(d for d in dict.fromkeys(reader.defects) if d not in parsed.defects)
+    return parsed
+
+
+def _leaves(msg: Message):
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend(payload)
+        else:
+            yield part
+
+
 @dataclass
-class _Spill:
+class _Delimiter:
+    start: int
+    end: int
+    boundary: str
+    close: bool
+    line: bytes = b""
+
+
+def _delimiter_line(line: bytes, boundaries: tuple[str, ...]) -> _Delimiter | None:
+    for boundary in reversed(boundaries):
+        needle = b"--" + boundary.encode("ascii", "surrogateescape")
+        if line.startswith(needle):
+            tail = _DELIMITER_TAIL.fullmatch(line, len(needle))
+            if tail is not None:
+                return _Delimiter(0, len(line), boundary, tail.group(1) is not None, line)
+    return None
+
+
+@dataclass
+class _CutPart:
     marker: bytes
-    path: Path
+    written: bytes  # what stands for the part in the stripped message (the marker, encoded)
     size: int
     sha256: str
+    body: bytes = b""  # the body as it is in the message, put back after parsing ...
+    path: Path | None = None  # ... or, big and decoded, in this file
+    defects: list[str] = field(default_factory=list)
 
 
 class _PartFile:
@@ -82,178 +159,247 @@ class _PartFile:
         self.hash = hashlib.sha256()
         self.size = 0
         self.pending = b""
-        self.defects: set[str] = set()
+        self.defects: list[str] = []
 
-    def write(self, line: bytes) -> None:
+    def write(self, data: bytes) -> None:
         if self.base64:
-            kept = _NOT_BASE64.sub(b"", line)
-            if len(kept) != len(line.strip()):
-                self.defects.add("InvalidBase64CharactersDefect")
+            kept = _NOT_BASE64.sub(b"", data)
+            if len(kept) != len(data) - data.count(b"\n") - data.count(b"\r"):
+                self._defect("InvalidBase64CharactersDefect")
             data = self.pending + kept
             whole = len(data) // 4 * 4
             self.pending = data[whole:]
             if whole:
                 self._emit(binascii.a2b_base64(data[:whole]))
         else:
-            # The newline before a boundary belongs to the boundary: hold the last line back.
-            if self.pending:
-                self._emit(self.pending)
-            self.pending = line
+            # The newline before a boundary belongs to the boundary: hold the end back.
+            self._emit(self.pending)
+            self.pending = data
 
-    def finish(self, ended_by_boundary: bool) -> _Spill:
+    def finish(self, strip_eol: bool) -> _CutPart:
         tail = self.pending
         if self.base64 and tail:
-            self.defects.add("InvalidBase64PaddingDefect")
+            self._defect("InvalidBase64PaddingDefect")
             try:
                 tail = binascii.a2b_base64(tail + b"=" * (-len(tail) % 4))
             except binascii.Error:
-                self.defects.add("InvalidBase64LengthDefect")
+                self._defect("InvalidBase64LengthDefect")
                 tail = b""
-        elif ended_by_boundary:
+        elif not self.base64 and strip_eol:
             tail = _without_eol(tail)
         self._emit(tail)
         self.file.close()
-        return _Spill(b"", self.path, self.size, self.hash.hexdigest())
+        return _CutPart(
+            b"", b"", self.size, self.hash.hexdigest(), path=self.path, defects=self.defects
+        )
 
     def _emit(self, data: bytes) -> None:
         self.file.write(data)
         self.hash.update(data)
         self.size += len(data)
 
+    def _defect(self, name: str) -> None:
+        if name not in self.defects:
+            self.defects.append(name)
+
 
 class _Reader:
-    """Copies a message to `out`, except big leaf parts, which go to `_PartFile`s."""
+    """Copies a message to `out`, except big leaf parts, which become `_CutPart`s.
 
-    def __init__(self, source: BinaryIO, spill_dir: Path) -> None:
+    `buf[pos:]` is what is not read yet: the whole rest of the message in memory, or, from a
+    file, a window that `_more` slides forward (hashing what it reads)."""
+
+    def __init__(
+        self,
+        *,
+        raw: bytes | None = None,
+        source: BinaryIO | None = None,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self.buf = raw if raw is not None else b""
+        self.pos = 0
         self.source = source
+        self.eof = source is None
         self.spill_dir = spill_dir
+        self.hash = hashlib.sha256()
+        self.size = len(self.buf)
         self.out = io.BytesIO()
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.at_line_start = True
-        self.line_start = True  # whether the piece returned last began a line
-        self.spills: list[_Spill] = []
+        self.parts: list[_CutPart] = []
+        self.unplaced: list[_CutPart] = []
         self.defects: list[str] = []
         self.token = secrets.token_hex(12)
+        self.eol = b"\n"  # the message's line ending, for the markers
 
-    def next_piece(self) -> bytes | None:
-        piece = self.source.readline(READ_CHUNK)
-        if not piece:
-            return None
-        self.sha256.update(piece)
-        self.size += len(piece)
-        self.line_start = self.at_line_start
-        self.at_line_start = piece.endswith(b"\n")
-        return piece
+    # Reading -----------------------------------------------------------------------------
+    def _more(self) -> bool:
+        """Read the next window of the file; False at its end."""
+        if self.eof:
+            return False
+        chunk = self.source.read(WINDOW_BYTES)
+        if not chunk:
+            self.eof = True
+            return False
+        self.hash.update(chunk)
+        self.size += len(chunk)
+        self.buf = self.buf[self.pos :] + chunk
+        self.pos = 0
+        return True
 
-    def ends_part(self, piece: bytes, boundaries: list[re.Pattern]) -> re.Match | None:
-        if not self.line_start or not piece.startswith(b"--"):
-            return None
-        for boundary in reversed(boundaries):
-            found = boundary.match(piece)
-            if found:
+    def _line(self) -> bytes | None:
+        while True:
+            end = self.buf.find(b"\n", self.pos)
+            if end >= 0:
+                line = self.buf[self.pos : end + 1]
+                self.pos = end + 1
+                return line
+            if len(self.buf) - self.pos > MAX_HEADER_BYTES or not self._more():
+                line = self.buf[self.pos :]
+                self.pos = len(self.buf)
+                return line or None
+
+    def _find_delimiter(
+        self, boundaries: tuple[str, ...], start: int, end: int
+    ) -> _Delimiter | None:
+        """The first delimiter line of BOUNDARIES starting in buf[start:end]."""
+        best: _Delimiter | None = None
+        for boundary in boundaries:
+            needle = b"--" + boundary.encode("ascii", "surrogateescape")
+            at = self.buf.find(needle, start, end)
+            while at >= 0 and (best is None or at < best.start):
+                if at == 0 or self.buf[at - 1] == 10:  # at the start of a line
+                    tail = _DELIMITER_TAIL.match(self.buf, at + len(needle), end)
+                    if tail is not None:
+                        best = _Delimiter(at, tail.end(), boundary, tail.group(1) is not None)
+                        break
+                at = self.buf.find(needle, at + 1, end)
+        return best
+
+    def _body(self, boundaries: tuple[str, ...], sink) -> _Delimiter | None:
+        """Pass the body up to the next delimiter line of BOUNDARIES to SINK, in pieces; return
+        that line (consumed), or None at the end of the message."""
+        while True:
+            complete = len(self.buf) if self.eof else self.buf.rfind(b"\n", self.pos) + 1
+            found = None
+            if boundaries and complete > self.pos:
+                found = self._find_delimiter(boundaries, self.pos, complete)
+            if found is not None:
+                sink(self.buf[self.pos : found.start])
+                found.line = self.buf[found.start : found.end]
+                self.pos = found.end
                 return found
-        return None
+            if self.eof:
+                sink(self.buf[self.pos :])
+                self.pos = len(self.buf)
+                return None
+            if complete > self.pos:
+                sink(self.buf[self.pos : complete])
+                self.pos = complete
+            elif len(self.buf) - self.pos > WINDOW_BYTES:  # a line longer than a window
+                sink(self.buf[self.pos :])  # cannot be a delimiter: none are that long
+                self.pos = len(self.buf)
+            self._more()
 
-    def entity(self, boundaries: list[re.Pattern], depth: int) -> bytes | None:
-        """Copy one entity (headers and body); return the boundary line that ended it."""
-        headers, piece, ended = self._headers(boundaries)
-        if ended:
-            return piece
+    # Structure ---------------------------------------------------------------------------
+    def entity(
+        self, boundaries: tuple[str, ...] = (), depth: int = 0, in_digest: bool = False
+    ) -> _Delimiter | None:
+        """Copy one entity (headers and body); return the delimiter line that ended it."""
+        headers, ended = self._headers(boundaries)
+        if ended is not None:
+            return ended
+        if in_digest:
+            headers.set_default_type("message/rfc822")
         content_type = _content_type(headers)
         boundary = _boundary(headers) if content_type.startswith("multipart/") else None
         if boundary and depth < MAX_DEPTH:
-            return self._multipart(boundary, boundaries, piece, depth)
-        return self._leaf(headers, content_type, boundaries, piece)
+            return self._multipart(boundary, boundaries, depth, content_type)
+        return self._leaf(headers, content_type, boundaries)
 
-    def _headers(self, boundaries: list[re.Pattern]) -> tuple[Message, bytes | None, bool]:
+    def _headers(self, boundaries: tuple[str, ...]) -> tuple[Message, _Delimiter | None]:
         lines: list[bytes] = []
-        size = 0
         while True:
-            piece = self.next_piece()
-            if piece is None:
+            line = self._line()
+            if line is None:
                 break
-            if self.ends_part(piece, boundaries):
-                self._write_all(lines)
-                return _parse_headers(lines), piece, True
-            if piece in (b"\r\n", b"\n"):
-                lines.append(piece)
-                piece = self.next_piece()
+            if not lines and line.endswith(b"\r\n"):
+                self.eol = b"\r\n"
+            ended = _delimiter_line(line, boundaries) if line.startswith(b"--") else None
+            if ended is not None:
+                self.out.write(b"".join(lines))
+                return _parse_headers(lines), ended
+            if line in (b"\r\n", b"\n"):
+                lines.append(line)
                 break
-            if not _HEADER_LINE.match(piece) or size > MAX_HEADER_BYTES:
-                break  # the body starts without a blank line (the parser notes the defect)
-            lines.append(piece)
-            size += len(piece)
-        self._write_all(lines)
-        return _parse_headers(lines), piece, False
+            if not _HEADER_LINE.match(line):
+                self.pos -= len(line)  # the body starts without a blank line (a defect)
+                break
+            lines.append(line)
+        self.out.write(b"".join(lines))
+        return _parse_headers(lines), None
 
     def _multipart(
-        self, boundary: str, outer: list[re.Pattern], piece: bytes | None, depth: int
-    ) -> bytes | None:
-        own = _boundary_pattern(boundary)
-        boundaries = [*outer, own]
-        while piece is not None and not self.ends_part(piece, boundaries):  # preamble
-            self.out.write(piece)
-            piece = self.next_piece()
-        while piece is not None:
-            found = self.ends_part(piece, boundaries)
-            if found is None or found.re is not own:
-                return piece  # an enclosing part's boundary: this multipart ends here
-            self.out.write(piece)
-            if found.group("end"):
-                piece = self.next_piece()
-                while piece is not None and not self.ends_part(piece, outer):  # epilogue
-                    self.out.write(piece)
-                    piece = self.next_piece()
-                return piece
-            piece = self.entity(boundaries, depth + 1)
+        self, boundary: str, outer: tuple[str, ...], depth: int, content_type: str
+    ) -> _Delimiter | None:
+        boundaries = (*outer, boundary)
+        found = self._body(boundaries, self.out.write)  # the preamble
+        while found is not None:
+            if found.boundary != boundary:
+                return found  # an enclosing part's delimiter: this multipart ends here
+            self.out.write(found.line)
+            if found.close:
+                return self._body(outer, self.out.write)  # the epilogue
+            found = self.entity(boundaries, depth + 1, content_type == "multipart/digest")
         return None
 
     def _leaf(
-        self,
-        headers: Message,
-        content_type: str,
-        boundaries: list[re.Pattern],
-        piece: bytes | None,
-    ) -> bytes | None:
+        self, headers: Message, content_type: str, boundaries: tuple[str, ...]
+    ) -> _Delimiter | None:
+        """A leaf's body is cut out: the parser sees a marker, and the body is put back after
+        (decoded into a file instead when it is a big attachment of a message from a file)."""
+        maintype = content_type.split("/")[0]
+        if maintype in ("message", "multipart"):  # parsed further by the standard parser
+            return self._body(boundaries, self.out.write)
         encoding = _encoding(headers)
         spillable = (
-            content_type.split("/")[0] not in ("text", "multipart", "message")
-            and encoding in _SPILLABLE_ENCODINGS
+            self.spill_dir is not None and maintype != "text" and encoding in _SPILLABLE_ENCODINGS
         )
         held: list[bytes] = []
-        held_size = 0
-        part_file: _PartFile | None = None
-        eol = b"\r\n"  # the marker's line ending: the part's own
-        while piece is not None and not self.ends_part(piece, boundaries):
-            if part_file is not None:
-                part_file.write(piece)
-            else:
-                held.append(piece)
-                held_size += len(piece)
-                if spillable and held_size > SPILL_PART_BYTES:
-                    eol = b"\r\n" if held[0].endswith(b"\r\n") else b"\n"
-                    part_file = _PartFile(encoding, self.spill_dir)
-                    for line in held:
-                        part_file.write(line)
-                    held = []
-            piece = self.next_piece()
-        if part_file is None:
-            self._write_all(held)
-            return piece
-        spill = part_file.finish(ended_by_boundary=piece is not None)
-        self.defects.extend(sorted(part_file.defects - set(self.defects)))
-        spill.marker = f"emailplatform-part-{self.token}-{len(self.spills)}".encode()
-        self.spills.append(spill)
-        if encoding == "base64":
-            self.out.write(binascii.b2a_base64(spill.marker, newline=False) + eol)
-        else:
-            self.out.write(spill.marker + eol)
-        return piece
+        state: dict = {"held": 0, "file": None}
 
-    def _write_all(self, lines: list[bytes]) -> None:
-        for line in lines:
-            self.out.write(line)
+        def sink(data: bytes) -> None:
+            if state["file"] is not None:
+                state["file"].write(data)
+                return
+            held.append(data)
+            state["held"] += len(data)
+            if spillable and state["held"] > SPILL_PART_BYTES:
+                state["file"] = _PartFile(encoding, self.spill_dir)
+                state["file"].write(b"".join(held))
+                held.clear()
+
+        found = self._body(boundaries, sink)
+        # In a multipart, the parser gives the newline before the next delimiter (or before
+        # the end, when the closing one is missing) to the delimiter, not to the part.
+        in_multipart = bool(boundaries)
+        marker = f"emailplatform-part-{self.token}-{len(self.parts)}".encode()
+        written = marker
+        if state["file"] is not None:
+            part = state["file"].finish(strip_eol=in_multipart)
+            self.defects.extend(part.defects)
+            if encoding == "base64":  # decoded by the reader, it must give the marker back
+                written = binascii.b2a_base64(marker, newline=False)
+        elif self.source is not None or not any(held):  # from a file, small parts stay as is
+            self.out.write(b"".join(held))
+            return found
+        else:
+            body = b"".join(held)
+            if in_multipart:
+                body = _without_eol(body)
+            part = _CutPart(marker, marker, len(body), "", body=body)
+        part.marker, part.written = marker, written
+        self.parts.append(part)
+        self.out.write(written + self.eol)
+        return found
 
 
 def _without_eol(data: bytes) -> bytes:
@@ -262,12 +408,6 @@ def _without_eol(data: bytes) -> bytes:
     if data.endswith((b"\n", b"\r")):
         return data[:-1]
     return data
-
-
-def _boundary_pattern(boundary: str) -> re.Pattern:
-    """The feedparser's delimiter test: `--boundary`, optional `--`, blanks, end of line."""
-    separator = re.escape(("--" + boundary).encode("ascii", "surrogateescape"))
-    return re.compile(separator + rb"(?P<end>--)?[ \t]*(?:\r\n|\n|\r)?$")
 
 
 def _parse_headers(lines: list[bytes]) -> Message:
