@@ -563,7 +563,7 @@ def mbsync_fetch(user: DovecotUser) -> Download | str:
 
 @dataclass
 class SyncStats:
-    """Where a sync's time went: IMAP fetches, SQL, and the rest (parsing, zlib, files)."""
+    """Where a sync's time went: IMAP fetches, SQL, and the rest (parsing, compression, files)."""
 
     seconds: float = 0.0
     connect_seconds: float = 0.0  # connect + LOGIN (Dovecot delays logins after failed ones)
@@ -1023,7 +1023,7 @@ def run(args: argparse.Namespace, dovecot: Dovecot, owner) -> tuple[list, bool]:
     log(
         f"[2] full sync {full.seconds:.1f}s: IMAP fetch {full.imap_fetch_seconds:.1f}s, "
         f"SQL {full.db_seconds:.1f}s in {full.db_queries:,} queries, "
-        f"other (parse, zlib, files) {full.other_seconds:.1f}s; {stored:,} stored"
+        f"other (parse, compress, files) {full.other_seconds:.1f}s; {stored:,} stored"
     )
     complete = stored == seeded.exists and bare.messages == seeded.exists and full.done
     ok &= complete

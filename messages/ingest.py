@@ -7,6 +7,7 @@ changes nothing that is already there and never creates a second row.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files import File
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 
@@ -215,27 +217,54 @@ def attachment_file_store(attachment: ParsedAttachment) -> str:
         return default_storage.save(name, File(content))
 
 
-def _store_raw_files(account: Account, new: list[_Prepared], work_dir: Path) -> dict[str, str]:
-    """Big new messages' raw bytes, zlib-compressed as in the database, streamed into a file
-    of their own (never shared, so deleting a message can never take another's raw)."""
-    names: dict[str, str] = {}
+def _store_raw_files(
+    account: Account, new: list[_Prepared], work_dir: Path
+) -> dict[str, tuple[str, int, int | None]]:
+    """Write the new messages' compressed raw bytes to the media storage, durably, before
+    their rows commit: {provider id: (file, offset, length)}. The batch shares one segment
+    file; a big message, compressed as it streams from its file, gets its own."""
+    places: dict[str, tuple[str, int, int | None]] = {}
+    directory = f"raw/{account.pk}/{datetime.now(UTC):%Y%m}"
+    small = [p for p in new if p.compressed_raw is not None]
+    if small:
+        name = _save_durably(
+            f"{directory}/{uuid.uuid4()}.zs",
+            ContentFile(b"".join(p.compressed_raw for p in small)),
+        )
+        offset = 0
+        for p in small:
+            places[p.provider_id] = (name, offset, len(p.compressed_raw))
+            offset += len(p.compressed_raw)
     for p in new:
-        if p.compressed_raw is not None:
-            continue
-        compressed = work_dir / f"{p.parsed.sha256}.z"
-        RawMessage.compress_file(Path(p.item.raw_file), compressed)
-        with compressed.open("rb") as content:
-            name = f"raw/{account.pk}/{p.parsed.sha256[:2]}/{uuid.uuid4()}.z"
-            names[p.provider_id] = default_storage.save(name, File(content))
-        compressed.unlink()
-    return names
+        if p.compressed_raw is None:
+            compressed = work_dir / f"{p.parsed.sha256}.zst"
+            RawMessage.compress_file(Path(p.item.raw_file), compressed)
+            with compressed.open("rb") as content:
+                name = _save_durably(f"{directory}/{uuid.uuid4()}.zst", File(content))
+            compressed.unlink()
+            places[p.provider_id] = (name, 0, None)
+    return places
+
+
+def _save_durably(name: str, content: File) -> str:
+    name = default_storage.save(name, content)
+    try:
+        path = default_storage.path(name)
+    except NotImplementedError:  # a remote storage: durable once the upload returns
+        return name
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return name
 
 
 def _create_messages(
     account: Account,
     new: list[_Prepared],
     stored_files: dict[str, str],
-    raw_files: dict[str, str],
+    raw_files: dict[str, tuple[str, int, int | None]],
 ) -> tuple[dict[str, Message], ThreadAssignment | None]:
     if not new:
         return {}, None
@@ -259,8 +288,9 @@ def _create_messages(
         [
             RawMessage(
                 message=row,
-                data=p.compressed_raw or b"",
-                file=raw_files.get(p.provider_id, ""),
+                file=raw_files[p.provider_id][0],
+                offset=raw_files[p.provider_id][1],
+                length=raw_files[p.provider_id][2],
                 size=p.parsed.size,
                 sha256=p.parsed.sha256,
             )

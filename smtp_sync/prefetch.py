@@ -1,7 +1,7 @@
 """Run an iterator a step ahead of its consumer, in a thread.
 
 A sync fetches a batch (network waits) and parses it (Python work), then writes it (waits on
-PostgreSQL, and zlib and hashing, which release the GIL). With the next batch fetched and
+PostgreSQL, and compression and hashing, which release the GIL). With the next batch fetched and
 parsed while the current one is written, those overlap instead of adding up.
 """
 

@@ -27,7 +27,14 @@ from messages.ingest import PreparedBatch, messages_write
 from messages.models import Account, Folder, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
-from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
+from .imap import (
+    FetchedMessage,
+    FolderStatus,
+    ImapAuthError,
+    ImapConnection,
+    ImapError,
+    ImapServer,
+)
 from .locks import SyncLockLost
 from .models import ImapSettings
 from .prefetch import Prefetcher
@@ -125,6 +132,7 @@ class ImapAccountSync:
         self.progress = progress
         self.after_batch = after_batch
         self.report = SyncReport()
+        self.inbox_status: FolderStatus | None = None
         self.run: SyncRun | None = None
         self.fetched = 0
         self.progress_total = 0
@@ -146,6 +154,8 @@ class ImapAccountSync:
                 ImapSettings.objects.filter(account=self.account).update(
                     capabilities=sorted(conn.capabilities)
                 )
+                if not full:
+                    self._inbox_status_first(conn)
                 folders = self._sync_folders(conn)
                 self._set_total(conn, folders, full)
                 for folder in folders:
@@ -226,11 +236,22 @@ class ImapAccountSync:
         folder.sync_state = {**folder.sync_state, "complete": True}
         folder.save(update_fields=["uidnext", "highest_modseq", "sync_state"])
 
+    def _inbox_status_first(self, conn: ImapConnection) -> None:
+        """STATUS INBOX before anything else in the session.
+
+        Once LIST has opened Dovecot's mailbox-list index, opening a maildir mailbox makes it
+        read the whole dovecot-uidlist (53 bytes a message): STATUS INBOX after LIST measured
+        91 ms at 100,000 messages, before LIST 0.7 ms. Other servers: the same one round trip.
+        """
+        if conn.has("CONDSTORE"):
+            self.inbox_status = conn.status("INBOX")
+
     def _unchanged(self, conn: ImapConnection, folder: Folder) -> bool:
         """With CONDSTORE, STATUS tells a quiet folder without the cost of selecting it."""
         if not folder.sync_state.get("complete") or folder.highest_modseq is None:
             return False
-        status = conn.status(folder.name)
+        early = self.inbox_status if folder.role == Folder.Role.INBOX else None
+        status = early or conn.status(folder.name)
         return (
             status.uidvalidity == folder.uidvalidity
             and status.uidnext == folder.uidnext

@@ -265,3 +265,31 @@ def test_a_big_message_left_without_attachments_gives_them_on_demand(account, bi
     attachment = attachment_ensure_stored(attachment=attachment)
     assert attachment.file.read() == payload
     assert attachment.sha256 == hashlib.sha256(payload).hexdigest()
+
+
+def test_a_batch_shares_one_raw_segment_removed_with_its_last_message(
+    account, django_capture_on_commit_callbacks
+):
+    from django.core.files.storage import default_storage
+
+    from messages.mailbox import orphans_delete
+
+    raws = [make_mail(f"Segment {i}", message_id=f"<seg-{i}@example.org>") for i in range(3)]
+    upsert(account, *[incoming(raw, folder="INBOX", uid=i + 1) for i, raw in enumerate(raws)])
+    stored = list(RawMessage.objects.filter(message__account=account).order_by("offset"))
+    assert len({r.file.name for r in stored}) == 1, "one file for the batch"
+    assert [r.content() for r in stored] == raws
+    segment = stored[0].file.name
+
+    def drop(subject):
+        MessageLocation.objects.filter(message__subject=subject).delete()
+        with django_capture_on_commit_callbacks(execute=True):
+            orphans_delete(account)
+
+    drop("Segment 0")
+    assert default_storage.exists(segment), "still holds two messages"
+    left = RawMessage.objects.filter(message__account=account)
+    assert sorted(r.content() for r in left) == sorted(raws[1:])
+    drop("Segment 1")
+    drop("Segment 2")
+    assert not default_storage.exists(segment)
