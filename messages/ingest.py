@@ -113,44 +113,50 @@ def messages_write(*, account: Account, batch: PreparedBatch) -> IngestResult:
     """The database half of `messages_upsert`, for a batch prepared beforehand."""
     prepared, stored_files, work_dir = batch.prepared, batch.stored_files, batch.work_dir
     result = IngestResult()
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+    written: list[str] = []  # raw files of this batch: removed if it rolls back
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+                )
+            folder_names = {name for p in prepared for name in p.item.folders}
+            folders = folders_by_name(account, folder_names)
+            existing = {
+                m.provider_id: m
+                for m in Message.objects.filter(
+                    account=account, provider_id__in={p.provider_id for p in prepared}
+                ).only("id", "provider_id", "sort_date", *FLAG_FIELDS.values())
+            }
+            new_by_id: dict[str, _Prepared] = {}
+            for p in prepared:
+                if p.provider_id not in existing and p.provider_id not in new_by_id:
+                    new_by_id[p.provider_id] = p
+            raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir, written)
+            created, threads = _create_messages(
+                account, list(new_by_id.values()), stored_files, raw_files
             )
-        folder_names = {name for p in prepared for name in p.item.folders}
-        folders = folders_by_name(account, folder_names)
-        existing = {
-            m.provider_id: m
-            for m in Message.objects.filter(
-                account=account, provider_id__in={p.provider_id for p in prepared}
-            ).only("id", "provider_id", "sort_date", *FLAG_FIELDS.values())
-        }
-        new_by_id: dict[str, _Prepared] = {}
-        for p in prepared:
-            if p.provider_id not in existing and p.provider_id not in new_by_id:
-                new_by_id[p.provider_id] = p
-        raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir)
-        created, threads = _create_messages(
-            account, list(new_by_id.values()), stored_files, raw_files
-        )
-        result.created = len(created)
-        result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
+            result.created = len(created)
+            result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
 
-        changed_ids = _update_flags(existing, prepared)
-        all_messages = {**existing, **created}
-        changed_ids |= _upsert_locations(all_messages, prepared, folders)
-        result.updated = len(changed_ids - {m.id for m in created.values()})
-        result.unchanged = len(existing) - result.updated
-        result.message_ids = sorted(m.id for m in all_messages.values())
-        created_ids = {m.id for m in created.values()}
-        events_record(account, "message", "created", created_ids)
-        if threads is not None:
-            touched = set(threads.thread_ids)
-            events_record(account, "thread", "created", threads.created)
-            events_record(account, "thread", "updated", touched - threads.created)
-            events_record(account, "thread", "deleted", threads.merged_away)
-        messages_updated(account, changed_ids - created_ids)
+            changed_ids = _update_flags(existing, prepared)
+            all_messages = {**existing, **created}
+            changed_ids |= _upsert_locations(all_messages, prepared, folders)
+            result.updated = len(changed_ids - {m.id for m in created.values()})
+            result.unchanged = len(existing) - result.updated
+            result.message_ids = sorted(m.id for m in all_messages.values())
+            created_ids = {m.id for m in created.values()}
+            events_record(account, "message", "created", created_ids)
+            if threads is not None:
+                touched = set(threads.thread_ids)
+                events_record(account, "thread", "created", threads.created)
+                events_record(account, "thread", "updated", touched - threads.created)
+                events_record(account, "thread", "deleted", threads.merged_away)
+            messages_updated(account, changed_ids - created_ids)
+    except BaseException:
+        for name in written:
+            default_storage.delete(name)
+        raise
     return result
 
 
@@ -218,7 +224,7 @@ def attachment_file_store(attachment: ParsedAttachment) -> str:
 
 
 def _store_raw_files(
-    account: Account, new: list[_Prepared], work_dir: Path
+    account: Account, new: list[_Prepared], work_dir: Path, written: list[str]
 ) -> dict[str, tuple[str, int, int | None]]:
     """Write the new messages' compressed raw bytes to the media storage, durably, before
     their rows commit: {provider id: (file, offset, length)}. The batch shares one segment
@@ -231,6 +237,7 @@ def _store_raw_files(
             f"{directory}/{uuid.uuid4()}.zs",
             ContentFile(b"".join(p.compressed_raw for p in small)),
         )
+        written.append(name)
         offset = 0
         for p in small:
             places[p.provider_id] = (name, offset, len(p.compressed_raw))
@@ -241,6 +248,7 @@ def _store_raw_files(
             RawMessage.compress_file(Path(p.item.raw_file), compressed)
             with compressed.open("rb") as content:
                 name = _save_durably(f"{directory}/{uuid.uuid4()}.zst", File(content))
+            written.append(name)
             compressed.unlink()
             places[p.provider_id] = (name, 0, None)
     return places

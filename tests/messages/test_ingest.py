@@ -293,3 +293,21 @@ def test_a_batch_shares_one_raw_segment_removed_with_its_last_message(
     drop("Segment 1")
     drop("Segment 2")
     assert not default_storage.exists(segment)
+
+
+def test_a_batch_that_fails_leaves_no_raw_file_behind(account, monkeypatch):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    from messages import ingest
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker died mid-batch")
+
+    monkeypatch.setattr(ingest, "assign_threads", crash)
+    with pytest.raises(RuntimeError):
+        upsert(account, incoming(make_mail("Lost?"), folder="INBOX", uid=1))
+    assert Message.objects.filter(account=account).count() == 0
+    raw_dir = default_storage.path(f"raw/{account.pk}")
+    assert not os.path.exists(raw_dir) or not any(files for _, _, files in os.walk(raw_dir))
