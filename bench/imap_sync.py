@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import math
 import os
@@ -79,6 +80,7 @@ MAX_MESSAGES = 100_000
 INCREMENTAL_RUNS = 5
 MBSYNC = "/usr/bin/mbsync"
 MBSYNC_RUNS = 3
+LATER_CLEANUP: list[tempfile.TemporaryDirectory] = []
 CHILD_MARK = "BENCH-CHILD-RESULT "
 
 TARGET_MBSYNC_RATIO = 3.0
@@ -531,37 +533,50 @@ def mbsync_fetch(user: DovecotUser) -> Download | str:
     """mbsync (isync) pulling INBOX into a temporary maildir; a reason string if it cannot."""
     if not os.path.exists(MBSYNC):
         return f"{MBSYNC} not found (apt-get install isync)"
-    with tempfile.TemporaryDirectory(prefix="bench-mbsync-") as tmp:
-        rc = Path(tmp, "mbsyncrc")
-        rc.write_text(
-            MBSYNCRC.format(
-                host=user.host,
-                port=user.port,
-                user=user.username,
-                password=user.password,
-                path=Path(tmp, "mail"),
-            )
+    holder = tempfile.TemporaryDirectory(prefix="bench-mbsync-")
+    LATER_CLEANUP.append(holder)
+    tmp = holder.name
+    rc = Path(tmp, "mbsyncrc")
+    rc.write_text(
+        MBSYNCRC.format(
+            host=user.host,
+            port=user.port,
+            user=user.username,
+            password=user.password,
+            path=Path(tmp, "mail"),
         )
-        rc.chmod(0o600)
-        Path(tmp, "mail").mkdir()
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [MBSYNC, "-c", str(rc), "bench"], capture_output=True, text=True, check=False
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            return f"mbsync failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
-        inbox = Path(tmp, "mail", "INBOX")
-        files = [p for sub in ("cur", "new") for p in (inbox / sub).iterdir()]
-        nbytes = sum(p.stat().st_size for p in files)
+    )
+    rc.chmod(0o600)
+    Path(tmp, "mail").mkdir()
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [MBSYNC, "-c", str(rc), "bench"], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        return f"mbsync failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
+    inbox = Path(tmp, "mail", "INBOX")
+    files = [p for sub in ("cur", "new") for p in (inbox / sub).iterdir()]
+    nbytes = sum(p.stat().st_size for p in files)
     output = (proc.stdout + proc.stderr).splitlines()
     skipped = [line.strip() for line in output if "skipping" in line.lower()]
     return Download("mbsync (isync)", len(files), nbytes, seconds, skipped)
 
 
+def settle() -> None:
+    """Start each timed step alike: dirty pages flushed and, where allowed (root), the page
+    cache dropped. Seeding and each mbsync run write the whole mailbox; on a machine that
+    reclaims memory proactively, the full sync after three mbsync runs measured 30 s against
+    20 s without them, slowing as it went."""
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
 def mbsync_median(user: DovecotUser) -> Download | str:
     runs = []
     for _ in range(MBSYNC_RUNS):
+        settle()
         run = mbsync_fetch(user)
         if isinstance(run, str):
             return run
@@ -728,6 +743,7 @@ def incremental_bench(dovecot: Dovecot, owner, size: int) -> IncrementalResult:
     seeded = first_select(user, maildir_seed(dovecot, user, size))
     log(f"[incremental {size:,}] seeded {seeded.exists:,} messages in {seeded.seconds:.1f}s")
     account = account_create(owner, user)
+    settle()
     full = measured_sync(account, full=True, label=f"[incremental {size:,}] full sync")
     stored = inbox_locations(account)
     log(f"[incremental {size:,}] full sync {full.seconds:.1f}s ({stored:,} stored)")
@@ -942,6 +958,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows, ok = run(args, dovecot, owner)
     finally:
+        for holder in LATER_CLEANUP:
+            holder.cleanup()
         if not args.keep:
             connection.close()
             removed = remove_bench_data()
@@ -1012,6 +1030,7 @@ def run(args: argparse.Namespace, dovecot: Dovecot, owner) -> tuple[list, bool]:
 
     # 2. Full sync vs baselines (5. its peak RSS) -------------------------------------------
     log("[2] bare imapclient fetch ...")
+    settle()
     bare = bare_fetch(user)
     log(f"[2] bare: {bare.messages:,} msgs, {_mb(bare.bytes)} in {bare.seconds:.1f}s")
     mbsync: Download | str = "skipped (--skip-mbsync)"
@@ -1025,6 +1044,7 @@ def run(args: argparse.Namespace, dovecot: Dovecot, owner) -> tuple[list, bool]:
         )
     account = account_create(owner, user)
     log(f"[2] full sync of {seeded.exists:,} messages in a subprocess ...")
+    settle()
     child = run_child_full_sync(account)
     full = SyncStats(**{k: child[k] for k in SyncStats.__dataclass_fields__})
     stored = inbox_locations(account)
