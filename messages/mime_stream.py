@@ -42,6 +42,7 @@ WINDOW_BYTES = 1024 * 1024  # of a file, read at a time
 MAX_HEADER_BYTES = 256 * 1024
 MAX_DEPTH = 50
 _SPILLABLE_ENCODINGS = frozenset({"base64", "7bit", "8bit", "binary"})
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=]")
 _HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")  # the feedparser's headerRE
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r?\Z)")
@@ -163,8 +164,9 @@ class _PartFile:
 
     def write(self, data: bytes) -> None:
         if self.base64:
-            kept = _NOT_BASE64.sub(b"", data)
-            if len(kept) != len(data) - data.count(b"\n") - data.count(b"\r"):
+            kept = data.translate(None, b"\r\n")
+            if kept.translate(None, _BASE64_ALPHABET):  # anything else: dropped, and noted
+                kept = _NOT_BASE64.sub(b"", kept)
                 self._defect("InvalidBase64CharactersDefect")
             data = self.pending + kept
             whole = len(data) // 4 * 4
