@@ -128,16 +128,6 @@ class _Delimiter:
     line: bytes = b""
 
 
-def _delimiter_line(line: bytes, boundaries: tuple[str, ...]) -> _Delimiter | None:
-    for boundary in reversed(boundaries):
-        needle = b"--" + boundary.encode("ascii", "surrogateescape")
-        if line.startswith(needle):
-            tail = _DELIMITER_TAIL.fullmatch(line, len(needle))
-            if tail is not None:
-                return _Delimiter(0, len(line), boundary, tail.group(1) is not None, line)
-    return None
-
-
 @dataclass
 class _CutPart:
     marker: bytes
@@ -325,7 +315,11 @@ class _Reader:
                 break
             if not lines and line.endswith(b"\r\n"):
                 self.eol = b"\r\n"
-            ended = _delimiter_line(line, boundaries) if line.startswith(b"--") else None
+            ended = None
+            if boundaries and line.startswith(b"--"):  # the line is buf[pos - len(line):pos]
+                ended = self._find_delimiter(boundaries, self.pos - len(line), self.pos)
+                if ended is not None:
+                    ended.line = line
             if ended is not None:
                 self.out.write(b"".join(lines))
                 return _parse_headers(lines), ended
