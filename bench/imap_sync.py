@@ -578,6 +578,10 @@ def quiet_after_load() -> None:
     and the tables vacuumed now rather than by an autovacuum during the measurement (after a
     100,000-message load, that doubled the no-change sync's time, logins included)."""
     os.sync()
+    vacuum()
+
+
+def vacuum() -> None:
     with connection.cursor() as cursor:
         cursor.execute("VACUUM (ANALYZE)")
 
@@ -865,8 +869,7 @@ def remove_bench_data() -> float:
         messages.delete()  # Message.thread is PROTECT: messages first
         owner.delete()
         files_delete_unused_on_commit(files)
-    with connection.cursor() as cursor:
-        cursor.execute("VACUUM (ANALYZE)")
+    vacuum()
     return time.perf_counter() - start
 
 

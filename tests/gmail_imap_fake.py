@@ -74,6 +74,7 @@ class _Session:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
             to_client.join(timeout=5)
+            self.server.close()
 
     def _client_to_server(self) -> None:
         reader = self.client.makefile("rb")

@@ -100,17 +100,22 @@ def imap_user(dovecot) -> MailServerUser:
     return MailServerUser(host, port, username, password)
 
 
-@pytest.fixture
-def imap_account(user, imap_user) -> Account:
+def account_for(owner, server: MailServerUser, *, port: int | None = None) -> Account:
+    """An IMAP account of SERVER's user (through another PORT, e.g. a proxy, if given)."""
     return imap_account_create(
-        owner=user,
+        owner=owner,
         data=ImapAccountInput(
-            email_address=f"{imap_user.username}@example.com",
-            imap_host=imap_user.host,
-            imap_port=imap_user.port,
+            email_address=f"{server.username}@example.com",
+            imap_host=server.host,
+            imap_port=port or server.port,
             imap_security="none",
-            username=imap_user.username,
-            password=imap_user.password,
+            username=server.username,
+            password=server.password,
         ),
         start_sync=False,
     )
+
+
+@pytest.fixture
+def imap_account(user, imap_user) -> Account:
+    return account_for(user, imap_user)

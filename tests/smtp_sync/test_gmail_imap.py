@@ -3,9 +3,9 @@
 import pytest
 
 from messages.models import Account, Message
-from smtp_sync.accounts import ImapAccountInput, imap_account_create
 from smtp_sync.sync import ImapAccountSync
 from tests.gmail_imap_fake import GmailImapFake, GmailMessage
+from tests.imap_fixtures import account_for
 from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,18 +23,7 @@ def gmail(dovecot):
 
 @pytest.fixture
 def gmail_account(user, imap_user, gmail) -> Account:
-    return imap_account_create(
-        owner=user,
-        data=ImapAccountInput(
-            email_address=f"{imap_user.username}@gmail.example",
-            imap_host="127.0.0.1",
-            imap_port=gmail.port,
-            imap_security="none",
-            username=imap_user.username,
-            password=imap_user.password,
-        ),
-        start_sync=False,
-    )
+    return account_for(user, imap_user, port=gmail.port)
 
 
 def test_a_message_under_several_labels_is_one_message_with_gmail_ids(
