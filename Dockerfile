@@ -1,5 +1,6 @@
 # One image for every process of the platform: web, Celery workers and beat (docker-compose.yml
-# picks the command). Dependencies come from requirements.txt only.
+# picks the command). Dependencies come from requirements.txt only (test tools are in
+# requirements-test.txt, which the image never installs).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

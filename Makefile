@@ -3,30 +3,33 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bench-ingest bench-imap bench-api
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-api
 
 bootstrap:
 	scripts/bootstrap.sh
 
+bootstrap-test:
+	scripts/bootstrap.sh test
+
 run: bootstrap
 	$(SERVICES) exec --dir .local -- $(PY) scripts/run_platform.py
 
-lint: bootstrap
+lint: bootstrap-test
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-format: bootstrap
+format: bootstrap-test
 	.venv/bin/ruff check --fix .
 	.venv/bin/ruff format .
 
 test: lint
 	$(SERVICES) exec --temp -- .venv/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-bench-ingest: bootstrap
+bench-ingest: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)
 
-bench-imap: bootstrap
+bench-imap: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)
 
-bench-api: bootstrap
+bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)

@@ -34,8 +34,15 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if [ ! -f .venv/.requirements.done ] || ! cmp -s requirements.txt .venv/.requirements.done; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements.txt
-  cp requirements.txt .venv/.requirements.done
+# `bootstrap.sh test` adds the test and lint tools (requirements-test.txt) to what production runs.
+install() {  # install() FILE STAMP: pip-install FILE unless it is unchanged since the last time
+  if [ ! -f "$2" ] || ! cat requirements.txt "$1" | cmp -s - "$2"; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -r "$1"
+    cat requirements.txt "$1" >"$2"
+  fi
+}
+install requirements.txt .venv/.requirements.done
+if [ "${1:-}" = "test" ]; then
+  install requirements-test.txt .venv/.requirements-test.done
 fi
