@@ -3,6 +3,11 @@
 One thread per account holds an IDLE on the INBOX, reconnects with backoff when the connection
 breaks, and re-issues IDLE well before the server's 29-minute limit (RFC 2177). Any EXISTS,
 EXPUNGE or FETCH it hears asks for an incremental sync through `trigger(account_id)`.
+
+Nothing here holds a database connection while it waits (DESIGN: a deployment's connection count
+is a formula of its process counts): a watcher reads its account, closes the connection, then
+idles; the supervisor closes its connection after each refresh. A database or broker that goes
+away and comes back costs a retry with backoff, never the process nor an IDLE session.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 
 from messages.models import Account
 
@@ -25,6 +31,7 @@ logger = logging.getLogger(__name__)
 IDLE_RENEW_SECONDS = 25 * 60
 IDLE_CHECK_SECONDS = 30
 BACKOFF_MAX_SECONDS = 300
+REFRESH_SECONDS = 60
 CHANGE_RESPONSES = (b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED")
 
 
@@ -62,31 +69,45 @@ class IdleWatcher(threading.Thread):
                 self._watch()
                 self.failures = 0
             except ImapAuthError as exc:
-                account = Account.objects.filter(pk=self.account_id).first()
-                if account is not None:
-                    account_mark_error(account, str(exc), auth=True)
-                logger.warning("IDLE for account %s stopped: %s", self.account_id, exc)
-                return
-            except (ImapError, OSError) as exc:
-                self.failures += 1
-                delay = min(BACKOFF_MAX_SECONDS, 2 ** min(self.failures, 9)) * random.uniform(
-                    0.5, 1.0
-                )
-                logger.info(
-                    "IDLE for account %s broke (%s); reconnecting in %.0fs",
-                    self.account_id,
-                    exc,
-                    delay,
-                )
-                self.stopping.wait(delay)
+                if self._mark_auth_error(str(exc)):
+                    logger.warning("IDLE for account %s stopped: %s", self.account_id, exc)
+                    return
+                self._back_off(exc)
+            except (ImapError, OSError, DatabaseError) as exc:
+                self._back_off(exc)
+            except Exception as exc:  # e.g. the broker is away when a change is heard
+                logger.exception("IDLE for account %s failed", self.account_id)
+                self._back_off(exc)
             finally:
                 close_old_connections()
+                connection.close()
+
+    def _mark_auth_error(self, message: str) -> bool:
+        """Record the refused login; False when the database could not be told (retry then)."""
+        try:
+            account = Account.objects.filter(pk=self.account_id).first()
+            if account is not None:
+                account_mark_error(account, message, auth=True)
+        except DatabaseError:
+            logger.warning("IDLE for account %s: cannot record its auth error", self.account_id)
+            return False
+        return True
+
+    def _back_off(self, exc: BaseException) -> None:
+        self.failures += 1
+        delay = min(BACKOFF_MAX_SECONDS, 2 ** min(self.failures, 9)) * random.uniform(0.5, 1.0)
+        logger.info(
+            "IDLE for account %s broke (%s); reconnecting in %.0fs", self.account_id, exc, delay
+        )
+        self.stopping.wait(delay)
 
     def _watch(self) -> None:
-        account = Account.objects.get(pk=self.account_id)
-        with self.connection_factory(server_for(account)) as conn:
+        close_old_connections()
+        server = server_for(Account.objects.get(pk=self.account_id))
+        connection.close()  # no database connection held through IDLE
+        with self.connection_factory(server) as conn:
             conn.select(self.folder, readonly=True)
-            self.trigger(self.account_id)  # catch up on what happened while we were away
+            self._trigger()  # catch up on what happened while we were away
             while not self.stopping.is_set():
                 conn.imap.idle()
                 renew_at = time.monotonic() + IDLE_RENEW_SECONDS
@@ -100,7 +121,13 @@ class IdleWatcher(threading.Thread):
                 finally:
                     conn.imap.idle_done()
                 if changed:
-                    self.trigger(self.account_id)
+                    self._trigger()
+
+    def _trigger(self) -> None:
+        try:
+            self.trigger(self.account_id)
+        finally:
+            connection.close()
 
 
 def _is_change(response: tuple) -> bool:
@@ -146,6 +173,39 @@ class IdleSupervisor:
                 )
                 self.watchers[account_id] = watcher
                 watcher.start()
+
+    def run(
+        self,
+        stopping: threading.Event,
+        *,
+        refresh_seconds: float = REFRESH_SECONDS,
+        heartbeat: Path | None = None,
+    ) -> None:
+        """Refresh the watchers every REFRESH_SECONDS until STOPPING is set.
+
+        A refresh that fails (the database restarting, a connection it closed) is logged and
+        retried sooner, with backoff up to the refresh interval; the running watchers keep their
+        IDLE sessions meanwhile. HEARTBEAT, when given, is touched after each good refresh: the
+        container health check reads its age."""
+        failures = 0
+        while not stopping.is_set():
+            try:
+                close_old_connections()  # a kept connection the server closed is not reused
+                self.refresh()
+                failures = 0
+                if heartbeat is not None:
+                    heartbeat.touch()
+            except Exception as exc:
+                failures += 1
+                log = logger.warning if isinstance(exc, DatabaseError) else logger.exception
+                log("IDLE refresh failed (%s): %s; the watchers keep running", failures, exc)
+            finally:
+                connection.close()  # none held while waiting
+            if failures:
+                delay = min(refresh_seconds, 2 ** min(failures - 1, 9)) * random.uniform(0.5, 1.0)
+            else:
+                delay = refresh_seconds
+            stopping.wait(delay)
 
     def stop(self) -> None:
         for watcher in self.watchers.values():

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from smtp_sync.idle import IdleSupervisor
+from smtp_sync.idle import REFRESH_SECONDS, IdleSupervisor
 from smtp_sync.tasks import incremental_sync
-
-REFRESH_SECONDS = 60
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -28,6 +27,18 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--shard", default="0/1", help="i/n: take accounts whose id %% n == i")
+        parser.add_argument(
+            "--refresh-seconds",
+            type=float,
+            default=REFRESH_SECONDS,
+            help="how often the account list is read again (default %(default)s)",
+        )
+        parser.add_argument(
+            "--heartbeat",
+            type=Path,
+            default=None,
+            help="a file touched after each good refresh, for a health check to read its age",
+        )
 
     def handle(self, *args, **options) -> None:
         shard, shards = parse_shard(options["shard"])
@@ -39,8 +50,8 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stopping.set())
         self.stdout.write(f"IMAP IDLE listener, shard {shard}/{shards}")
         try:
-            while not stopping.is_set():
-                supervisor.refresh()
-                stopping.wait(REFRESH_SECONDS)
+            supervisor.run(
+                stopping, refresh_seconds=options["refresh_seconds"], heartbeat=options["heartbeat"]
+            )
         finally:
             supervisor.stop()

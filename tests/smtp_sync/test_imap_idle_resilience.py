@@ -1,0 +1,102 @@
+"""The IDLE listener outlives the database: a refresh that cannot reach PostgreSQL is retried,
+the watchers keep their IDLE sessions meanwhile, and nothing holds a connection while it waits."""
+
+import threading
+import time
+
+import pytest
+from django.db import connection, connections
+
+from smtp_sync.idle import IdleSupervisor
+from smtp_sync.sync import ImapAccountSync
+from tests.mailfactory import make_mail
+from tests.worker import free_port, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def other_backends() -> list[int]:
+    """The server processes on this test database other than this thread's own connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [pid for (pid,) in cursor.fetchall()]
+
+
+def terminate_other_backends() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture
+def listener(tmp_path):
+    """Start a supervisor loop in a thread: (supervisor, triggers, heartbeat file)."""
+    started = []
+
+    def start(refresh_seconds):
+        triggers: list[float] = []
+        supervisor = IdleSupervisor(lambda _id: triggers.append(time.monotonic()))
+        heartbeat = tmp_path / "idle.heartbeat"
+        stopping = threading.Event()
+        thread = threading.Thread(
+            target=supervisor.run,
+            args=(stopping,),
+            kwargs={"refresh_seconds": refresh_seconds, "heartbeat": heartbeat},
+        )
+        thread.start()
+        started.append((supervisor, stopping, thread))
+        return supervisor, triggers, heartbeat, thread
+
+    yield start
+    for supervisor, stopping, thread in started:
+        stopping.set()
+        thread.join(timeout=10)
+        supervisor.stop()
+
+
+def test_listener_survives_the_database_going_away_and_coming_back(
+    imap_account, imap_user, listener
+):
+    ImapAccountSync(imap_account).sync()  # records IDLE among the capabilities
+    supervisor, triggers, heartbeat, thread = listener(0.2)
+    wait_for(lambda: triggers, what="the watcher's catch-up trigger")
+    watcher = supervisor.watchers[imap_account.pk]
+    time.sleep(0.5)  # IDLE is held now
+
+    db = connections["default"].settings_dict
+    port = db["PORT"]
+    db["PORT"] = str(free_port())  # new connections are refused from now on...
+    try:
+        terminate_other_backends()  # ...and the server closes whatever was open
+        time.sleep(0.3)
+        beat = heartbeat.stat().st_mtime_ns
+        time.sleep(1.5)
+        assert heartbeat.stat().st_mtime_ns == beat, "refreshes fail while the database is away"
+        assert thread.is_alive()
+        assert watcher.is_alive() and supervisor.watchers[imap_account.pk] is watcher
+
+        # The IDLE session still reports changes while the database is away.
+        seen = len(triggers)
+        imap_user.append("INBOX", make_mail("pushed", message_id="<pushed@x>"))
+        wait_for(lambda: len(triggers) > seen, timeout=15, what="a trigger from IDLE")
+    finally:
+        db["PORT"] = port
+
+    wait_for(lambda: heartbeat.stat().st_mtime_ns > beat, timeout=15, what="a good refresh again")
+    assert thread.is_alive()
+    assert supervisor.watchers[imap_account.pk] is watcher, "the IDLE session was kept"
+
+
+def test_listener_holds_no_database_connection_while_it_waits(imap_account, listener):
+    ImapAccountSync(imap_account).sync()
+    connection.close()
+    supervisor, triggers, heartbeat, _thread = listener(60)
+    wait_for(lambda: triggers and heartbeat.exists(), what="a refresh and the catch-up trigger")
+    time.sleep(0.5)  # the watcher is in IDLE, the supervisor waits for its next refresh
+    assert supervisor.watchers[imap_account.pk].is_alive()
+    assert other_backends() == []
