@@ -164,6 +164,14 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Process resilience (issue 14): the storage sweeper (messages.storage_sweep, run by beat) removes
+# media files that no row names once they are older than the grace period; temporary work goes
+# to one directory per process under FILE_UPLOAD_TEMP_DIR (default: the system temp dir), whose
+# leftovers a later process removes (emailplatform.tempdirs).
+STORAGE_SWEEP_GRACE_SECONDS = env.int("STORAGE_SWEEP_GRACE_SECONDS", default=3600)
+STORAGE_SWEEP_INTERVAL_MINUTES = env.int("STORAGE_SWEEP_INTERVAL_MINUTES", default=60)
+FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -21,6 +21,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 
+from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
 from .events import events_record, messages_updated
@@ -82,9 +83,7 @@ class PreparedBatch:
     temporary files."""
 
     def __init__(self, items: Sequence[IncomingMessage]) -> None:
-        self._work_dir = tempfile.TemporaryDirectory(
-            prefix="ingest-", dir=settings.FILE_UPLOAD_TEMP_DIR
-        )
+        self._work_dir = tempfile.TemporaryDirectory(prefix="ingest-", dir=process_temp_dir())
         self.work_dir = Path(self._work_dir.name)
         try:
             self.prepared = _prepare(items, self.work_dir)

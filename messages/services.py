@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from emailplatform import topics
+from emailplatform.tempdirs import process_temp_dir
 
 from . import providers
 from .events import events_record, messages_updated
@@ -352,7 +353,7 @@ def attachment_ensure_stored(*, attachment: Attachment) -> Attachment:
     raw = RawMessage.objects.filter(pk=attachment.message_id).first()
     if raw is None:
         raise AttachmentUnavailable("the raw message is not stored")
-    work_dir = settings.FILE_UPLOAD_TEMP_DIR
+    work_dir = process_temp_dir()
     with tempfile.TemporaryDirectory(prefix="attachment-", dir=work_dir) as tmp:
         parsed = _parse_stored_raw(raw, Path(tmp))
         part = next((a for a in parsed.attachments if a.part_path == attachment.part_path), None)

@@ -13,6 +13,7 @@ from emailplatform import topics
 from .ingest import messages_upsert
 from .models import Account
 from .services import account_delete, dead_letter_record, full_syncs_schedule, sync_run_add
+from .storage_sweep import storage_sweep_task  # noqa: F401  (registers beat's sweeper task)
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 from messages import mailbox
 from messages.events import events_record
@@ -343,9 +344,7 @@ class ImapAccountSync:
         for uids_batch, large in self._batches(conn, uids):
             fetch_dir = None
             if large:
-                fetch_dir = tempfile.TemporaryDirectory(
-                    prefix="imap-", dir=settings.FILE_UPLOAD_TEMP_DIR
-                )
+                fetch_dir = tempfile.TemporaryDirectory(prefix="imap-", dir=process_temp_dir())
                 one = conn.fetch_message_to_file(uids_batch[0], Path(fetch_dir.name) / "raw.eml")
                 fetched = [one] if one else []
             else:
