@@ -2,7 +2,12 @@
 """`make run`: migrate, make sure an admin exists, seed the demo mailbox (DEMO=0 turns it off),
 then run web, a worker, beat and the IMAP IDLE listener in the foreground.
 
-Ctrl-C (or SIGTERM) stops every process cleanly; if one of them dies, the others are stopped too.
+Ctrl-C (or SIGTERM) stops every process cleanly. A process that dies is started again after a
+backoff (1 s, doubling up to 60 s; back to 1 s once it has stayed up a minute) while the others
+go on: a worker killed by the OOM killer or a listener that crashed does not stop the platform.
+
+This is the development setup: web is Django's runserver with DEBUG on (static files served by
+it); the Docker image serves with gunicorn (see the Dockerfile and docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +59,94 @@ def ensure_admin() -> None:
         )
 
 
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    delay: float = 0.0  # the backoff before the next restart
+    restart_at: float | None = None  # when it is due to start again, once it died
+    history: list[tuple[float, int]] = field(default_factory=list)  # (died at, exit status)
+
+
+class Supervisor:
+    """Runs named commands and restarts each one that exits, with exponential backoff per child.
+
+    A child that stayed up at least STABLE_AFTER seconds restarts after BACKOFF_START again."""
+
+    def __init__(
+        self,
+        commands: dict[str, list[str]],
+        *,
+        backoff_start: float = 1.0,
+        backoff_max: float = 60.0,
+        stable_after: float = 60.0,
+        poll_interval: float = 0.5,
+        log: Callable[[str], None] | None = None,
+        popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+    ) -> None:
+        self.children = {name: Child(name, command) for name, command in commands.items()}
+        self.backoff_start = backoff_start
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.poll_interval = poll_interval
+        self.log = log or (lambda line: print(line, flush=True))
+        self.popen = popen
+
+    def start(self) -> None:
+        for child in self.children.values():
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        child.proc = self.popen(child.command)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def poll(self) -> None:
+        """Notice children that exited and start those whose backoff is over."""
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self.log(f"{child.name}: starting again (restart {child.restarts})")
+                    self._spawn(child)
+                continue
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            status = child.proc.returncode
+            child.history.append((now, status))
+            if now - child.started_at >= self.stable_after:
+                child.delay = self.backoff_start
+            else:
+                child.delay = min(self.backoff_max, max(self.backoff_start, child.delay * 2))
+            child.restart_at = now + child.delay
+            self.log(
+                f"{child.name} exited with {status} after {now - child.started_at:.0f}s;"
+                f" restarting in {child.delay:.0f}s"
+            )
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        self.start()
+        while not should_stop():
+            self.poll()
+            time.sleep(self.poll_interval)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        running = [c.proc for c in self.children.values() if c.proc and c.proc.poll() is None]
+        for proc in running:
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def main() -> int:
     os.environ.setdefault("DEBUG", "1")
     os.chdir(ROOT)
@@ -75,9 +170,7 @@ def main() -> int:
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
         "imap-idle": [PY, "manage.py", "imap_idle"],
     }
-    procs = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}
-    print(f"  Platform running: http://127.0.0.1:{port}/admin/  (Ctrl-C stops it)\n", flush=True)
-
+    supervisor = Supervisor(commands)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -86,24 +179,12 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    status = 0
-    while not stopping:
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping the rest", flush=True)
-                status = proc.returncode or 1
-                stopping = True
-        time.sleep(0.5)
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + 15
-    for proc in procs.values():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return status
+    print(f"  Platform running: http://127.0.0.1:{port}/admin/  (Ctrl-C stops it)\n", flush=True)
+    try:
+        supervisor.run(lambda: stopping)
+    finally:
+        supervisor.stop()
+    return 0
 
 
 if __name__ == "__main__":
