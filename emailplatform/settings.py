@@ -171,6 +171,8 @@ SPECTACULAR_SETTINGS = {
 STORAGE_SWEEP_GRACE_SECONDS = env.int("STORAGE_SWEEP_GRACE_SECONDS", default=3600)
 STORAGE_SWEEP_INTERVAL_MINUTES = env.int("STORAGE_SWEEP_INTERVAL_MINUTES", default=60)
 FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
+# Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.
+BEAT_HEARTBEAT_FILE = env("BEAT_HEARTBEAT_FILE", default=None)
 
 LOGGING = {
     "version": 1,

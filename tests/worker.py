@@ -26,13 +26,9 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def start_worker(
-    queues: list[str],
-    log_path: Path,
-    extra_env: dict[str, str] | None = None,
-    pool: str = "prefork",
-) -> subprocess.Popen:
-    env = {
+def process_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a platform process run against the test database and broker."""
+    return {
         **os.environ,
         "DATABASE_URL": test_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
@@ -40,6 +36,14 @@ def start_worker(
         "CREDENTIALS_KEYS": ",".join(settings.CREDENTIALS_KEYS),
         **(extra_env or {}),
     }
+
+
+def start_worker(
+    queues: list[str],
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    pool: str = "prefork",
+) -> subprocess.Popen:
     cmd = [
         str(Path(sys.executable).with_name("celery")),
         "-A",
@@ -55,7 +59,26 @@ def start_worker(
         ",".join(queues),
     ]
     log = open(log_path, "ab")  # noqa: SIM115  (kept open for the process' lifetime)
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=process_env(extra_env), stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def start_beat(log_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    cmd = [
+        str(Path(sys.executable).with_name("celery")),
+        "-A",
+        "emailplatform",
+        "beat",
+        "--loglevel=INFO",
+        "-S",
+        "emailplatform.beat:HeartbeatScheduler",
+        "--pidfile=",
+    ]
+    log = open(log_path, "ab")  # noqa: SIM115  (kept open for the process' lifetime)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=process_env(extra_env), stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def stop_worker(proc: subprocess.Popen) -> None:
