@@ -16,12 +16,18 @@ RUN pip install -r requirements.txt
 
 COPY . .
 
-# An unprivileged user; MEDIA_ROOT and STATIC_ROOT exist and belong to it, so the named volumes
-# mounted there start out writable by it.
+# Static files are collected into the image at build (whitenoise serves them from STATIC_ROOT);
+# settings need a SECRET_KEY to load, so a throwaway one serves for this step only.
+ENV STATIC_ROOT=/var/lib/emailplatform/static
+RUN SECRET_KEY=collectstatic-only DEBUG=0 python manage.py collectstatic --noinput
+
+# An unprivileged user; MEDIA_ROOT exists and belongs to it, so the named volume mounted there
+# starts out writable by it. STATIC_ROOT stays root's: the app only reads it.
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \
-    && mkdir -p /var/lib/emailplatform/media /var/lib/emailplatform/static \
-    && chown -R app:app /var/lib/emailplatform
+    && mkdir -p /var/lib/emailplatform/media \
+    && chown -R app:app /var/lib/emailplatform/media
 USER app
 
 EXPOSE 8000
-CMD ["python", "manage.py", "runserver", "0.0.0.0:8000", "--noreload"]
+# gunicorn; 3 workers: 2 x cores + 1 for one core (docker-compose.yml says more, WEB_WORKERS).
+CMD ["gunicorn", "emailplatform.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]

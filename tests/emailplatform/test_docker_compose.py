@@ -8,6 +8,7 @@ Django management commands and the queues of emailplatform.topics.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shlex
@@ -200,20 +201,87 @@ def test_manage_py_commands_are_real(services: dict[str, dict[str, Any]]) -> Non
                 assert index + 1 < len(cmd), f"{name}: manage.py without a command"
                 assert cmd[index + 1] in known, f"{name}: no management command {cmd[index + 1]}"
                 used.append(cmd[index + 1])
-    assert {"migrate", "runserver"} <= set(used)
+    assert {"migrate", "imap_idle"} <= set(used)
+    assert "runserver" not in used, "containers serve with gunicorn, not Django's runserver"
+
+
+def healthcheck_text(services: dict[str, dict[str, Any]], name: str) -> str:
+    test = services[name]["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def test_every_service_restarts_and_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", f"{name}: no restart policy"
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        assert not service["healthcheck"].get("disable"), name
 
 
 def test_healthchecks(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("postgres", "redis", "web"):
-        assert services[name].get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
-
     def text(name: str) -> str:
-        test = services[name]["healthcheck"]["test"]
-        return test if isinstance(test, str) else " ".join(test)
+        return healthcheck_text(services, name)
 
     assert "pg_isready" in text("postgres")
     assert "redis-cli" in text("redis") and "ping" in text("redis")
     assert "/healthz" in text("web") and "urllib" in text("web")
+
+
+def test_worker_healthchecks_ping_their_own_node(services: dict[str, dict[str, Any]]) -> None:
+    for name in worker_queues(services):
+        [cmd] = simple_commands(services[name]["command"])
+        node = option_value(cmd, "-n", "--hostname")
+        assert node and node.endswith("@%h"), f"{name}: name the worker node@%h"
+        check = healthcheck_text(services, name)
+        assert "inspect ping" in check, name
+        # %h is the host name; $$ escapes compose's interpolation, so the shell sees $HOSTNAME.
+        assert f"-d {node.removesuffix('@%h')}@$$HOSTNAME" in check, (name, check)
+
+
+def test_heartbeat_healthchecks_read_the_file_their_process_touches(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    [idle] = simple_commands(services["imap-idle"]["command"])
+    heartbeat = option_value(idle, "--heartbeat", "--heartbeat")
+    assert heartbeat and heartbeat in healthcheck_text(services, "imap-idle")
+
+    [beat] = simple_commands(services["beat"]["command"])
+    scheduler = option_value(beat, "-S", "--scheduler")
+    module, _, attr = scheduler.partition(":")
+    assert hasattr(importlib.import_module(module), attr), scheduler
+    heartbeat = services["beat"]["environment"]["BEAT_HEARTBEAT_FILE"]
+    assert heartbeat in healthcheck_text(services, "beat")
+
+
+def gunicorn_command(cmd: list[str]) -> None:
+    """A gunicorn command line that serves the project's WSGI application."""
+    app = next(word for word in cmd[1:] if not word.startswith("-") and ":" in word)
+    module, _, attr = app.partition(":")
+    assert hasattr(importlib.import_module(module), attr), app
+    assert option_value(cmd, "-b", "--bind").endswith(":8000")
+    workers = option_value(cmd, "-w", "--workers")
+    assert workers and (workers.isdigit() or re.fullmatch(r"\$\{WEB_WORKERS:-\d+\}", workers))
+    assert option_value(cmd, "--access-logfile", "--access-logfile") == "-"
+
+
+def test_web_serves_with_gunicorn(services: dict[str, dict[str, Any]]) -> None:
+    commands = simple_commands(services["web"]["command"])
+    assert commands[0][:3] == ["python", "manage.py", "migrate"], "web migrates first"
+    [served] = [cmd for cmd in commands if Path(cmd[0]).name == "gunicorn"]
+    gunicorn_command(served)
+
+
+def test_image_serves_with_gunicorn_and_collects_static_files(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cmd = re.search(r"^CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
+    assert cmd, "the image has a CMD"
+    words = json.loads(cmd.group(1))
+    assert words[0] == "gunicorn"
+    gunicorn_command(words)
+    assert re.search(r"^RUN .*manage\.py collectstatic --noinput", dockerfile, flags=re.MULTILINE)
+    static_root = services["web"]["environment"]["STATIC_ROOT"]
+    assert f"ENV STATIC_ROOT={static_root}" in dockerfile, "collected where compose serves from"
 
 
 def test_depends_on_waits_for_health(services: dict[str, dict[str, Any]]) -> None:
