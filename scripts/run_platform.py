@@ -147,15 +147,9 @@ class Supervisor:
                 proc.wait()
 
 
-def main() -> int:
-    os.environ.setdefault("DEBUG", "1")
-    os.chdir(ROOT)
-    manage("migrate", "--noinput")
-    ensure_admin()
-    if os.environ.get("DEMO", "1") != "0" and os.environ.get("DOVECOT_USERS_DIR"):
-        manage("seed_demo")
-    port = os.environ.get("PORT", "8000")
-    commands = {
+def platform_commands(port: str) -> dict[str, list[str]]:
+    """The platform's processes by name (what `make run` supervises)."""
+    return {
         "web": [PY, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         "worker": [
             CELERY,
@@ -170,6 +164,17 @@ def main() -> int:
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
         "imap-idle": [PY, "manage.py", "imap_idle"],
     }
+
+
+def main() -> int:
+    os.environ.setdefault("DEBUG", "1")
+    os.chdir(ROOT)
+    manage("migrate", "--noinput")
+    ensure_admin()
+    if os.environ.get("DEMO", "1") != "0" and os.environ.get("DOVECOT_USERS_DIR"):
+        manage("seed_demo")
+    port = os.environ.get("PORT", "8000")
+    commands = platform_commands(port)
     supervisor = Supervisor(commands)
     stopping = False
 

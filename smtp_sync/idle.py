@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, close_old_connections, connection
 
 from messages.models import Account
@@ -73,6 +74,8 @@ class IdleWatcher(threading.Thread):
                     logger.warning("IDLE for account %s stopped: %s", self.account_id, exc)
                     return
                 self._back_off(exc)
+            except ObjectDoesNotExist:  # the account went; the supervisor drops it next refresh
+                return
             except (ImapError, OSError, DatabaseError) as exc:
                 self._back_off(exc)
             except Exception as exc:  # e.g. the broker is away when a change is heard
