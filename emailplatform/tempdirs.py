@@ -5,13 +5,15 @@ A process killed with SIGKILL cleans nothing up: its `TemporaryDirectory`s stay.
 `<FILE_UPLOAD_TEMP_DIR or the system temp dir>/emailplatform-<host>-<pid>`, they are found and
 removed by the next process that starts (its first use of `process_temp_dir()` removes the
 directories of this host's pids that no longer run, and its own if a dead process with the same
-pid left one), and by the storage sweeper (`messages.storage_sweep`). Forked children (Celery's
-pool) get their own. Only directories named with this host name are judged: a temp dir shared by
-containers (other pid namespaces) is safe, each judges its own.
+pid left one), and by the storage sweeper (`messages.storage_sweep`); a process that exits
+normally removes its own. Forked children (Celery's pool) get their own. Only directories named
+with this host name are judged: a temp dir shared by containers (other pid namespaces) is safe,
+each judges its own.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -49,8 +51,15 @@ def process_temp_dir() -> str:
             shutil.rmtree(mine, ignore_errors=True)
             temp_dirs_remove_dead(base)
         mine.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if made is None:
+            atexit.register(_remove_at_exit, pid, mine)
         _made[pid] = str(mine)
         return str(mine)
+
+
+def _remove_at_exit(pid: int, directory: Path) -> None:
+    if os.getpid() == pid:  # not in a forked child, which inherits the handler
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _prefix() -> str:
