@@ -71,7 +71,9 @@ def imap_sync_account(
                 options=options,
             )
             try:
-                pass_report = sync.sync(full=syncstate.FULL in wants)
+                pass_report = sync.sync(
+                    full=syncstate.FULL in wants, continuing=syncstate.CONTINUE in wants
+                )
             except retry_errors:
                 # The caller retries with backoff: keep what was asked for its retry, and do
                 # not publish it again at the release (that would skip the backoff).

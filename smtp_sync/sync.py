@@ -19,6 +19,7 @@ import kombu.exceptions
 import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from emailplatform.topics import IncomingMessage
@@ -26,7 +27,7 @@ from messages import mailbox
 from messages.events import events_record
 from messages.folders import guess_role
 from messages.ingest import PreparedBatch, messages_write
-from messages.models import Account, Folder, SyncRun
+from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
 from .imap import (
@@ -191,8 +192,11 @@ class ImapAccountSync:
         )
 
     # Entry point -------------------------------------------------------------------------
-    def sync(self, *, full: bool = False) -> SyncReport:
-        kind = SyncRun.Kind.FULL if full else SyncRun.Kind.INCREMENTAL
+    def sync(self, *, full: bool = False, continuing: bool = False) -> SyncReport:
+        """One pass: FULL re-reads every folder; otherwise what changed, plus every folder not
+        yet complete. CONTINUING (the rest of a full pass that paused at its checkpoint) runs
+        as an incremental pass but its run is labelled full, as the progress it shows is."""
+        kind = SyncRun.Kind.FULL if full or continuing else SyncRun.Kind.INCREMENTAL
         self.run = sync_run_start(account=self.account, kind=kind)
         try:
             with self.connection_factory(server_for(self.account)) as conn:
@@ -261,7 +265,12 @@ class ImapAccountSync:
         if not (full or any(not f.sync_state.get("complete") for f in folders)):
             return
         self.progress_total = sum(conn.message_count(folder.name) for folder in folders)
-        SyncRun.objects.filter(pk=self.run.pk).update(progress_total=self.progress_total)
+        # Progress counts what is stored, so a full sync's later chunks go on where the
+        # earlier ones stopped: the messages of these folders already stored, plus each batch.
+        stored = MessageLocation.objects.filter(folder__in=folders, uid__isnull=False).count()
+        SyncRun.objects.filter(pk=self.run.pk).update(
+            progress_total=self.progress_total, progress_done=F("progress_done") + stored
+        )
 
     def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
         if not full and self._unchanged(conn, folder):

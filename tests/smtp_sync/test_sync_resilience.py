@@ -142,6 +142,11 @@ def test_a_paused_full_sync_continues_through_its_requests(
     assert len(outcomes) > 2 and outcomes[-1]["done"]
     assert_store_matches_server(imap_account, seeded)
     assert not syncstate.wants(imap_account.pk)
+    # Each chunk is a run of the full sync, whose progress goes on where the last stopped.
+    chunks = SyncRun.objects.filter(account=imap_account).order_by("id")
+    assert {run.kind for run in chunks} == {"full"}
+    assert [run.progress_done for run in chunks] == [4, 8, 12, 16, 18]
+    assert {run.progress_total for run in chunks} == {18}
 
 
 # Dead passes -----------------------------------------------------------------------------
