@@ -113,8 +113,10 @@ SYNC_LOCK_TTL_SECONDS = env.int("SYNC_LOCK_TTL_SECONDS", default=30)
 # runs, and re-tests parked accounts. 0 turns it off.
 SYNC_WATCHDOG_SECONDS = env.int("SYNC_WATCHDOG_SECONDS", default=15)
 # An account whose server refused its password (auth_error) has its login re-tested after this
-# long, doubling after each refusal up to the maximum.
-AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60 * 60)
+# long, doubling after each refusal up to the maximum: a password fixed on the server within a
+# minute or two brings the account back within two minutes; one that stays wrong costs about
+# ten logins the first day (1, 2, 4 ... 512 minutes), then one a day.
+AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60)
 AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 60)
 
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;

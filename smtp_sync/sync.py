@@ -126,8 +126,9 @@ def account_mark_error(account: Account, message: str, *, auth: bool = False) ->
 
 
 def auth_retest_delay(failures: int) -> timedelta:
-    """AUTH_RETEST_SECONDS (1 h) after the first refusal, doubling up to AUTH_RETEST_MAX_SECONDS
-    (24 h): a password that stays wrong costs one login a day."""
+    """AUTH_RETEST_SECONDS (1 minute) after the first refusal, doubling up to
+    AUTH_RETEST_MAX_SECONDS (24 h): a server fixed soon brings the account back soon, and a
+    password that stays wrong costs about ten logins the first day, then one a day."""
     delay = settings.AUTH_RETEST_SECONDS * 2 ** max(0, failures - 1)
     return timedelta(seconds=min(settings.AUTH_RETEST_MAX_SECONDS, delay))
 

@@ -370,28 +370,37 @@ def test_a_fixed_password_brings_a_parked_account_back(imap_account, seeded, dov
         ImapAccountSync(Account.objects.get(pk=imap_account.pk)).sync()
     account = Account.objects.get(pk=imap_account.pk)
     assert (account.status, account.auth_failures) == ("auth_error", 1)
-    hour = (account.auth_retest_at - timezone.now()).total_seconds()
-    assert 3500 < hour <= 3600, "re-tested in an hour"
+    first = (account.auth_retest_at - timezone.now()).total_seconds()
+    assert 50 < first <= 60, "re-tested in a minute"
     assert watchdog.watchdog_tick()["auth_retests"] == [], "not due yet"
 
-    def an_hour_later():
+    def when_due():
         Account.objects.filter(pk=account.pk).update(auth_retest_at=timezone.now())
         return watchdog.watchdog_tick()["auth_retests"]
 
-    # Still refused: parked again, and the next re-test backs off (2 hours).
-    assert an_hour_later() == [account.pk]
+    # Still refused: parked again, and the next re-test backs off (2 minutes).
+    assert when_due() == [account.pk]
     [outcome] = run_queued_tasks()
     assert list(outcome) == ["refused"]
     account.refresh_from_db()
     assert (account.status, account.auth_failures) == ("auth_error", 2)
-    assert 7100 < (account.auth_retest_at - timezone.now()).total_seconds() <= 7200
+    assert 110 < (account.auth_retest_at - timezone.now()).total_seconds() <= 120
 
     # The password works again on the server: the re-test reactivates and syncs the account.
     set_password(dovecot[2], seeded.username, seeded.password)
-    assert an_hour_later() == [account.pk]
+    assert when_due() == [account.pk]
     outcomes = run_queued_tasks()
     assert outcomes[0] == {"reactivated": True} and outcomes[1]["done"]
     account.refresh_from_db()
     assert (account.status, account.last_error, account.auth_failures) == ("active", "", 0)
     assert account.auth_retest_at is None
     assert_store_matches_server(account, seeded)
+
+
+@pytest.mark.parametrize(
+    ("failures", "seconds"), [(1, 60), (2, 120), (3, 240), (10, 30720), (11, 61440), (12, 86400)]
+)
+def test_auth_retests_back_off_to_one_a_day(failures, seconds):
+    from smtp_sync.sync import auth_retest_delay
+
+    assert auth_retest_delay(failures).total_seconds() == seconds
