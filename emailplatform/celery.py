@@ -29,6 +29,10 @@ app.conf.update(
     #   does not sit on messages that an idle worker could run.
     # - visibility_timeout: Redis re-delivers an unacknowledged message after this long; it
     #   must exceed the longest task (time limit below) or a running task would be run twice.
+    #   Sync work does not wait for it: the sync watchdog (smtp_sync.watchdog, a thread in
+    #   every worker) resumes a dead worker's sync once its 30 s lock is gone, and the stale
+    #   message re-delivered hours later finds nothing owed and does nothing
+    #   (emailplatform.syncstate).
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,

@@ -104,10 +104,20 @@ CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 60 
 CELERY_UNACKED_RESTORE_INTERVAL = env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10)
 CELERY_UNACKED_RESTORE_THROTTLE = env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10)
 
-# IMAP sync: messages per UID FETCH, and the per-account sync lock's expiry (extended after
-# every batch, so a dead worker's lock frees itself quickly).
+# IMAP sync: messages per UID FETCH, and the per-account sync lock's expiry (a heartbeat thread
+# extends it every TTL/6 while the sync runs, so a dead worker's lock frees itself quickly).
 IMAP_FETCH_BATCH = env.int("IMAP_FETCH_BATCH", default=100)
-SYNC_LOCK_TTL_SECONDS = env.int("SYNC_LOCK_TTL_SECONDS", default=120)
+SYNC_LOCK_TTL_SECONDS = env.int("SYNC_LOCK_TTL_SECONDS", default=30)
+# The sync watchdog (smtp_sync.watchdog, a thread in every worker, one tick per interval across
+# all of them): reaps runs whose lock is gone, re-enqueues their work and any request nobody
+# runs, and re-tests parked accounts. 0 turns it off.
+SYNC_WATCHDOG_SECONDS = env.int("SYNC_WATCHDOG_SECONDS", default=15)
+# An account whose server refused its password (auth_error) has its login re-tested after this
+# long, doubling after each refusal up to the maximum: a password fixed on the server within a
+# minute or two brings the account back within two minutes; one that stays wrong costs about
+# ten logins the first day (1, 2, 4 ... 512 minutes), then one a day.
+AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60)
+AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 60)
 
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).

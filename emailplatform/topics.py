@@ -50,6 +50,11 @@ INCREMENTAL_SYNC_TASKS: dict[str, str] = {
     "imap": "smtp_sync.incremental_sync",
 }
 
+# Providers whose sync consumers take their work from the per-account requests recorded in
+# Redis (emailplatform.syncstate): their triggers coalesce, a dead worker's work is resumed by
+# the watchdog, and a stale re-delivered task does nothing.
+SYNC_COALESCING_PROVIDERS = frozenset({"imap"})
+
 # The provider topic (queue) of each provider app.
 PROVIDER_QUEUES: dict[str, str] = {
     "imap": QUEUE_SMTP,
@@ -272,17 +277,79 @@ def publish_new_messages(payload: dict[str, Any]) -> None:
 def publish_full_sync(
     account_id: int, provider: str, options: dict[str, Any] | None = None
 ) -> bool:
-    """Publish EmailFullSync for an account; False when its provider has nothing to sync."""
+    """Ask for a full sync of an account (coalesced, see `publish_sync`); False when its
+    provider has nothing to sync."""
+    return publish_sync(account_id, provider, kind="full", options=options)
+
+
+def publish_sync(
+    account_id: int, provider: str, *, kind: str, options: dict[str, Any] | None = None
+) -> bool:
+    """The one way to ask for a sync pass (KIND: "full", "incremental" or "continue").
+
+    For providers whose consumers coalesce (SYNC_COALESCING_PROVIDERS), the request is recorded
+    per account in Redis (`emailplatform.syncstate`) after the current transaction commits, and
+    a task is enqueued only when none is queued for that route and no sync is running (the
+    running one runs once more at its end): 50 requests make one task. Other providers get one
+    task per request. False when the provider has nothing to sync of that kind.
+    """
     from django.db import transaction
 
-    from .celery import app
-
-    task_name = FULL_SYNC_TASKS.get(provider)
+    route_full = kind != "incremental"
+    task_name = (FULL_SYNC_TASKS if route_full else INCREMENTAL_SYNC_TASKS).get(provider)
     if task_name is None:
         return False
-    payload = {"accountId": account_id, "provider": provider, "options": options or {}}
-    transaction.on_commit(lambda: app.send_task(task_name, args=[payload], queue=QUEUE_FULL_SYNC))
+    queue = QUEUE_FULL_SYNC if route_full else PROVIDER_QUEUES[provider]
+    options = options or {}
+    if provider not in SYNC_COALESCING_PROVIDERS:
+        payload = {"accountId": account_id, "provider": provider, "options": options}
+        args: list[Any] = [payload] if route_full else [account_id]
+        transaction.on_commit(lambda: _send(task_name, args, queue))
+        return True
+    transaction.on_commit(
+        lambda: sync_request_now(account_id, provider, kind=kind, options=options)
+    )
     return True
+
+
+def sync_request_now(
+    account_id: int, provider: str, *, kind: str, options: dict[str, Any] | None = None
+) -> bool:
+    """Record a sync request now (outside any transaction) and enqueue a task if one is due.
+
+    True when a task was enqueued."""
+    from . import syncstate
+
+    token = syncstate.new_token()
+    if syncstate.request(account_id, kind, token) != syncstate.REQUEST_ENQUEUE:
+        return False
+    try:
+        if kind == "incremental":
+            _send(
+                INCREMENTAL_SYNC_TASKS[provider],
+                [account_id, token],
+                PROVIDER_QUEUES[provider],
+            )
+        else:
+            payload = {
+                "accountId": account_id,
+                "provider": provider,
+                "options": options or {},
+                "trigger": token,
+                "continuation": kind == "continue",
+            }
+            _send(FULL_SYNC_TASKS[provider], [payload], QUEUE_FULL_SYNC)
+    except Exception:
+        # Not on the queue: free the route at once (the want stays; the watchdog enqueues it).
+        syncstate.queued_clear(account_id, syncstate.route_of(kind), token)
+        raise
+    return True
+
+
+def _send(task_name: str, args: list[Any], queue: str) -> None:
+    from .celery import app
+
+    app.send_task(task_name, args=args, queue=queue)
 
 
 def publish_message_change(
@@ -303,17 +370,9 @@ def publish_message_change(
 
 
 def publish_incremental_sync(account_id: int, provider: str) -> bool:
-    """Ask the provider app for an incremental sync; False when the provider has none."""
-    from django.db import transaction
-
-    from .celery import app
-
-    task_name = INCREMENTAL_SYNC_TASKS.get(provider)
-    if task_name is None:
-        return False
-    queue = PROVIDER_QUEUES[provider]
-    transaction.on_commit(lambda: app.send_task(task_name, args=[account_id], queue=queue))
-    return True
+    """Ask the provider app for an incremental sync (coalesced, see `publish_sync`); False
+    when the provider has none."""
+    return publish_sync(account_id, provider, kind="incremental")
 
 
 def publish_account_deletion(account_id: int) -> None:

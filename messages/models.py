@@ -56,6 +56,14 @@ class Account(models.Model):
     credentials_encrypted = models.BinaryField(
         blank=True, default=b"", editable=False, help_text="Fernet token; see messages.crypto."
     )
+    auth_failures = models.PositiveIntegerField(
+        default=0, help_text="Logins refused in a row (resets when one succeeds)."
+    )
+    auth_retest_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the login of a parked (auth_error) account is tried again.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,7 +73,14 @@ class Account(models.Model):
                 fields=["owner", "provider", "email_address"], name="account_unique_per_owner"
             )
         ]
-        indexes = [models.Index(fields=["status", "provider"])]
+        indexes = [
+            models.Index(fields=["status", "provider"]),
+            models.Index(
+                fields=["auth_retest_at"],
+                condition=Q(status="auth_error"),
+                name="account_auth_retest_due",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.email_address} ({self.provider})"
@@ -353,6 +368,7 @@ class SyncRun(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        INTERRUPTED = "interrupted"  # its worker died (or lost the account's lock) mid-pass
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="sync_runs")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -369,7 +385,12 @@ class SyncRun(models.Model):
     error = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["account", "-started_at"])]
+        indexes = [
+            models.Index(fields=["account", "-started_at"]),
+            models.Index(
+                fields=["started_at"], condition=Q(status="running"), name="syncrun_running"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} sync of {self.account_id} ({self.status})"

@@ -59,7 +59,12 @@ def _visible_accounts(user: User) -> QuerySet[Account]:
 
 # Accounts ----------------------------------------------------------------------------------
 def account_list(*, user: User) -> QuerySet[Account]:
-    """The user's accounts, with the progress of the latest running sync."""
+    """The user's accounts, with the progress of the latest live sync run.
+
+    Only runs marked running count, and a run whose pass is over never stays so: a pass that
+    ends marks its run, and the run of a dead worker (or one cut off by a database outage) is
+    marked interrupted by the sync watchdog once the account's lock is gone (within a minute),
+    or by the account's next sync, whichever comes first."""
     running = SyncRun.objects.filter(
         account=OuterRef("pk"), status=SyncRun.Status.RUNNING
     ).order_by("-started_at", "-id")

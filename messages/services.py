@@ -89,6 +89,28 @@ def sync_run_finish(*, run: SyncRun, error: str = "") -> None:
         Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
 
 
+def sync_runs_interrupt(
+    *, account_id: int | None = None, run_ids: list[int] | None = None, kinds: list[str]
+) -> list[SyncRun]:
+    """Mark runs still "running" whose pass is over (its worker died, or it lost the lock) as
+    interrupted; return them. Either every such run of ACCOUNT_ID (its caller holds the
+    account's sync lock, so no other pass can be running), or the runs RUN_IDS (the watchdog
+    saw their account's lock gone). Their progress leaves the API and the admin at once."""
+    runs = SyncRun.objects.filter(status=SyncRun.Status.RUNNING, kind__in=kinds)
+    if account_id is not None:
+        runs = runs.filter(account_id=account_id)
+    if run_ids is not None:
+        runs = runs.filter(pk__in=run_ids)
+    with transaction.atomic():
+        interrupted = list(runs.select_for_update(skip_locked=True))
+        SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(
+            status=SyncRun.Status.INTERRUPTED,
+            finished_at=timezone.now(),
+            error="interrupted: the worker running it stopped; its work was handed on",
+        )
+    return interrupted
+
+
 def full_syncs_schedule() -> int:
     """Publish EmailFullSync for every active account whose provider syncs; return how many."""
     published = 0

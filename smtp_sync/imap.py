@@ -6,6 +6,7 @@ import contextlib
 import functools
 import imaplib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,44 @@ class ImapAuthError(ImapError):
 
 class ImapConnectError(ImapError):
     """The server could not be reached, or the connection broke: worth retrying later."""
+
+
+class ImapLoginDeferred(ImapConnectError):
+    """The server refused the login for now (RFC 5530 [UNAVAILABLE], [LIMIT], [INUSE],
+    [SERVERBUG], a rate limit, or the connection dropped during login): retried with backoff
+    like a connection failure; the account stays active."""
+
+
+# RFC 5530 response codes of a refused login. A temporary one says nothing of the password.
+TEMPORARY_LOGIN_CODES = frozenset({"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG"})
+PERMANENT_LOGIN_CODES = frozenset(
+    {"AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED", "EXPIRED", "PRIVACYREQUIRED", "CONTACTADMIN"}
+)
+# Words of servers that refuse for now without a code (Gmail's "Too many simultaneous
+# connections", "Account exceeded command or bandwidth limits", "try again later").
+TEMPORARY_LOGIN_WORDS = (
+    "too many",
+    "try again",
+    "temporar",
+    "rate limit",
+    "throttl",
+    "bandwidth limit",
+    "unavailable",
+)
+
+
+def login_refusal_is_temporary(text: str) -> bool:
+    """Tell a login refused for now from a refused password, by the server's answer.
+
+    An RFC 5530 code decides; without one, a refusal is permanent unless its words say it is
+    a rate limit or a passing failure."""
+    codes = {code.upper() for code in re.findall(r"\[([A-Za-z-]+)", text)}
+    if codes & PERMANENT_LOGIN_CODES:
+        return False
+    if codes & TEMPORARY_LOGIN_CODES:
+        return True
+    lowered = text.lower()
+    return any(word in lowered for word in TEMPORARY_LOGIN_WORDS)
 
 
 @dataclass(frozen=True)
@@ -205,8 +244,16 @@ class ImapConnection:
             else:
                 client.login(server.username, server.password)
         except LoginError as exc:
-            client.shutdown()
-            raise ImapAuthError(f"login refused by {server.host}: {_reason(exc)}") from exc
+            with contextlib.suppress(Exception):
+                client.shutdown()
+            reason = _reason(exc)
+            if isinstance(exc.__context__, imaplib.IMAP4.abort):  # dropped (or BYE) mid-login
+                raise ImapLoginDeferred(f"login to {server.host} cut off: {reason}") from exc
+            if login_refusal_is_temporary(reason):
+                raise ImapLoginDeferred(
+                    f"login temporarily refused by {server.host}: {reason}"
+                ) from exc
+            raise ImapAuthError(f"login refused by {server.host}: {reason}") from exc
         except (OSError, IMAPClientError) as exc:
             raise ImapConnectError(f"login to {server.host} failed: {exc}") from exc
         self.client = client

@@ -1,75 +1,103 @@
-"""One sync per account at a time: a Redis lock with an expiry, extended while work goes on.
+"""One sync per account at a time: a Redis lock with a short expiry, kept alive by a heartbeat.
 
-A trigger that finds the lock taken leaves a "pending" mark instead of waiting; the holder
-runs one more pass when it sees the mark, so concurrent triggers coalesce into one.
+The lock (`emailplatform.syncstate`) expires after SYNC_LOCK_TTL_SECONDS (30 s); a heartbeat
+thread extends it every TTL/6 while the sync runs, however long one batch takes, so a worker
+killed with kill -9 frees its accounts within the TTL, and a live one never loses its lock to a
+slow batch. If Redis forgot the lock (a restart) the heartbeat takes it again when nobody else
+has; if another sync has it, the heartbeat marks it lost and the sync stops at its next
+checkpoint (`SyncLock.extend` raises SyncLockLost).
+
+Requests that arrive while the lock is held stay in the account's wants; the holder takes them
+before each pass, and `release` hands back those that came after its last pass, which the
+holder publishes again (`topics.sync_request_now`): nothing is lost between "the holder looked"
+and "the lock was released".
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
+import kombu.exceptions
 import redis
 from django.conf import settings
-from redis.lock import Lock
 
+from emailplatform import syncstate, topics
 
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
-def client() -> redis.Redis:
-    return _client(settings.CELERY_BROKER_URL)
-
-
-def _lock_key(account_id: int) -> str:
-    return f"emailplatform:sync-lock:{account_id}"
-
-
-def _pending_key(account_id: int) -> str:
-    return f"emailplatform:sync-pending:{account_id}"
+logger = logging.getLogger(__name__)
 
 
 class SyncLockLost(Exception):
-    """The lock expired during a long step and another sync holds it now."""
+    """Another sync holds the lock now (ours expired unnoticed, e.g. Redis lost it)."""
 
 
 class SyncLock:
-    def __init__(self, lock: Lock, account_id: int) -> None:
-        self.lock = lock
+    def __init__(self, account_id: int, token: str, ttl: float) -> None:
         self.account_id = account_id
+        self.token = token
+        self.ttl = ttl
+        self.lost = threading.Event()
+        self.republish = True  # publish, at the release, what was requested meanwhile
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._heartbeat, name=f"sync-lock-{account_id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _heartbeat(self) -> None:
+        interval = max(0.2, self.ttl / 6)
+        while not self._stop.wait(interval):
+            try:
+                if syncstate.lock_extend(self.account_id, self.token, self.ttl) == 0:
+                    logger.warning("account %s: another sync took the lock", self.account_id)
+                    self.lost.set()
+                    return
+            except redis.RedisError as exc:  # Redis restarting: try again at the next beat
+                logger.warning("account %s: lock heartbeat failed: %s", self.account_id, exc)
 
     def extend(self) -> None:
-        """Reset the expiry: call between batches of long work.
+        """Called between batches: raise SyncLockLost if another sync took over."""
+        if self.lost.is_set():
+            raise SyncLockLost(f"account {self.account_id}: another sync took over")
 
-        If a batch outlived the expiry, take the lock again; if another sync took it meanwhile,
-        raise SyncLockLost so that this one stops rather than race it."""
-        try:
-            self.lock.reacquire()
-        except redis.exceptions.LockNotOwnedError:
-            if not self.lock.acquire(blocking=False):
-                raise SyncLockLost(f"account {self.account_id}: another sync took over") from None
+    def take_wants(self) -> set[str]:
+        """Every pass requested so far (emptied: the pass about to run covers them)."""
+        return syncstate.take(self.account_id)
 
-    def take_pending(self) -> bool:
-        """True once for every trigger that arrived while the lock was held."""
-        return bool(client().getdel(_pending_key(self.account_id)))
+    def want(self, *kinds: str) -> None:
+        syncstate.want(self.account_id, *kinds)
 
 
 @contextmanager
-def account_sync_lock(account_id: int) -> Iterator[SyncLock | None]:
-    """Yield the held lock, or None (after marking a pending pass) when another sync runs."""
+def account_sync_lock(account_id: int, provider: str = "imap") -> Iterator[SyncLock | None]:
+    """Yield the held lock, or None when another sync runs (it takes the wants at its end).
+
+    On the way out the lock is released and what was requested meanwhile is published again.
+    """
     ttl = settings.SYNC_LOCK_TTL_SECONDS
-    lock = client().lock(_lock_key(account_id), timeout=ttl, blocking=False)
-    if not lock.acquire(blocking=False):
-        client().set(_pending_key(account_id), 1, ex=ttl * 4)
+    token = syncstate.new_token()
+    if not syncstate.lock_acquire(account_id, token, ttl):
         yield None
         return
+    lock = SyncLock(account_id, token, ttl)
+    lock.start()
     try:
-        yield SyncLock(lock, account_id)
+        yield lock
     finally:
-        # It may have expired while we worked; the next sync then takes it anew.
-        with contextlib.suppress(redis.exceptions.LockError):
-            lock.release()
+        lock.stop()
+        try:
+            left = syncstate.lock_release(account_id, token)
+            kind = syncstate.strongest(left)
+            if kind is not None and lock.republish:
+                topics.sync_request_now(account_id, provider, kind=kind)
+        except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+            # The lock expires by itself; the wants left are enqueued by the watchdog.
+            logger.warning("account %s: lock release failed: %s", account_id, exc)

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import kombu.exceptions
+import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from emailplatform.tempdirs import process_temp_dir
@@ -25,7 +28,7 @@ from messages import mailbox
 from messages.events import events_record
 from messages.folders import guess_role
 from messages.ingest import PreparedBatch, messages_write
-from messages.models import Account, Folder, SyncRun
+from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
 from .imap import (
@@ -42,6 +45,15 @@ from .prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
+# Failures of the platform's own infrastructure, not of the account: retried soon.
+INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+
 FETCH_BATCH_BYTES = 20 * 1024 * 1024
 FLAG_BATCH = 2000
 FLAG_RESCAN_LIMIT = 5000  # servers without CONDSTORE: flags re-read for the newest N messages
@@ -57,6 +69,7 @@ class SyncReport:
     deleted_messages: int = 0
     done: bool = True
     folder_errors: dict[str, str] = field(default_factory=dict)
+    passes: int = 1  # 0: nothing was owed (a duplicate or stale trigger)
 
     def add(self, other: SyncReport) -> None:
         self.folders = max(self.folders, other.folders)
@@ -95,12 +108,44 @@ def server_for(account: Account) -> ImapServer:
 
 
 def account_mark_error(account: Account, message: str, *, auth: bool = False) -> None:
-    fields = {"last_error": message, "last_error_at": timezone.now()}
-    if auth:
-        fields["status"] = Account.Status.AUTH_ERROR
+    """Show a failure on the account. With AUTH, park it (status auth_error) and schedule a
+    re-test of its login with backoff (`auth_retest_delay`), so that a server that accepts the
+    password again brings it back without a human (smtp_sync.watchdog runs the re-tests)."""
+    now = timezone.now()
+    fields: dict = {"last_error": message, "last_error_at": now}
     with transaction.atomic():
+        if auth:
+            stored = Account.objects.filter(pk=account.pk).values_list("auth_failures", flat=True)
+            failures = (stored.first() or 0) + 1
+            fields.update(
+                status=Account.Status.AUTH_ERROR,
+                auth_failures=failures,
+                auth_retest_at=now + auth_retest_delay(failures),
+            )
         Account.objects.filter(pk=account.pk).update(**fields)
         events_record(account, "account", "updated", [account.pk])
+
+
+def auth_retest_delay(failures: int) -> timedelta:
+    """AUTH_RETEST_SECONDS (1 minute) after the first refusal, doubling up to
+    AUTH_RETEST_MAX_SECONDS (24 h): a server fixed soon brings the account back soon, and a
+    password that stays wrong costs about ten logins the first day, then one a day."""
+    delay = settings.AUTH_RETEST_SECONDS * 2 ** max(0, failures - 1)
+    return timedelta(seconds=min(settings.AUTH_RETEST_MAX_SECONDS, delay))
+
+
+def account_reactivate(account: Account) -> bool:
+    """A parked (auth_error) account whose login works again: active, error cleared."""
+    with transaction.atomic():
+        changed = Account.objects.filter(pk=account.pk, status=Account.Status.AUTH_ERROR).update(
+            status=Account.Status.ACTIVE,
+            last_error="",
+            auth_failures=0,
+            auth_retest_at=None,
+        )
+        if changed:
+            events_record(account, "account", "updated", [account.pk])
+    return bool(changed)
 
 
 def account_mark_ok(account: Account) -> None:
@@ -108,7 +153,9 @@ def account_mark_ok(account: Account) -> None:
         Account.objects.filter(
             pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
         ).update(status=Account.Status.ACTIVE)
-        Account.objects.filter(pk=account.pk).update(last_error="", last_sync_at=timezone.now())
+        Account.objects.filter(pk=account.pk).update(
+            last_error="", last_sync_at=timezone.now(), auth_failures=0, auth_retest_at=None
+        )
         events_record(account, "account", "updated", [account.pk])
 
 
@@ -147,8 +194,11 @@ class ImapAccountSync:
         )
 
     # Entry point -------------------------------------------------------------------------
-    def sync(self, *, full: bool = False) -> SyncReport:
-        kind = SyncRun.Kind.FULL if full else SyncRun.Kind.INCREMENTAL
+    def sync(self, *, full: bool = False, continuing: bool = False) -> SyncReport:
+        """One pass: FULL re-reads every folder; otherwise what changed, plus every folder not
+        yet complete. CONTINUING (the rest of a full pass that paused at its checkpoint) runs
+        as an incremental pass but its run is labelled full, as the progress it shows is."""
+        kind = SyncRun.Kind.FULL if full or continuing else SyncRun.Kind.INCREMENTAL
         self.run = sync_run_start(account=self.account, kind=kind)
         try:
             with self.connection_factory(server_for(self.account)) as conn:
@@ -173,6 +223,10 @@ class ImapAccountSync:
         except ImapError as exc:
             account_mark_error(self.account, str(exc))
             sync_run_finish(run=self.run, error=str(exc))
+            raise
+        except INFRA_ERRORS:
+            # The database or Redis failed: the run stays "running" and its work is handed on
+            # (the task's retry, or the watchdog once the account's lock is gone).
             raise
         except Exception as exc:
             sync_run_finish(run=self.run, error=f"{type(exc).__name__}: {exc}")
@@ -213,7 +267,12 @@ class ImapAccountSync:
         if not (full or any(not f.sync_state.get("complete") for f in folders)):
             return
         self.progress_total = sum(conn.message_count(folder.name) for folder in folders)
-        SyncRun.objects.filter(pk=self.run.pk).update(progress_total=self.progress_total)
+        # Progress counts what is stored, so a full sync's later chunks go on where the
+        # earlier ones stopped: the messages of these folders already stored, plus each batch.
+        stored = MessageLocation.objects.filter(folder__in=folders, uid__isnull=False).count()
+        SyncRun.objects.filter(pk=self.run.pk).update(
+            progress_total=self.progress_total, progress_done=F("progress_done") + stored
+        )
 
     def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
         if not full and self._unchanged(conn, folder):

@@ -1,40 +1,62 @@
-"""Thin IMAP tasks: ids in, call the sync service, re-enqueue the next chunk of long work."""
+"""Thin IMAP tasks: ids in, call the sync service; retries with backoff by kind of failure.
+
+Sync tasks carry a trigger token (`topics.sync_request_now`) and run what the account's wants
+say when they get its lock (`services.imap_sync_account`): a duplicate, or a stale message Redis
+re-delivers after its visibility timeout, does nothing. A task without a token (an older
+producer, e.g. `incremental_sync.delay(id)`) records its own want first, as a retry does.
+
+Failures:
+- our own infrastructure (PostgreSQL, Redis, the broker): retried after 5 s, doubling up to
+  60 s, so a sync resumes within a minute of the outage ending; the account shows the error
+  while it lasts (when the database can be written). The pass's run stays "running", so if
+  the retry itself is lost (Redis down when it was to be queued) the watchdog resumes the work.
+- the IMAP server unreachable, the connection cut, a login refused for now (ImapConnectError,
+  ImapLoginDeferred): retried after 15 s, doubling up to 5 minutes, 10 times; then the account
+  shows the error and waits for its next trigger (IDLE, the poll).
+- the password refused (ImapAuthError): the account is parked (auth_error) and its login is
+  re-tested on a slow schedule (`auth_retest`, run by the watchdog).
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
-from celery import shared_task
-from django.conf import settings
+import redis
+from celery import Task, shared_task
+from django.db import close_old_connections, transaction
 
-from emailplatform import topics
+from emailplatform import syncstate, topics
 from messages.models import Account, Message
 from messages.services import dead_letter_record
 
+from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
+from .accounts import imap_connection_test
 from .changes import ChangeError, imap_message_change
-from .imap import ImapAuthError, ImapConnectError
+from .imap import ImapAuthError, ImapConnectError, ImapError
 from .services import imap_sync_account
-from .sync import account_mark_error
+from .sync import INFRA_ERRORS, account_mark_error, account_reactivate, server_for
 
 logger = logging.getLogger(__name__)
 
 # A full sync is many bounded tasks: each chunk runs at most this long, then hands over.
 CHUNK_SECONDS = 240
 
-MAX_DEFERRALS = 3
+INFRA_RETRY = {"base": 5, "cap": 60, "max_retries": 30}
+IMAP_RETRY = {"base": 15, "cap": 5 * 60, "max_retries": 10}
 
 RETRY = {
-    "autoretry_for": (ImapConnectError,),
-    "retry_backoff": 30,
-    "retry_backoff_max": 30 * 60,
+    "autoretry_for": (ImapConnectError, *INFRA_ERRORS),
+    "retry_backoff": 15,
+    "retry_backoff_max": 5 * 60,
     "retry_jitter": True,
-    "max_retries": 8,
+    "max_retries": 10,
 }
 
 
-@shared_task(name=topics.FULL_SYNC_TASKS["imap"], **RETRY)
-def full_sync(payload: dict[str, Any]) -> dict[str, Any]:
+@shared_task(name=topics.FULL_SYNC_TASKS["imap"], bind=True, max_retries=None)
+def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """EmailFullSync consumer for IMAP accounts; a payload that breaks the contract is
     dead-lettered with the reason, not retried."""
     try:
@@ -44,12 +66,13 @@ def full_sync(payload: dict[str, Any]) -> dict[str, Any]:
         reason = f"EmailFullSync payload unreadable ({type(exc).__name__}: {exc})"
         letter = dead_letter_record(task_name=full_sync.name, reason=reason, payload=payload)
         return {"deadLetter": letter.pk, "reason": reason}
-    return _run(account_id, full=not payload.get("continuation"), options=options, payload=payload)
+    kind = syncstate.CONTINUE if payload.get("continuation") else syncstate.FULL
+    return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
 
 
-@shared_task(name="smtp_sync.incremental_sync", **RETRY)
-def incremental_sync(account_id: int) -> dict[str, Any]:
-    return _run(account_id, full=False, options={}, payload=None)
+@shared_task(name="smtp_sync.incremental_sync", bind=True, max_retries=None)
+def incremental_sync(self: Task, account_id: int, trigger: str | None = None) -> dict[str, Any]:
+    return _run(self, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger)
 
 
 @shared_task(name=topics.MESSAGE_CHANGE_TASKS["imap"], bind=True, **RETRY)
@@ -72,6 +95,27 @@ def apply_message_change(self, account_id: int, message_id: int, change: dict) -
     return {"applied": change}
 
 
+@shared_task(name="smtp_sync.auth_retest", **RETRY)
+def auth_retest(account_id: int) -> dict[str, Any]:
+    """Try the login of a parked (auth_error) account again; on success reactivate it and
+    sync. Queued by the watchdog when the account's `auth_retest_at` is due."""
+    account = Account.objects.filter(pk=account_id, status=Account.Status.AUTH_ERROR).first()
+    if account is None:
+        return {"skipped": "not parked"}
+    try:
+        imap_connection_test(server_for(account))
+    except ImapAuthError as exc:
+        account_mark_error(account, str(exc), auth=True)  # the next re-test backs off
+        return {"refused": str(exc)}
+    except ImapError as exc:  # unreachable now: the next re-test is already scheduled
+        return {"error": str(exc)}
+    with transaction.atomic():
+        if account_reactivate(account):
+            topics.publish_incremental_sync(account.pk, account.provider)
+    logger.info("account %s: the server accepts its login again; reactivated", account_id)
+    return {"reactivated": True}
+
+
 def _mark(account_id: int, reason: str, *, auth: bool = False) -> None:
     account = Account.objects.filter(pk=account_id).first()
     if account is not None:
@@ -80,43 +124,109 @@ def _mark(account_id: int, reason: str, *, auth: bool = False) -> None:
 
 @shared_task(name="smtp_sync.poll_accounts")
 def poll_accounts() -> int:
-    """Beat job: an incremental sync of every active IMAP account (IDLE covers the rest)."""
+    """Beat job: an incremental sync of every active IMAP account (IDLE covers the rest).
+    Coalesced: an account already syncing or queued gets no second task."""
     ids = list(
         Account.objects.filter(
             provider=Account.Provider.IMAP, status=Account.Status.ACTIVE
         ).values_list("id", flat=True)
     )
     for account_id in ids:
-        incremental_sync.delay(account_id)
+        topics.sync_request_now(account_id, Account.Provider.IMAP, kind=syncstate.INCREMENTAL)
     return len(ids)
 
 
 def _run(
-    account_id: int, *, full: bool, options: dict[str, Any], payload: dict[str, Any] | None
+    task: Task, account_id: int, *, kind: str, options: dict[str, Any], trigger: str | None
 ) -> dict[str, Any]:
+    route = syncstate.route_of(kind)
+    retrying = task.request.retries > 0
     try:
+        if trigger:
+            syncstate.queued_clear(account_id, route, trigger)  # running now: not queued
         report = imap_sync_account(
-            account_id, full=full, max_seconds=CHUNK_SECONDS, options=options
+            account_id,
+            full=kind == syncstate.FULL,
+            max_seconds=CHUNK_SECONDS,
+            options=options,
+            request=trigger is None or retrying,
+            retry_errors=(ImapConnectError, *INFRA_ERRORS),
         )
     except ImapAuthError as exc:
-        logger.warning("account %s: %s (not retried)", account_id, exc)
+        logger.warning("account %s: %s (parked; its login is re-tested later)", account_id, exc)
         return {"error": "auth_error"}
     except Account.DoesNotExist:
         return {"error": "account does not exist"}
+    except INFRA_ERRORS as exc:
+        close_old_connections()
+        _retry(task, exc, account_id, kind, options, trigger, INFRA_RETRY, infra=True)
+    except ImapConnectError as exc:
+        _retry(task, exc, account_id, kind, options, trigger, IMAP_RETRY, infra=False)
     if report is None:
-        if payload is not None and payload.get("deferrals", 0) < MAX_DEFERRALS:
-            # Another sync holds the lock -- or held it and died: come back once it expired.
-            retry = {**payload, "deferrals": payload.get("deferrals", 0) + 1}
-            full_sync.apply_async(
-                args=[retry], queue=topics.QUEUE_FULL_SYNC, countdown=settings.SYNC_LOCK_TTL_SECONDS
-            )
-        return {"coalesced": True}
-    if not report.done:
-        continuation = {
+        return {"coalesced": True}  # another sync runs: it runs what was asked at its end
+    if report.passes == 0:
+        return {"nothing to do": True}
+    return {"done": report.done, "passes": report.passes, "summary": report.summary()}
+
+
+def _retry(
+    task: Task,
+    exc: BaseException,
+    account_id: int,
+    kind: str,
+    options: dict[str, Any],
+    trigger: str | None,
+    policy: dict[str, int],
+    *,
+    infra: bool,
+) -> None:
+    retries = task.request.retries
+    if retries >= policy["max_retries"]:
+        _mark_quietly(account_id, f"sync failed after {retries} retries: {exc}")
+        if not infra:  # a broken server: wait for the next trigger rather than spin
+            _quietly(syncstate.forget_account, account_id)
+        raise exc
+    countdown = max(1.0, min(policy["cap"], policy["base"] * 2**retries) * random.uniform(0.7, 1))
+    if infra:
+        _mark_quietly(
+            account_id,
+            f"sync interrupted ({type(exc).__name__}: {exc}); retrying in {countdown:.0f} s",
+        )
+    token = trigger or syncstate.new_token()
+    # The retry is this route's queued task: the watchdog does not enqueue another meanwhile.
+    _quietly(
+        syncstate.queued_set,
+        account_id,
+        syncstate.route_of(kind),
+        token,
+        int(countdown) + syncstate.QUEUED_TTL,
+    )
+    if kind == syncstate.INCREMENTAL:
+        args: list[Any] = [account_id, token]
+    else:
+        payload = {
             "accountId": account_id,
             "provider": "imap",
             "options": options,
-            "continuation": True,
+            "trigger": token,
+            "continuation": kind == syncstate.CONTINUE,
         }
-        full_sync.apply_async(args=[continuation], queue=topics.QUEUE_FULL_SYNC)
-    return {"done": report.done, "summary": report.summary()}
+        args = [payload]
+    logger.warning("account %s: %s; retry %s in %.0f s", account_id, exc, retries + 1, countdown)
+    raise task.retry(exc=exc, countdown=countdown, args=args, kwargs={})
+
+
+def _mark_quietly(account_id: int, reason: str) -> None:
+    """Show the error on the account unless the database is what fails."""
+    try:
+        _mark(account_id, reason)
+    except INFRA_ERRORS as exc:
+        close_old_connections()
+        logger.warning("account %s: could not record %r: %s", account_id, reason, exc)
+
+
+def _quietly(function, *args) -> None:
+    try:
+        function(*args)
+    except redis.RedisError as exc:
+        logger.warning("%s failed: %s", function.__name__, exc)

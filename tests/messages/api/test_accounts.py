@@ -159,9 +159,31 @@ def test_sync_now_publishes_full_and_incremental_syncs(
     assert full.json() == {"queued": True, "full": True}
     assert incremental.json() == {"queued": True, "full": False}
     # No per-run options: the sync reads the account's own settings (includeAttachments false).
-    payload = {"accountId": account.pk, "provider": "imap", "options": {}}
-    assert queued(topics.QUEUE_FULL_SYNC) == [("smtp_sync.full_sync", [payload])]
-    assert queued(topics.QUEUE_SMTP) == [("smtp_sync.incremental_sync", [account.pk])]
+    [(name, [payload])] = queued(topics.QUEUE_FULL_SYNC)
+    assert name == "smtp_sync.full_sync"
+    assert payload == {
+        "accountId": account.pk,
+        "provider": "imap",
+        "options": {},
+        "trigger": payload["trigger"],  # the request's token (emailplatform.syncstate)
+        "continuation": False,
+    }
+    [(name, args)] = queued(topics.QUEUE_SMTP)
+    assert name == "smtp_sync.incremental_sync" and args[0] == account.pk
+
+
+def test_fifty_sync_requests_queue_one_task_per_kind(
+    api, user, empty_queues, django_capture_on_commit_callbacks
+):
+    account = Account.objects.create(owner=user, provider="imap", email_address="i@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(50):
+            full = api.post(f"/api/accounts/{account.pk}/sync/", {"full": True}, format="json")
+            assert full.status_code == 202
+        for _ in range(50):
+            api.post(f"/api/accounts/{account.pk}/sync/", {}, format="json")
+    assert len(queued(topics.QUEUE_FULL_SYNC)) == 1
+    assert len(queued(topics.QUEUE_SMTP)) == 1
 
 
 def test_delete_marks_the_account_and_deletes_it_in_the_background(

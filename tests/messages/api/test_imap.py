@@ -57,8 +57,13 @@ def test_create_an_imap_account_against_the_server(api, user, imap_user, empty_q
     assert account.get_credentials() == {"password": imap_user.password}
     assert imap_user.password.encode() not in bytes(account.credentials_encrypted)
     assert "IMAP4REV1" in ImapSettings.objects.get(account=account).capabilities
-    payload = {"accountId": account.pk, "provider": "imap", "options": {}}
-    assert queued(topics.QUEUE_FULL_SYNC) == [("smtp_sync.full_sync", [payload])]
+    [(name, [payload])] = queued(topics.QUEUE_FULL_SYNC)
+    assert name == "smtp_sync.full_sync"
+    assert (payload["accountId"], payload["provider"], payload["continuation"]) == (
+        account.pk,
+        "imap",
+        False,
+    )
 
 
 def test_wrong_password_is_refused_with_the_servers_reason(api, imap_user, empty_queues):
