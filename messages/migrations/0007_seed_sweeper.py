@@ -26,7 +26,7 @@ def unseed(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("mailstore", "0005_raw_message_files"),
+        ("mailstore", "0006_sync_resilience"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
