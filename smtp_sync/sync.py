@@ -90,6 +90,7 @@ def server_for(account: Account) -> ImapServer:
         username=settings.username,
         password=credentials.get("password", ""),
         oauth2_token=credentials.get("oauth2_token", ""),
+        allow_internal=settings.allow_internal,
     )
 
 
