@@ -200,7 +200,11 @@ class ImapSettingsInput(StrictJsonInput):
 
     imap_host = HostField(max_length=255)
     imap_port = serializers.IntegerField(min_value=1, max_value=65535, default=993)
-    imap_security = serializers.ChoiceField(choices=Security.choices, default=Security.SSL)
+    imap_security = serializers.ChoiceField(
+        choices=Security.choices,
+        default=Security.SSL,
+        help_text="none (plain IMAP): only for hosts on the operator's allow list.",
+    )
     username = serializers.CharField(
         max_length=320,
         required=False,

@@ -403,3 +403,37 @@ def test_the_admin_checks_hosts_with_the_staff_rule(client, nothing_allowed, dja
     bad = client.post(reverse("admin:smtp_sync_imapsettings_add"), {**form, "imap_host": "a..b"})
     assert "empty label" in bad.content.decode()
     assert not Account.objects.filter(email_address="new@example.com").exists()
+
+
+def test_add_account_refuses_internal_hosts_unless_told(nothing_allowed, user, monkeypatch):
+    from django.core.management import CommandError, call_command
+
+    monkeypatch.setenv("SSRF_TEST_PASSWORD", "pw")
+    args = ["add_account", "--owner", user.username, "--email", "cli@example.com"]
+    args += ["--security", "ssl", "--password-env", "SSRF_TEST_PASSWORD", "--no-sync"]
+    with TinyServer("127.0.0.1", greeting=BANNER) as server:
+        port = ["--imap-port", str(server.port)]
+        with pytest.raises(CommandError, match="--imap-host: 0x7f000001: connections to internal"):
+            call_command(*args, *port, "--imap-host", "0x7f000001")
+        with pytest.raises(CommandError, match="--imap-host: A host name cannot have an empty"):
+            call_command(*args, *port, "--imap-host", "a..b")
+        settle(server)
+        assert server.connections == 0
+        call_command(*args, *port, "--imap-host", "127.0.0.1", "--allow-internal", "--no-test")
+    stored = ImapSettings.objects.get(account__email_address="cli@example.com")
+    assert stored.allow_internal and stored.imap_host == "127.0.0.1"
+
+
+def test_seed_demo_needs_its_dovecot_on_the_allow_list(settings, dovecot, django_user_model):
+    from django.core.management import CommandError, call_command
+
+    host, port, _ = dovecot
+    django_user_model.objects.create_superuser("admin", "admin@localhost", "pw-admin-1")
+    settings.OUTBOUND_ALLOWED_NETWORKS = []
+    with pytest.raises(CommandError, match="OUTBOUND_ALLOWED_NETWORKS"):
+        call_command("seed_demo")
+    settings.OUTBOUND_ALLOWED_NETWORKS = [f"{host}:{port}"]  # what scripts/devservices.py sets
+    call_command("seed_demo")
+    account = Account.objects.get(email_address="demo@example.com")
+    assert account.imap_settings.imap_security == "none"
+    assert not account.imap_settings.allow_internal
