@@ -155,7 +155,10 @@ class ImapSettingsAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("owner", "email_address", "password", *NewImapAccountForm.Meta.fields)
-        return (*ChangeImapSettingsForm.Meta.fields, "new_password")
+        return (*ChangeImapSettingsForm.Meta.fields, "new_password", "allow_internal")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("allow_internal",) if obj else ()
 
     def save_model(self, request, obj, form, change):
         if not change:

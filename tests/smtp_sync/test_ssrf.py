@@ -404,6 +404,29 @@ def test_the_admin_checks_hosts_with_the_staff_rule(client, nothing_allowed, dja
     assert "empty label" in bad.content.decode()
     assert not Account.objects.filter(email_address="new@example.com").exists()
 
+    account = imap_account_create(
+        owner=admin,
+        data=ImapAccountInput(
+            email_address="kept@example.com", imap_host="imap.example.com", password="pw"
+        ),
+        test_connection=False,
+        start_sync=False,
+    )
+    url = reverse("admin:smtp_sync_imapsettings_change", args=[account.pk])
+    assert "may reach internal addresses" in client.get(url).content.decode().lower()
+    change = {
+        "imap_host": "10.1.2.3",
+        "imap_port": 993,
+        "imap_security": "ssl",
+        "username": "u",
+        "smtp_port": 465,
+        "smtp_security": "ssl",
+    }
+    refused = client.post(url, change)
+    assert refused.status_code == 200
+    assert "internal network addresses are not allowed" in refused.content.decode()
+    assert ImapSettings.objects.get(account=account).imap_host == "imap.example.com"
+
 
 def test_add_account_refuses_internal_hosts_unless_told(nothing_allowed, user, monkeypatch):
     from django.core.management import CommandError, call_command
