@@ -196,3 +196,25 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Outbound connections to hosts users type (IMAP/SMTP servers, later webhooks) ---------------
+# All go through emailplatform.netguard: the host is resolved once and the connection made to
+# the checked address. Loopback, private, link-local, CGNAT, multicast and reserved addresses
+# are refused unless listed here (comma separated: CIDR or address, optionally with a port, or a
+# host name with an optional port: `10.0.0.0/8`, `127.0.0.1:1143`, `[::1]:1143`,
+# `imap.internal:993`). Unencrypted IMAP/SMTP (security "none") is allowed to these only.
+# Empty in production unless your mail servers are internal; `make run`/`make test` put their
+# own loopback Dovecot here (scripts/devservices.py).
+OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
+# Hosts typed by staff users (is_staff: the admin, or the API) may be internal addresses; the
+# account keeps that rule for its syncs. Off: staff are held to the allow list like everyone.
+OUTBOUND_STAFF_ALLOW_INTERNAL = env.bool("OUTBOUND_STAFF_ALLOW_INTERNAL", default=True)
+# Connection tests (account creation, test-connection, a new password): connect and greeting
+# timeout in seconds (a sync uses its own, longer one).
+OUTBOUND_TEST_TIMEOUT_SECONDS = env.float("OUTBOUND_TEST_TIMEOUT_SECONDS", default=10.0)
+try:
+    from emailplatform.netguard import parse_allow_list as _parse_allow_list
+
+    _parse_allow_list(tuple(OUTBOUND_ALLOWED_NETWORKS))
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"OUTBOUND_ALLOWED_NETWORKS: {_exc}") from _exc

@@ -436,6 +436,11 @@ class Services:
             env["PRIVATE_REDIS"] = "1"  # ours alone: tests may flush their databases
         if not os.environ.get("IMAP_TEST_HOST") and self.with_dovecot:
             env.update(self.dovecot())
+            # Our Dovecot listens on loopback, which the platform refuses to connect to unless
+            # the operator allows it (emailplatform.netguard): allow exactly this one server.
+            own = f"{env['IMAP_TEST_HOST']}:{env['IMAP_TEST_PORT']}"
+            given = os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "")
+            env["OUTBOUND_ALLOWED_NETWORKS"] = ",".join(v for v in (given, own) if v)
         env["SERVICES_DIR"] = str(self.base)
         return env
 

@@ -6,21 +6,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.validators import RegexValidator
 from django.db import transaction
 from rest_framework import serializers
 
-from emailplatform import topics
+from emailplatform import netguard, topics
 from messages.api.fields import StrictJsonInput
 from messages.events import events_record
 from messages.models import Account
 from messages.providers import ProviderError
 
-from .imap import ImapAuthError, ImapConnection, ImapError, ImapServer
+from .imap import ImapAuthError, ImapConnection, ImapError, ImapRefusedError, ImapServer
 from .models import ImapSettings, Security
 from .sync import server_for
 
@@ -39,6 +39,9 @@ class ImapAccountInput:
     smtp_security: str = "ssl"
     display_name: str = ""
     sync_settings: dict[str, Any] = field(default_factory=dict)
+    # Internal addresses allowed for this account (decided by who typed the hosts: see
+    # may_reach_internal); kept on the account, so its syncs apply the same rule.
+    allow_internal: bool = False
 
     def server(self) -> ImapServer:
         return ImapServer(
@@ -48,17 +51,77 @@ class ImapAccountInput:
             username=self.username or self.email_address,
             password=self.password,
             oauth2_token=self.oauth2_token,
-            timeout=20,
+            timeout=django_settings.OUTBOUND_TEST_TIMEOUT_SECONDS,
+            allow_internal=self.allow_internal,
         )
+
+
+class ServerSettingRefused(ImapError):
+    """A server setting the guard refuses (an internal address, plain text to a host not on
+    the allow list, an invalid host): a validation error of FIELD, not a server's answer."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+def may_reach_internal(user: AbstractBaseUser | None) -> bool:
+    """Whether hosts typed by USER may be internal addresses: staff only, and only while
+    OUTBOUND_STAFF_ALLOW_INTERNAL is on (the allow list applies to everyone)."""
+    return bool(
+        user is not None
+        and getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+        and django_settings.OUTBOUND_STAFF_ALLOW_INTERNAL
+    )
 
 
 def imap_connection_test(
     server: ImapServer, connection_factory: Callable[[ImapServer], ImapConnection] = ImapConnection
 ) -> list[str]:
-    """Log in and out; return the capabilities. Raises ImapError with a readable reason."""
-    with connection_factory(server) as conn:
+    """Log in and out; return the capabilities. Raises ImapError with a readable reason.
+
+    The connection goes through the guard (emailplatform.netguard) with the server's own
+    rule; a connection test uses the short OUTBOUND_TEST_TIMEOUT_SECONDS."""
+    timeout = min(server.timeout, django_settings.OUTBOUND_TEST_TIMEOUT_SECONDS)
+    with connection_factory(replace(server, timeout=timeout)) as conn:
         conn.list_folders()
         return sorted(conn.capabilities)
+
+
+def _normalized(host: str, field_name: str) -> str:
+    try:
+        return netguard.normalize_host(host)
+    except netguard.HostInvalid as exc:
+        raise ServerSettingRefused(field_name, str(exc)) from exc
+
+
+def _refused_field(exc: ImapRefusedError, prefix: str = "imap") -> ServerSettingRefused:
+    name = "security" if exc.kind == "plaintext" else "host"
+    return ServerSettingRefused(f"{prefix}_{name}", str(exc))
+
+
+def server_settings_check(
+    prefix: str, host: str, port: int, security: str, *, allow_internal: bool
+) -> None:
+    """A server's host against the guard's rules, resolved now, without connecting (the
+    admin's changed settings; the SMTP server, as sending is not built yet: the sender will
+    connect through netguard.connect with the account's rule). PREFIX: "imap" or "smtp".
+    Raises ServerSettingRefused naming PREFIX_host or PREFIX_security."""
+    if not host:
+        return
+    try:
+        netguard.resolve(
+            host,
+            port,
+            policy=netguard.policy_for(allow_internal),
+            plaintext=security == Security.NONE,
+        )
+    except netguard.AddressRefused as exc:
+        field_name = f"{prefix}_security" if exc.kind == "plaintext" else f"{prefix}_host"
+        raise ServerSettingRefused(field_name, str(exc)) from exc
+    except netguard.GuardError as exc:
+        raise ServerSettingRefused(f"{prefix}_host", str(exc)) from exc
 
 
 def imap_account_create(
@@ -68,7 +131,26 @@ def imap_account_create(
     test_connection: bool = True,
     start_sync: bool = True,
 ) -> Account:
-    capabilities = imap_connection_test(data.server()) if test_connection else []
+    """Raises ServerSettingRefused for a host the guard refuses, ImapError when the server
+    cannot be reached or refuses the login. `data.allow_internal` is kept on the account."""
+    data = replace(
+        data,
+        imap_host=_normalized(data.imap_host, "imap_host"),
+        smtp_host=_normalized(data.smtp_host, "smtp_host") if data.smtp_host else "",
+    )
+    capabilities: list[str] = []
+    if test_connection:
+        try:
+            capabilities = imap_connection_test(data.server())
+        except ImapRefusedError as exc:
+            raise _refused_field(exc) from exc
+        server_settings_check(
+            "smtp",
+            data.smtp_host,
+            data.smtp_port,
+            data.smtp_security,
+            allow_internal=data.allow_internal,
+        )
     with transaction.atomic():
         account = Account(
             owner=owner,
@@ -91,6 +173,7 @@ def imap_account_create(
             smtp_port=data.smtp_port,
             smtp_security=data.smtp_security,
             capabilities=capabilities,
+            allow_internal=data.allow_internal,
         )
         events_record(account, "account", "created", [account.pk])
         if start_sync:
@@ -98,15 +181,30 @@ def imap_account_create(
     return account
 
 
-_host = RegexValidator(r"^[A-Za-z0-9._:\[\]-]+$", "Enter a host name or an IP address.")
+class HostField(serializers.CharField):
+    """A host name (IDNA-encoded), an IPv4 address or an IPv6 address, bracketed or not; the
+    value is the normalized host ("[::1]" -> "::1", "Mail.Example." -> "mail.example")."""
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if value == "" and self.allow_blank:
+            return value
+        try:
+            return netguard.normalize_host(value)
+        except netguard.HostInvalid as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
 
 class ImapSettingsInput(StrictJsonInput):
     """Server settings of an IMAP/SMTP account (the secrets travel beside them, write-only)."""
 
-    imap_host = serializers.CharField(max_length=255, validators=[_host])
+    imap_host = HostField(max_length=255)
     imap_port = serializers.IntegerField(min_value=1, max_value=65535, default=993)
-    imap_security = serializers.ChoiceField(choices=Security.choices, default=Security.SSL)
+    imap_security = serializers.ChoiceField(
+        choices=Security.choices,
+        default=Security.SSL,
+        help_text="none (plain IMAP): only for hosts on the operator's allow list.",
+    )
     username = serializers.CharField(
         max_length=320,
         required=False,
@@ -114,16 +212,17 @@ class ImapSettingsInput(StrictJsonInput):
         default="",
         help_text="Login name; blank: the email address.",
     )
-    smtp_host = serializers.CharField(
-        max_length=255, required=False, allow_blank=True, default="", validators=[_host]
-    )
+    smtp_host = HostField(max_length=255, required=False, allow_blank=True, default="")
     smtp_port = serializers.IntegerField(min_value=1, max_value=65535, default=465)
     smtp_security = serializers.ChoiceField(choices=Security.choices, default=Security.SSL)
 
 
-def _account_input(validated_data: dict[str, Any]) -> ImapAccountInput:
+def _account_input(
+    validated_data: dict[str, Any], *, allow_internal: bool = False
+) -> ImapAccountInput:
     settings = validated_data.get("settings") or {}
     return ImapAccountInput(
+        allow_internal=allow_internal,
         email_address=validated_data["email_address"],
         display_name=validated_data.get("display_name", ""),
         password=validated_data.get("password", ""),
@@ -152,12 +251,18 @@ class ImapProvider:
     related_names = ("imap_settings",)
 
     def create_account(self, owner: AbstractBaseUser, validated_data: dict[str, Any]) -> Account:
+        """The owner is the user who typed the hosts: staff may reach internal addresses
+        (may_reach_internal); a refused host is a 400 naming settings.<field>."""
+        data = _account_input(validated_data, allow_internal=may_reach_internal(owner))
         try:
-            return imap_account_create(owner=owner, data=_account_input(validated_data))
+            return imap_account_create(owner=owner, data=data)
+        except ServerSettingRefused as exc:
+            raise serializers.ValidationError({"settings": {exc.field: [str(exc)]}}) from exc
         except ImapError as exc:
             raise _provider_error(exc) from exc
 
     def test_connection(self, target: dict[str, Any] | Account) -> None:
+        """A stored account is tested with the rule it was created with (allow_internal)."""
         if isinstance(target, Account):
             server = server_for(target)
         else:

@@ -1,4 +1,8 @@
-"""Admin for IMAP/SMTP accounts: the password is write-only and the connection is tested first."""
+"""Admin for IMAP/SMTP accounts: the password is write-only and the connection is tested first.
+
+Hosts go through the outbound guard (emailplatform.netguard) with the rule of the staff user who
+types them (accounts.may_reach_internal); the account keeps that rule for its syncs.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,18 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 
+from emailplatform import netguard
 from messages.models import Account
 
-from .accounts import ImapAccountInput, imap_account_create, imap_connection_test
-from .imap import ImapError
+from .accounts import (
+    ImapAccountInput,
+    ServerSettingRefused,
+    imap_account_create,
+    imap_connection_test,
+    may_reach_internal,
+    server_settings_check,
+)
+from .imap import ImapError, ImapRefusedError
 from .models import ImapSettings, Security
 from .sync import server_for
 
@@ -22,9 +34,32 @@ SERVER_FIELDS = (
     "smtp_port",
     "smtp_security",
 )
+ADDRESS_FIELDS = frozenset(SERVER_FIELDS) - {"username"}  # a change is checked by the guard
 
 
-class NewImapAccountForm(forms.ModelForm):
+class HostsForm(forms.ModelForm):
+    """Host fields normalized and checked for syntax; `allow_internal` is the rule of the
+    staff user filling the form (set by the admin on each request's form class)."""
+
+    allow_internal = False
+
+    def _host(self, name: str) -> str:
+        value = self.cleaned_data.get(name) or ""
+        if not value and not self.fields[name].required:
+            return value
+        try:
+            return netguard.normalize_host(value)
+        except netguard.HostInvalid as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+    def clean_imap_host(self) -> str:
+        return self._host("imap_host")
+
+    def clean_smtp_host(self) -> str:
+        return self._host("smtp_host")
+
+
+class NewImapAccountForm(HostsForm):
     owner = forms.ModelChoiceField(queryset=get_user_model().objects.all())
     email_address = forms.EmailField()
     password = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=False)
@@ -47,15 +82,28 @@ class NewImapAccountForm(forms.ModelForm):
             smtp_host=cleaned.get("smtp_host", ""),
             smtp_port=cleaned.get("smtp_port") or 465,
             smtp_security=cleaned.get("smtp_security") or Security.SSL,
+            allow_internal=self.allow_internal,
         )
+        data = self.account_input
         try:
-            imap_connection_test(self.account_input.server())
+            server_settings_check(
+                "smtp",
+                data.smtp_host,
+                data.smtp_port,
+                data.smtp_security,
+                allow_internal=data.allow_internal,
+            )
+            imap_connection_test(data.server())
+        except ServerSettingRefused as exc:
+            self.add_error(exc.field, str(exc))
+        except ImapRefusedError as exc:
+            self.add_error("imap_security" if exc.kind == "plaintext" else "imap_host", str(exc))
         except ImapError as exc:
             raise forms.ValidationError(f"Connection test failed: {exc}") from exc
         return cleaned
 
 
-class ChangeImapSettingsForm(forms.ModelForm):
+class ChangeImapSettingsForm(HostsForm):
     new_password = forms.CharField(
         widget=forms.PasswordInput(render_value=False),
         required=False,
@@ -66,6 +114,25 @@ class ChangeImapSettingsForm(forms.ModelForm):
     class Meta:
         model = ImapSettings
         fields = (*SERVER_FIELDS, "smtp_username")
+
+    def clean(self):
+        """Changed server settings are checked against the guard (resolved, not connected)
+        with the rule of the staff user making the change, which the account then keeps."""
+        cleaned = super().clean()
+        if self.errors or not ADDRESS_FIELDS & set(self.changed_data):
+            return cleaned
+        for prefix, default_port in (("imap", 993), ("smtp", 465)):
+            try:
+                server_settings_check(
+                    prefix,
+                    cleaned.get(f"{prefix}_host") or "",
+                    cleaned.get(f"{prefix}_port") or default_port,
+                    cleaned.get(f"{prefix}_security") or Security.SSL,
+                    allow_internal=self.allow_internal,
+                )
+            except ServerSettingRefused as exc:
+                self.add_error(exc.field, str(exc))
+        return cleaned
 
 
 @admin.register(ImapSettings)
@@ -81,12 +148,17 @@ class ImapSettingsAdmin(admin.ModelAdmin):
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         kwargs["form"] = ChangeImapSettingsForm if obj else NewImapAccountForm
-        return super().get_form(request, obj, change=change, **kwargs)
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.allow_internal = may_reach_internal(request.user)  # a class made for this request
+        return form
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("owner", "email_address", "password", *NewImapAccountForm.Meta.fields)
-        return (*ChangeImapSettingsForm.Meta.fields, "new_password")
+        return (*ChangeImapSettingsForm.Meta.fields, "new_password", "allow_internal")
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("allow_internal",) if obj else ()
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -95,6 +167,8 @@ class ImapSettingsAdmin(admin.ModelAdmin):
             )
             form.instance = obj = ImapSettings.objects.get(account=account)
             return
+        if ADDRESS_FIELDS & set(form.changed_data):
+            obj.allow_internal = form.allow_internal
         super().save_model(request, obj, form, change)
         password = form.cleaned_data.get("new_password")
         if password:

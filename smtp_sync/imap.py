@@ -9,14 +9,16 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from imapclient import IMAPClient
+from imapclient import IMAPClient, imap4, tls
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
+
+from emailplatform import netguard
 
 FETCH_PIECE_BYTES = 4 * 1024 * 1024
 
@@ -83,6 +85,16 @@ def login_refusal_is_temporary(text: str) -> bool:
     return any(word in lowered for word in TEMPORARY_LOGIN_WORDS)
 
 
+class ImapRefusedError(ImapError):
+    """The guard refused the destination before connecting (emailplatform.netguard): an
+    internal address, plain IMAP to a host not on the allow list, or an invalid host name.
+    `kind` is the guard's ("internal", "plaintext", "unusable") or "invalid"."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class ImapServer:
     host: str
@@ -92,6 +104,8 @@ class ImapServer:
     password: str = ""
     oauth2_token: str = ""
     timeout: float = 60.0
+    # Internal addresses allowed (the account was created by staff); see netguard.
+    allow_internal: bool = False
 
 
 @dataclass
@@ -170,12 +184,95 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def _reason(exc: Exception) -> str:
-    """The server's words from an imaplib error (whose argument is often bytes)."""
+    """The server's words from an imaplib error (whose argument is often bytes), printable
+    and at most 300 characters."""
     arg = exc.args[0] if exc.args else exc
     text = _text(arg) if isinstance(arg, bytes | str) else str(arg)
     if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
         text = text[2:-1]
-    return text
+    return _printable(text)
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    text = "".join(c if c.isprintable() else " " for c in text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _NoImapGreeting(Exception):
+    """The peer did not greet like an IMAP server; what it sent is never repeated (it may be
+    another service's banner). `bye`: the text of a `* BYE` greeting (an IMAP server's)."""
+
+    def __init__(self, *, timed_out: bool = False, bye: str = "") -> None:
+        super().__init__("no IMAP greeting")
+        self.timed_out = timed_out
+        self.bye = bye
+
+
+class _GuardedIMAP4Mixin:
+    """imaplib.IMAP4 over a socket from the guard (the host resolved once, its address
+    checked); the greeting must be an IMAP greeting."""
+
+    _guard_open: Callable[[float | None], socket.socket]
+    _timeout: float | None
+
+    def _connect(self) -> None:
+        try:
+            super()._connect()  # type: ignore[misc]
+        except TimeoutError:
+            raise _NoImapGreeting(timed_out=True) from None
+        except imaplib.IMAP4.error:
+            welcome = _text(getattr(self, "welcome", b"") or b"")
+            bye = welcome[len("* BYE ") :] if welcome.upper().startswith("* BYE ") else ""
+            raise _NoImapGreeting(bye=_printable(bye, 200)) from None
+
+
+class _GuardedIMAP4(_GuardedIMAP4Mixin, imap4.IMAP4WithTimeout):
+    def __init__(self, host: str, port: int, timeout: float | None, guard_open) -> None:
+        self._guard_open = guard_open
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return self._guard_open(timeout if timeout is not None else self._timeout)
+
+
+class _GuardedIMAP4TLS(_GuardedIMAP4Mixin, tls.IMAP4_TLS):
+    def __init__(self, host, port, ssl_context, timeout, guard_open) -> None:
+        self._guard_open = guard_open
+        super().__init__(host, port, ssl_context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = self._guard_open(timeout if timeout is not None else self._timeout)
+        try:  # the certificate is checked for the name, whatever address was connected
+            return tls.wrap_socket(sock, self.ssl_context, self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class GuardedIMAPClient(IMAPClient):
+    """IMAPClient whose connection goes through emailplatform.netguard: HOST (normalized) is
+    resolved once, every address checked against POLICY, the socket connected to the checked
+    address, while TLS (implicit or STARTTLS) verifies the certificate for HOST. PLAINTEXT:
+    no TLS at all, allowed for allow-listed hosts only."""
+
+    def __init__(
+        self, host: str, *, policy: netguard.Policy, plaintext: bool, **kwargs: object
+    ) -> None:
+        self._guard = (policy, plaintext)
+        super().__init__(host, **kwargs)  # type: ignore[arg-type]
+
+    def _create_IMAP4(self):  # noqa: N802 (imapclient's name)
+        policy, plaintext = self._guard
+        timeout = getattr(self._timeout, "connect", None)
+
+        def guard_open(connect_timeout: float | None) -> socket.socket:
+            return netguard.connect(
+                self.host, self.port, timeout=connect_timeout, policy=policy, plaintext=plaintext
+            )
+
+        if self.ssl:
+            return _GuardedIMAP4TLS(self.host, self.port, self.ssl_context, timeout, guard_open)
+        return _GuardedIMAP4(self.host, self.port, timeout, guard_open)
 
 
 def parse_uid_set(text: bytes | str) -> list[int]:
@@ -216,8 +313,10 @@ class ImapConnection:
         server = self.server
         context = _tls_context() if server.security in ("ssl", "starttls") else None
         try:
-            client = IMAPClient(
-                server.host,
+            client = GuardedIMAPClient(
+                netguard.normalize_host(server.host),
+                policy=netguard.policy_for(server.allow_internal),
+                plaintext=server.security == "none",
                 port=server.port,
                 ssl=server.security == "ssl",
                 ssl_context=context if server.security == "ssl" else None,
@@ -226,8 +325,22 @@ class ImapConnection:
             _quiet_imaplib(client)
             if server.security == "starttls":
                 client.starttls(context)
-        except socket.gaierror as exc:
+        except netguard.HostInvalid as exc:
+            raise ImapRefusedError(f"{server.host!r}: {exc}", kind="invalid") from exc
+        except netguard.AddressRefused as exc:
+            raise ImapRefusedError(str(exc), kind=exc.kind) from exc
+        except netguard.HostNotFound as exc:
             raise ImapConnectError(f"host {server.host!r} not found ({exc.strerror})") from exc
+        except _NoImapGreeting as exc:
+            where = f"{server.host}:{server.port}"
+            if exc.bye:
+                raise ImapConnectError(f"{where} refused the session: {exc.bye}") from None
+            if exc.timed_out:
+                raise ImapConnectError(
+                    f"no IMAP greeting from {where} within {server.timeout:g} s: "
+                    "not an IMAP server?"
+                ) from None
+            raise ImapConnectError(f"{where} is not an IMAP server") from None
         except ConnectionRefusedError as exc:
             raise ImapConnectError(
                 f"connection to {server.host}:{server.port} refused (is it the IMAP port?)"

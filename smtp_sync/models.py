@@ -8,7 +8,7 @@ from messages.models import Account
 class Security(models.TextChoices):
     SSL = "ssl", "SSL/TLS"
     STARTTLS = "starttls", "STARTTLS"
-    NONE = "none", "None (local servers only)"
+    NONE = "none", "None (allow-listed servers only)"
 
 
 class ImapSettings(models.Model):
@@ -24,6 +24,16 @@ class ImapSettings(models.Model):
     smtp_security = models.CharField(max_length=8, choices=Security.choices, default=Security.SSL)
     smtp_username = models.CharField(max_length=320, blank=True, help_text="Blank: the IMAP one.")
     capabilities = models.JSONField(default=list, blank=True, editable=False)
+    allow_internal = models.BooleanField(
+        "may reach internal addresses",
+        default=False,
+        editable=False,
+        help_text=(
+            "Set when the hosts were typed by staff (OUTBOUND_STAFF_ALLOW_INTERNAL): every "
+            "connection of this account may go to loopback/private addresses. Otherwise only "
+            "public addresses and the operator's OUTBOUND_ALLOWED_NETWORKS."
+        ),
+    )
 
     class Meta:
         verbose_name = "IMAP/SMTP settings"

@@ -104,6 +104,7 @@ def server_for(account: Account) -> ImapServer:
         username=settings.username,
         password=credentials.get("password", ""),
         oauth2_token=credentials.get("oauth2_token", ""),
+        allow_internal=settings.allow_internal,
     )
 
 

@@ -34,7 +34,7 @@ from messages.services import dead_letter_record
 from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
 from .accounts import imap_connection_test
 from .changes import ChangeError, imap_message_change
-from .imap import ImapAuthError, ImapConnectError, ImapError
+from .imap import ImapAuthError, ImapConnectError, ImapError, ImapRefusedError
 from .services import imap_sync_account
 from .sync import INFRA_ERRORS, account_mark_error, account_reactivate, server_for
 
@@ -155,6 +155,9 @@ def _run(
     except ImapAuthError as exc:
         logger.warning("account %s: %s (parked; its login is re-tested later)", account_id, exc)
         return {"error": "auth_error"}
+    except ImapRefusedError as exc:
+        logger.warning("account %s: %s (the outbound guard refused its host)", account_id, exc)
+        return {"error": "refused"}
     except Account.DoesNotExist:
         return {"error": "account does not exist"}
     except INFRA_ERRORS as exc:

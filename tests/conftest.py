@@ -64,6 +64,15 @@ def pytest_configure(config):
     base = settings.CELERY_BROKER_URL.rsplit("/", 1)[0]
     settings.CELERY_BROKER_URL = f"{base}/{index}"
     app.conf.broker_url = settings.CELERY_BROKER_URL
+    # The suite's own servers (Dovecot, proxies, fakes) listen on IMAP_TEST_HOST, a loopback
+    # address the outbound guard refuses unless allowed: allow that address (every port)
+    # explicitly; worker processes started by tests inherit it from the environment.
+    # tests/smtp_sync/test_ssrf.py narrows the list to prove the refusals.
+    test_host = os.environ.get("IMAP_TEST_HOST")
+    if test_host:
+        allowed = [*settings.OUTBOUND_ALLOWED_NETWORKS, test_host]
+        settings.OUTBOUND_ALLOWED_NETWORKS = allowed
+        os.environ["OUTBOUND_ALLOWED_NETWORKS"] = ",".join(allowed)
     if os.environ.get("PRIVATE_REDIS") == "1":
         import redis
 

@@ -119,3 +119,101 @@ def account_for(owner, server: MailServerUser, *, port: int | None = None) -> Ac
 @pytest.fixture
 def imap_account(user, imap_user) -> Account:
     return account_for(user, imap_user)
+
+
+# Tiny TCP servers for the outbound guard's tests (tests/smtp_sync/test_ssrf.py) ----------------
+class TinyServer:
+    """A TCP server on a loopback address, in a thread: records every peer that connected, sends
+    GREETING (none: a silent server that keeps the connection open) and, with `imap`, answers
+    CAPABILITY and LOGOUT like a minimal IMAP server and refuses LOGIN. TLS with SSL_CONTEXT
+    (the SNI names the client sent are recorded). Use as a context manager."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        greeting: bytes = b"",
+        imap: bool = False,
+        ssl_context=None,
+        port: int = 0,
+    ) -> None:
+        import socket
+        import threading
+
+        self.greeting = greeting
+        self.imap = imap
+        self.ssl_context = ssl_context
+        self.peers: list[str] = []
+        self.sni: list[str | None] = []
+        self._conns: list = []
+        self._stop = threading.Event()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        if ssl_context is not None:
+            ssl_context.sni_callback = lambda conn, name, ctx: self.sni.append(name)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> TinyServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self.peers)
+
+    def close(self) -> None:
+        import contextlib
+
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.peers.append(peer[0])
+            self._conns.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn) -> None:
+        try:
+            if self.ssl_context is not None:
+                conn.settimeout(5)
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                self._conns.append(conn)
+            if self.greeting:
+                conn.sendall(self.greeting)
+            if not self.imap:
+                return  # stays open (silent, or the banner only) until the test ends
+            reader = conn.makefile("rb")
+            for line in reader:
+                tag, _, command = line.decode().strip().partition(" ")
+                verb = command.split(" ", 1)[0].upper()
+                if verb == "CAPABILITY":
+                    conn.sendall(f"* CAPABILITY IMAP4rev1\r\n{tag} OK done\r\n".encode())
+                elif verb == "LOGOUT":
+                    conn.sendall(f"* BYE bye\r\n{tag} OK done\r\n".encode())
+                    return
+                else:
+                    conn.sendall(f"{tag} NO [AUTHENTICATIONFAILED] no\r\n".encode())
+        except OSError:
+            return

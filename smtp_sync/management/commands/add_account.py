@@ -10,7 +10,7 @@ import sys
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from smtp_sync.accounts import ImapAccountInput, imap_account_create
+from smtp_sync.accounts import ImapAccountInput, ServerSettingRefused, imap_account_create
 from smtp_sync.imap import ImapError
 
 
@@ -33,6 +33,15 @@ class Command(BaseCommand):
         parser.add_argument("--smtp-security", choices=["ssl", "starttls", "none"], default="ssl")
         parser.add_argument("--no-test", action="store_true", help="skip the connection test")
         parser.add_argument("--no-sync", action="store_true", help="do not start a full sync")
+        parser.add_argument(
+            "--allow-internal",
+            action="store_true",
+            help=(
+                "let this account reach internal addresses (loopback, private ranges) now and "
+                "in its syncs; without it only public addresses and OUTBOUND_ALLOWED_NETWORKS. "
+                "Plain IMAP (--security none) needs the host on OUTBOUND_ALLOWED_NETWORKS."
+            ),
+        )
 
     def handle(self, *args, **options) -> None:
         owner = get_user_model().objects.filter(username=options["owner"]).first()
@@ -57,6 +66,7 @@ class Command(BaseCommand):
             smtp_host=options["smtp_host"],
             smtp_port=options["smtp_port"],
             smtp_security=options["smtp_security"],
+            allow_internal=options["allow_internal"],
         )
         try:
             account = imap_account_create(
@@ -65,6 +75,9 @@ class Command(BaseCommand):
                 test_connection=not options["no_test"],
                 start_sync=not options["no_sync"],
             )
+        except ServerSettingRefused as exc:
+            option = "--" + exc.field.replace("_", "-").replace("imap-security", "security")
+            raise CommandError(f"{option}: {exc}") from exc
         except ImapError as exc:
             raise CommandError(f"connection test failed: {exc}") from exc
         self.stdout.write(f"Added account {account.email_address} (id {account.pk}).")

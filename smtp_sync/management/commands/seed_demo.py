@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from imapclient import IMAPClient
 
 from messages.models import Account
-from smtp_sync.accounts import ImapAccountInput, imap_account_create
+from smtp_sync.accounts import ImapAccountInput, ServerSettingRefused, imap_account_create
 
 DEMO_USER = "demo"
 CORPUS_SAMPLE = [
@@ -145,16 +145,24 @@ class Command(BaseCommand):
         if Account.objects.filter(owner=owner, email_address=address).exists():
             self.stdout.write(f"Demo account {address} already set up.")
             return
-        imap_account_create(
-            owner=owner,
-            data=ImapAccountInput(
-                email_address=address,
-                display_name="Demo mailbox",
-                imap_host=host,
-                imap_port=int(port),
-                imap_security="none",
-                username=DEMO_USER,
-                password=password,
-            ),
-        )
+        try:
+            # A loopback server with plain IMAP: the guard lets it through only because
+            # scripts/devservices.py put exactly this host:port on OUTBOUND_ALLOWED_NETWORKS.
+            imap_account_create(
+                owner=owner,
+                data=ImapAccountInput(
+                    email_address=address,
+                    display_name="Demo mailbox",
+                    imap_host=host,
+                    imap_port=int(port),
+                    imap_security="none",
+                    username=DEMO_USER,
+                    password=password,
+                ),
+            )
+        except ServerSettingRefused as exc:
+            raise CommandError(
+                f"the demo Dovecot {host}:{port} is refused ({exc}): add {host}:{port} to "
+                "OUTBOUND_ALLOWED_NETWORKS (scripts/devservices.py does)"
+            ) from exc
         self.stdout.write(f"Demo account {address} added; its first sync is queued.")
