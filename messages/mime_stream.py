@@ -76,14 +76,15 @@ def parse_message_file(path: Path, *, spill_dir: Path) -> ParsedMessage:
     except OSError:
         raise
     except Exception as exc:
-        return _file_conversion_failed(path, exc)
+        return file_conversion_failed(path, exc)
     if parsed is None:
         parsed = ParsedMessage(size=reader.size, sha256=reader.hash.hexdigest())
         parsed.defects.append("unparseable message; kept in raw only")
     return parsed
 
 
-def _file_conversion_failed(path: Path, exc: Exception) -> ParsedMessage:
+def file_conversion_failed(path: Path, exc: Exception) -> ParsedMessage:
+    """`conversion_failed` for the message in PATH, read once for its head and its hash."""
     digest = hashlib.sha256()
     size = 0
     head = b""
