@@ -52,7 +52,7 @@ _STATUS_TYPES = frozenset(
         "message/global-disposition-notification",
     }
 )
-FALLBACK_BODY_CHARS = 1024 * 1024
+FALLBACK_BODY_BYTES = 1024 * 1024
 # Conversions that raised and fell back to a minimal parse, by exception type (this process).
 conversion_failures: Counter[str] = Counter()
 
@@ -141,7 +141,7 @@ def conversion_failed(head: bytes, exc: Exception, *, size: int, sha256: str) ->
         _read_headers(headers, result)
     except Exception as header_exc:
         result.defects.append(f"headers unreadable ({type(header_exc).__name__})")
-    result.body_text = _clean_text(decode_8bit(body[:FALLBACK_BODY_CHARS], result.charsets))
+    result.body_text = _clean_text(decode_8bit(body[:FALLBACK_BODY_BYTES], result.charsets))
     result.snippet = _snippet(result.body_text)
     return result
 
