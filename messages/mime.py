@@ -97,8 +97,16 @@ class ParsedMessage:
     defects: list[str] = field(default_factory=list)
     size: int = 0
     sha256: str = ""
-    # The message's charset parameters: how raw 8-bit header bytes are read (not stored).
-    charsets: list[str] = field(default_factory=list, repr=False, compare=False)
+    # The message's charset parameters, how raw 8-bit bytes are read: found on first use, in
+    # the tree being read (most mail never needs them).
+    _tree: Message | None = field(default=None, repr=False, compare=False)
+    _charsets: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def charsets(self) -> list[str]:
+        if self._charsets is None:
+            self._charsets = _declared_charsets(self._tree) if self._tree is not None else []
+        return self._charsets
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -114,15 +122,18 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 def read_message(msg: Message, result: ParsedMessage) -> None:
     """Fill RESULT from a parsed message tree (see messages.mime_stream for other parsers)."""
-    result.charsets = _declared_charsets(msg)
-    _read_headers(msg, result)
+    result._tree = msg
     try:
-        _read_parts(msg, result)
-    except RecursionError:
-        result.defects.append("MIME structure nested too deeply; body read as plain text")
-        result.body_text = _decode_bytes(_payload_bytes(msg), "utf-8", result)
-    _collect_parser_defects(msg, result)
-    result.snippet = _snippet(result.body_text or _html_to_text(result.body_html))
+        _read_headers(msg, result)
+        try:
+            _read_parts(msg, result)
+        except RecursionError:
+            result.defects.append("MIME structure nested too deeply; body read as plain text")
+            result.body_text = _decode_bytes(_payload_bytes(msg), "utf-8", result)
+        _collect_parser_defects(msg, result)
+        result.snippet = _snippet(result.body_text or _html_to_text(result.body_html))
+    finally:
+        result._tree = None  # the tree is big: not kept with the result
 
 
 def conversion_failed(head: bytes, exc: Exception, *, size: int, sha256: str) -> ParsedMessage:
@@ -137,10 +148,11 @@ def conversion_failed(head: bytes, exc: Exception, *, size: int, sha256: str) ->
     header_bytes, body = (head[: end.end()], head[end.end() :]) if end else (head, b"")
     try:
         headers = BytesHeaderParser(policy=policy.compat32).parsebytes(header_bytes)
-        result.charsets = _declared_charsets(headers)
+        result._tree = headers
         _read_headers(headers, result)
     except Exception as header_exc:
         result.defects.append(f"headers unreadable ({type(header_exc).__name__})")
+    result._tree = None
     result.body_text = _clean_text(decode_8bit(body[:FALLBACK_BODY_BYTES], result.charsets))
     result.snippet = _snippet(result.body_text)
     return result
@@ -174,7 +186,7 @@ def _header(msg: Message, name: str, result: ParsedMessage) -> str:
 def decode_words(value: str, result: ParsedMessage | None = None, name: str = "header") -> str:
     """RFC 2047 encoded words decoded; raw 8-bit read as UTF-8 (RFC 6532), else in a charset
     the message declares, else as a detector guesses, else as Latin-1."""
-    value = fix_text(value, result.charsets if result is not None else ())
+    value = _fix(value, result)
     if "=?" not in value:
         return _unfold(value)
     try:
@@ -203,7 +215,7 @@ def _unfold(value: str) -> str:
 
 
 def _addresses(msg: Message, name: str, result: ParsedMessage) -> list[dict[str, str]]:
-    values = [fix_text(v, result.charsets) for v in _raw_values(msg, name)]
+    values = [_fix(v, result) for v in _raw_values(msg, name)]
     if not values:
         return []
     try:
@@ -424,7 +436,7 @@ def _status_text(part: Message, result: ParsedMessage) -> str:
         lines = [f"{name}: {decode_words(str(value), result)}" for name, value in block.raw_items()]
         body = block.get_payload()
         if isinstance(body, str) and body.strip():
-            lines.append(_clean_text(fix_text(body, result.charsets)).strip())
+            lines.append(_clean_text(_fix(body, result)).strip())
         blocks.append("\n".join(lines))
     return "\n\n".join(b for b in blocks if b)
 
@@ -470,7 +482,7 @@ def _readable_params(part: Message, result: ParsedMessage) -> Message:
         return part
     view = Message()
     for name, value in part.raw_items():
-        view[name] = fix_text(str(value), result.charsets)
+        view[name] = _fix(str(value), result)
     return view
 
 
@@ -544,6 +556,13 @@ def _clean_text(text: str) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     return fix_text(text).replace("\r\n", "\n")
+
+
+def _fix(text: str, result: ParsedMessage | None) -> str:
+    """`fix_text` with the message's charsets, looked for only when there are 8-bit bytes."""
+    if text.isascii():
+        return text.replace("\x00", "")
+    return fix_text(text, result.charsets if result is not None else ())
 
 
 def fix_text(text: str, charsets: Sequence[str] = ()) -> str:

@@ -62,8 +62,13 @@ class ImportTotals:
 def gmail_labels(raw: bytes) -> list[str] | None:
     """The labels of a Google Takeout message (its X-Gmail-Labels header), or None."""
     end = _HEADER_END.search(raw)
-    headers = BytesHeaderParser(policy=policy.default).parsebytes(raw[: end.end()] if end else raw)
-    value = headers.get("X-Gmail-Labels")
+    try:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(
+            raw[: end.end()] if end else raw
+        )
+        value = headers.get("X-Gmail-Labels")
+    except Exception:  # unreadable headers: the message is imported without its labels
+        return None
     if value is None:
         return None
     text = str(value)
