@@ -520,7 +520,10 @@ def _text_content(part: Message, result: ParsedMessage) -> str:
         charset = None
     if charset:
         return _clean_text(_decode_bytes(payload, charset, result))
-    return _clean_text(decode_8bit(payload, result.charsets))
+    try:
+        return _clean_text(payload.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _clean_text(decode_8bit(payload, result.charsets))
 
 
 def _decode_bytes(payload: bytes, charset: str, result: ParsedMessage) -> str:
