@@ -3,10 +3,18 @@
 Every write is keyed (account + provider id; message + folder; folder + UID), and the whole
 batch is one transaction under a per-account lock, so a redelivered or overlapping batch
 changes nothing that is already there and never creates a second row.
+
+One message never stops an account: a batch whose write fails for a reason other than the
+infrastructure (`INFRA_ERRORS`) is split in halves, each written in its own savepoint, until
+the failing message is alone; it is then stored as damaged (raw bytes, headers and body, no
+threading and no attachment rows), or dead-lettered with its reason when even that fails.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
 import os
 import tempfile
 import uuid
@@ -15,21 +23,43 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.transaction import TransactionManagementError
+from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from emailplatform import topics
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
 from .events import events_record, messages_updated
 from .folders import folders_by_name
-from .mime import ParsedAttachment, ParsedMessage
-from .mime_stream import parse_message_bytes, parse_message_file
-from .models import Account, Attachment, Message, MessageLocation, RawMessage
+from .mime import ParsedAttachment, ParsedMessage, conversion_failed
+from .mime_stream import file_conversion_failed, parse_message_bytes, parse_message_file
+from .models import Account, Attachment, Message, MessageLocation, RawMessage, Thread
 from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
+
+logger = logging.getLogger(__name__)
+
+# Not one message's fault: they propagate (the task or sync is retried), never split a batch.
+# OSError covers the media storage (disk full, network).
+INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    TransactionManagementError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    SoftTimeLimitExceeded,
+)
+# A dead letter keeps the raw message (base64) when it is at most this big.
+DEAD_LETTER_RAW_BYTES = 128 * 1024
 
 # pg_advisory_xact_lock(namespace, account id): serializes ingestion per account.
 INGEST_LOCK_NAMESPACE = 7201
@@ -43,12 +73,51 @@ FLAG_FIELDS = {
 
 
 @dataclass
+class DeadLettered:
+    item: IncomingMessage
+    letter_id: int
+    reason: str
+
+
+@dataclass
 class IngestResult:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
     damaged: int = 0
     message_ids: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # messages stored as damaged, and why
+    dead_letters: list[DeadLettered] = field(default_factory=list)
+
+    def add(self, other: IngestResult) -> None:
+        self.created += other.created
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.damaged += other.damaged
+        self.message_ids = sorted({*self.message_ids, *other.message_ids})
+        self.problems += other.problems
+        self.dead_letters += other.dead_letters
+
+    def problems_text(self) -> str:
+        """What went wrong with single messages, for the account's last_error ("" if nothing)."""
+        parts = []
+        if self.dead_letters:
+            count = len(self.dead_letters)
+            ids = ", ".join(f"#{d.letter_id}" for d in self.dead_letters)
+            parts.append(
+                f"{_messages(count)} could not be stored: {self.dead_letters[0].reason} "
+                f"(dead letter{'s' if count > 1 else ''} {ids})"
+            )
+        if self.problems:
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            parts.append(
+                f"{_messages(len(self.problems))} stored as damaged: {self.problems[0]}{more}"
+            )
+        return "; ".join(parts)
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{'s' if count != 1 else ''}"
 
 
 @dataclass
@@ -59,6 +128,7 @@ class _Prepared:
     provider_id: str
     sort_date: datetime
     internal_date: datetime | None
+    problem: str = ""  # why it is stored as damaged (conversion or attachment files failed)
 
 
 def derive_provider_id(parsed: ParsedMessage) -> str:
@@ -102,15 +172,111 @@ class PreparedBatch:
         self._work_dir.cleanup()
 
 
-def messages_upsert(*, account: Account, items: Sequence[IncomingMessage]) -> IngestResult:
-    """Store a batch of raw messages with their provider metadata."""
+def messages_upsert(
+    *, account: Account, items: Sequence[IncomingMessage], isolate: bool = True
+) -> IngestResult:
+    """Store a batch of raw messages with their provider metadata (see `messages_write`)."""
     with PreparedBatch(items) as batch:
-        return messages_write(account=account, batch=batch)
+        return messages_write(account=account, batch=batch, isolate=isolate)
 
 
-def messages_write(*, account: Account, batch: PreparedBatch) -> IngestResult:
-    """The database half of `messages_upsert`, for a batch prepared beforehand."""
-    prepared, stored_files, work_dir = batch.prepared, batch.stored_files, batch.work_dir
+def messages_write(*, account: Account, batch: PreparedBatch, isolate: bool = True) -> IngestResult:
+    """The database half of `messages_upsert`, for a batch prepared beforehand.
+
+    With ISOLATE, a message that cannot be written does not fail the batch (see the module's
+    docstring) and the account's last_error says what happened to it; INFRA_ERRORS still
+    propagate. Without, the batch is one transaction that succeeds or raises."""
+    if not isolate:
+        return _write(account, batch.prepared, batch)
+    result = _write_isolating(account, batch.prepared, batch)
+    if result.problems or result.dead_letters:
+        account_note_message_problems(account, result.problems_text())
+    return result
+
+
+def account_note_message_problems(account: Account, text: str) -> None:
+    with transaction.atomic():
+        Account.objects.filter(pk=account.pk).update(
+            last_error=text[:2000], last_error_at=timezone.now()
+        )
+        events_record(account, "account", "updated", [account.pk])
+
+
+def _write_isolating(
+    account: Account, prepared: list[_Prepared], batch: PreparedBatch
+) -> IngestResult:
+    try:
+        return _write(account, prepared, batch)
+    except INFRA_ERRORS:
+        raise
+    except Exception as exc:
+        if len(prepared) == 1:
+            return _write_damaged(account, prepared[0], batch, exc)
+        logger.warning(
+            "account %s: a batch of %d failed (%s: %s); splitting it",
+            account.pk,
+            len(prepared),
+            type(exc).__name__,
+            exc,
+        )
+    middle = len(prepared) // 2
+    result = _write_isolating(account, prepared[:middle], batch)
+    result.add(_write_isolating(account, prepared[middle:], batch))
+    return result
+
+
+def _write_damaged(
+    account: Account, p: _Prepared, batch: PreparedBatch, exc: Exception
+) -> IngestResult:
+    """The message alone failed: store it without threading or attachment rows, else
+    dead-letter it."""
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    logger.warning(
+        "account %s: message %s failed (%s)", account.pk, p.provider_id, reason, exc_info=exc
+    )
+    defect = f"could not be stored in full ({reason}); stored without threading or attachments"
+    p.parsed.defects.append(defect)
+    problem, p.problem = p.problem, reason
+    try:
+        return _write(account, [p], batch, minimal=True)
+    except INFRA_ERRORS:
+        raise
+    except Exception as minimal_exc:
+        p.parsed.defects.remove(defect)
+        p.problem = problem
+        minimal = f"{type(minimal_exc).__name__}: {minimal_exc}"[:500]
+        return _dead_letter(
+            account, p, reason if minimal == reason else f"{reason}; then {minimal}"
+        )
+
+
+def _dead_letter(account: Account, p: _Prepared, reason: str) -> IngestResult:
+    from .services import dead_letter_record  # services imports this module
+
+    payload: dict = {
+        "accountId": account.pk,
+        "providerId": p.provider_id,
+        "folders": p.item.folders,
+        "uid": p.item.uid,
+        "size": p.parsed.size,
+        "sha256": p.parsed.sha256,
+        "messageId": p.parsed.message_id,
+    }
+    if not p.item.raw_file and len(p.item.raw) <= DEAD_LETTER_RAW_BYTES:
+        payload["raw"] = base64.b64encode(p.item.raw).decode("ascii")
+    letter = dead_letter_record(
+        task_name=topics.TASK_INGEST_NEW_MESSAGES,
+        reason=f"message could not be stored: {reason}",
+        payload=payload,
+    )
+    logger.error("account %s: message %s dead-lettered (#%s)", account.pk, p.provider_id, letter.pk)
+    return IngestResult(dead_letters=[DeadLettered(p.item, letter.pk, reason)])
+
+
+def _write(
+    account: Account, prepared: list[_Prepared], batch: PreparedBatch, *, minimal: bool = False
+) -> IngestResult:
+    stored_files, work_dir = batch.stored_files, batch.work_dir
     result = IngestResult()
     written: list[str] = []  # raw files of this batch: removed if it rolls back
     try:
@@ -133,11 +299,12 @@ def messages_write(*, account: Account, batch: PreparedBatch) -> IngestResult:
                     new_by_id[p.provider_id] = p
             raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir, written)
             created, threads = _create_messages(
-                account, list(new_by_id.values()), stored_files, raw_files
+                account, list(new_by_id.values()), stored_files, raw_files, minimal=minimal
             )
             result.created = len(created)
             _analyze_when_grown(len(created))
             result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
+            result.problems = [p.problem for p in new_by_id.values() if p.problem]
 
             changed_ids = _update_flags(existing, prepared)
             all_messages = {**existing, **created}
@@ -193,10 +360,16 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
     now = datetime.now(UTC)
     prepared = []
     for item in items:
-        raw, parsed = _parse(item, spill_dir)
+        try:
+            raw, parsed = _parse(item, spill_dir)
+        except INFRA_ERRORS:
+            raise
+        except Exception as exc:  # the parsers never raise; this is the last line of defence
+            raw, parsed = _parse_failed(item, exc)
         internal_date = _parse_iso(item.internal_date)
         if item.internal_date and internal_date is None:
             parsed.defects.append(f"provider internalDate unreadable: {item.internal_date!r}")
+        failed = [d for d in parsed.defects if d.startswith("conversion failed")]
         prepared.append(
             _Prepared(
                 item=item,
@@ -205,9 +378,19 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
                 provider_id=item.provider_id or derive_provider_id(parsed),
                 sort_date=internal_date or parsed.date or now,
                 internal_date=internal_date,
+                problem=failed[0] if failed else "",
             )
         )
     return prepared
+
+
+def _parse_failed(item: IncomingMessage, exc: Exception) -> tuple[bytes | None, ParsedMessage]:
+    if not item.raw_file:
+        digest = hashlib.sha256(item.raw).hexdigest()
+        return item.raw, conversion_failed(item.raw, exc, size=len(item.raw), sha256=digest)
+    path = Path(item.raw_file)
+    parsed = file_conversion_failed(path, exc)
+    return (path.read_bytes() if parsed.size <= settings.LARGE_MESSAGE_BYTES else None), parsed
 
 
 def _parse(item: IncomingMessage, spill_dir: Path) -> tuple[bytes | None, ParsedMessage]:
@@ -231,15 +414,25 @@ def _parse_iso(value: str | None) -> datetime | None:
 
 
 def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
-    """Content-addressed files, written before the transaction (an orphan is harmless)."""
+    """Content-addressed files, written before the transaction (an orphan is harmless).
+
+    A message whose files cannot be stored (not for an infrastructure reason) is stored
+    without them: its attachments are extracted from the raw message when asked for."""
     names: dict[str, str] = {}
     for p in prepared:
         if not p.item.include_attachments:
             continue
-        for attachment in p.parsed.attachments:
-            if attachment.sha256 in names:
-                continue
-            names[attachment.sha256] = attachment_file_store(attachment)
+        try:
+            for attachment in p.parsed.attachments:
+                if attachment.sha256 not in names:
+                    names[attachment.sha256] = attachment_file_store(attachment)
+        except INFRA_ERRORS:
+            raise
+        except Exception as exc:
+            reason = f"attachment files could not be stored ({type(exc).__name__}: {exc})"[:500]
+            logger.warning("message %s: %s", p.provider_id, reason, exc_info=exc)
+            p.parsed.defects.append(f"{reason}; kept in the raw message only")
+            p.problem = p.problem or reason
     return names
 
 
@@ -302,9 +495,13 @@ def _create_messages(
     new: list[_Prepared],
     stored_files: dict[str, str],
     raw_files: dict[str, tuple[str, int, int | None]],
+    *,
+    minimal: bool = False,
 ) -> tuple[dict[str, Message], ThreadAssignment | None]:
     if not new:
         return {}, None
+    if minimal:
+        return _create_minimal(account, new, raw_files)
     threads = assign_threads(
         account,
         [
@@ -322,17 +519,7 @@ def _create_messages(
     ]
     Message.objects.bulk_create(rows, batch_size=1000)
     RawMessage.objects.bulk_create(
-        [
-            RawMessage(
-                message=row,
-                file=raw_files[p.provider_id][0],
-                offset=raw_files[p.provider_id][1],
-                length=raw_files[p.provider_id][2],
-                size=p.parsed.size,
-                sha256=p.parsed.sha256,
-            )
-            for p, row in zip(new, rows, strict=True)
-        ],
+        [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)],
         batch_size=500,
     )
     Attachment.objects.bulk_create(
@@ -345,6 +532,48 @@ def _create_messages(
     )
     refresh_thread_summaries(set(threads.thread_ids))
     return {row.provider_id: row for row in rows}, threads
+
+
+def _create_minimal(
+    account: Account, new: list[_Prepared], raw_files: dict[str, tuple[str, int, int | None]]
+) -> tuple[dict[str, Message], ThreadAssignment]:
+    """Messages alone in new threads, without attachment rows: what is left when the full
+    write of a message failed."""
+    threads = Thread.objects.bulk_create(
+        [
+            Thread(
+                account=account,
+                subject=p.parsed.subject,
+                snippet=p.parsed.snippet,
+                message_count=1,
+                last_message_at=p.sort_date,
+            )
+            for p in new
+        ]
+    )
+    rows = [_message_row(account, p, t.id) for p, t in zip(new, threads, strict=True)]
+    for row in rows:
+        row.has_attachments = False
+    Message.objects.bulk_create(rows)
+    RawMessage.objects.bulk_create(
+        [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)]
+    )
+    created = {t.id for t in threads}
+    return {row.provider_id: row for row in rows}, ThreadAssignment(list(created), created)
+
+
+def _raw_row(
+    row: Message, p: _Prepared, raw_files: dict[str, tuple[str, int, int | None]]
+) -> RawMessage:
+    name, offset, length = raw_files[p.provider_id]
+    return RawMessage(
+        message=row,
+        file=name,
+        offset=offset,
+        length=length,
+        size=p.parsed.size,
+        sha256=p.parsed.sha256,
+    )
 
 
 def _referenced_ids(parsed: ParsedMessage) -> list[str]:

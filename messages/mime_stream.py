@@ -34,7 +34,7 @@ from email.policy import compat32
 from pathlib import Path
 from typing import BinaryIO
 
-from .mime import ParsedMessage, parse_message, read_message
+from .mime import ParsedMessage, conversion_failed, parse_message, read_message
 
 SPLIT_MIN_BYTES = 16 * 1024  # smaller messages go straight to the standard parser
 SPILL_PART_BYTES = 32 * 1024  # non-text leaf parts above this are cut out and decoded alone
@@ -49,12 +49,15 @@ _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\r?\Z)")
 
 
 def parse_message_bytes(raw: bytes) -> ParsedMessage:
-    """`parse_message(raw)`, faster on mail with attachments."""
+    """`parse_message(raw)`, faster on mail with attachments. Never raises."""
     if len(raw) < SPLIT_MIN_BYTES or raw.count(b"\r") != raw.count(b"\r\n"):
         return parse_message(raw)  # small, or lines the feedparser would split at a lone CR
-    reader = _Reader(raw=raw)
-    reader.entity()
-    parsed = _finish(reader, len(raw), hashlib.sha256(raw).hexdigest())
+    try:
+        reader = _Reader(raw=raw)
+        reader.entity()
+        parsed = _finish(reader, len(raw), hashlib.sha256(raw).hexdigest())
+    except Exception:  # this reader's own failure: the standard parser's guarded path decides
+        return parse_message(raw)
     # A part the parser did not see where this reader did: the structure is too unusual.
     return parsed if parsed is not None and not reader.unplaced else parse_message(raw)
 
@@ -63,15 +66,35 @@ def parse_message_file(path: Path, *, spill_dir: Path) -> ParsedMessage:
     """Parse the message in PATH, holding at most a window of it and its small parts.
 
     Big parts are decoded into files under SPILL_DIR; the caller owns SPILL_DIR and removes it
-    once the attachments are stored."""
-    with path.open("rb") as source:
-        reader = _Reader(source=source, spill_dir=spill_dir)
-        reader.entity()
-    parsed = _finish(reader, reader.size, reader.hash.hexdigest())
+    once the attachments are stored. Never raises but for OSError reading PATH: an unexpected
+    failure gives `conversion_failed`'s minimal parse of the message's head."""
+    try:
+        with path.open("rb") as source:
+            reader = _Reader(source=source, spill_dir=spill_dir)
+            reader.entity()
+        parsed = _finish(reader, reader.size, reader.hash.hexdigest())
+    except OSError:
+        raise
+    except Exception as exc:
+        return file_conversion_failed(path, exc)
     if parsed is None:
         parsed = ParsedMessage(size=reader.size, sha256=reader.hash.hexdigest())
         parsed.defects.append("unparseable message; kept in raw only")
     return parsed
+
+
+def file_conversion_failed(path: Path, exc: Exception) -> ParsedMessage:
+    """`conversion_failed` for the message in PATH, read once for its head and its hash."""
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    with path.open("rb") as source:
+        while chunk := source.read(WINDOW_BYTES):
+            if not head:
+                head = chunk
+            digest.update(chunk)
+            size += len(chunk)
+    return conversion_failed(head, exc, size=size, sha256=digest.hexdigest())
 
 
 def _finish(reader: _Reader, size: int, sha256: str) -> ParsedMessage | None:

@@ -29,7 +29,8 @@ DELETE_CHUNK_SECONDS = 240
     max_retries=10,
 )
 def ingest_new_messages(payload: Any) -> dict[str, Any]:
-    """EmailNewMessage consumer; a payload that breaks the contract is dead-lettered."""
+    """EmailNewMessage consumer; a payload that breaks the contract is dead-lettered, and so
+    is a message that cannot be stored even as damaged (the rest of the batch is stored)."""
     try:
         batch = topics.parse_new_message_payload(payload)
     except topics.PayloadError as exc:
@@ -44,18 +45,20 @@ def ingest_new_messages(payload: Any) -> dict[str, Any]:
     if staged:
         transaction.on_commit(lambda: topics.delete_staged(staged))
     logger.info(
-        "ingested account=%s created=%s updated=%s unchanged=%s damaged=%s",
+        "ingested account=%s created=%s updated=%s unchanged=%s damaged=%s dead_letters=%s",
         account.pk,
         result.created,
         result.updated,
         result.unchanged,
         result.damaged,
+        len(result.dead_letters),
     )
     return {
         "created": result.created,
         "updated": result.updated,
         "unchanged": result.unchanged,
         "damaged": result.damaged,
+        "deadLetters": [d.letter_id for d in result.dead_letters],
     }
 
 

@@ -27,7 +27,7 @@ from emailplatform.topics import IncomingMessage
 from messages import mailbox
 from messages.events import events_record
 from messages.folders import guess_role
-from messages.ingest import PreparedBatch, messages_write
+from messages.ingest import IngestResult, PreparedBatch, messages_write
 from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
@@ -57,6 +57,8 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
 FETCH_BATCH_BYTES = 20 * 1024 * 1024
 FLAG_BATCH = 2000
 FLAG_RESCAN_LIMIT = 5000  # servers without CONDSTORE: flags re-read for the newest N messages
+# A folder's sync_state key: UIDs whose message was dead-lettered, handled (not re-fetched).
+DEAD_LETTER_UIDS = "deadLetterUids"
 
 
 @dataclass
@@ -185,6 +187,7 @@ class ImapAccountSync:
         self.run: SyncRun | None = None
         self.fetched = 0
         self.progress_total = 0
+        self.message_problems: list[str] = []
         options = {**(account.sync_settings or {}), **(options or {})}
         self.include_attachments = bool(options.get("includeAttachments", True))
         self.skip_folders = set(options.get("skipFolders", []))
@@ -230,7 +233,9 @@ class ImapAccountSync:
             # (the task's retry, or the watchdog once the account's lock is gone).
             raise
         except Exception as exc:
-            sync_run_finish(run=self.run, error=f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            account_mark_error(self.account, f"sync failed: {reason}")
+            sync_run_finish(run=self.run, error=reason)
             raise
         if self.report.done:
             # The orphan scan reads every message of the account: run it when this pass took
@@ -238,6 +243,8 @@ class ImapAccountSync:
             if full or self.report.removed_locations or self.report.removed_folders:
                 self.report.deleted_messages = mailbox.orphans_delete(self.account)
             account_mark_ok(self.account)
+            if self.message_problems:
+                account_mark_error(self.account, "; ".join(self.message_problems))
         sync_run_finish(run=self.run)
         return self.report
 
@@ -377,7 +384,12 @@ class ImapAccountSync:
 
     # Fetching ----------------------------------------------------------------------------
     def _fetch_and_store(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
-        """Batches are fetched and parsed one ahead, in a thread, while the last is written."""
+        """Batches are fetched and parsed one ahead, in a thread, while the last is written.
+
+        A message that cannot be stored does not stop the folder (see messages.ingest): its
+        UID, dead-lettered, is remembered in the folder's sync_state and not fetched again."""
+        handled = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
+        uids = [uid for uid in uids if uid not in handled]
         batches = Prefetcher(self._prepared_batches(conn, folder, uids), discard=_close)
         with batches:
             for count, batch, fetch_dir in batches:
@@ -386,8 +398,11 @@ class ImapAccountSync:
                     with transaction.atomic():
                         result = messages_write(account=self.account, batch=batch)
                         sync_run_add(run_id=self.run.pk, result=result)
+                        _remember_dead_letters(folder, result)
                 finally:
                     _close((count, batch, fetch_dir))
+                if result.problems or result.dead_letters:
+                    self.message_problems.append(f"{folder.name}: {result.problems_text()}")
                 self.report.new += result.created
                 self.fetched += count
                 if self.progress:
@@ -467,6 +482,15 @@ class ImapAccountSync:
             internal_date=internal.isoformat() if internal else None,
             include_attachments=self.include_attachments,
         )
+
+
+def _remember_dead_letters(folder: Folder, result: IngestResult) -> None:
+    uids = {d.item.uid for d in result.dead_letters if d.item.uid is not None}
+    if not uids:
+        return
+    known = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
+    folder.sync_state = {**folder.sync_state, DEAD_LETTER_UIDS: sorted(known | uids)}
+    Folder.objects.filter(pk=folder.pk).update(sync_state=folder.sync_state)
 
 
 def _close(prepared: tuple[int, PreparedBatch, tempfile.TemporaryDirectory | None]) -> None:

@@ -307,7 +307,11 @@ def test_a_batch_that_fails_leaves_no_raw_file_behind(account, monkeypatch):
 
     monkeypatch.setattr(ingest, "assign_threads", crash)
     with pytest.raises(RuntimeError):
-        upsert(account, incoming(make_mail("Lost?"), folder="INBOX", uid=1))
+        messages_upsert(
+            account=account,
+            items=[incoming(make_mail("Lost?"), folder="INBOX", uid=1)],
+            isolate=False,
+        )
     assert Message.objects.filter(account=account).count() == 0
     raw_dir = default_storage.path(f"raw/{account.pk}")
     assert not os.path.exists(raw_dir) or not any(files for _, _, files in os.walk(raw_dir))

@@ -42,26 +42,33 @@ class ImportTotals:
     read: int = 0
     created: int = 0
     damaged: int = 0
+    dead_letters: int = 0
     skipped_files: int = 0
 
     @property
     def already_present(self) -> int:
-        return self.read - self.created
+        return self.read - self.created - self.dead_letters
 
     def summary(self) -> str:
         noun = "message" if self.read == 1 else "messages"
+        failed = f", {self.dead_letters} not stored (dead letters)" if self.dead_letters else ""
         return (
             f"Imported {self.read} {noun}: {self.created} new, "
             f"{self.already_present} already present, "
-            f"{self.damaged} damaged (parse defects recorded)."
+            f"{self.damaged} damaged (parse defects recorded){failed}."
         )
 
 
 def gmail_labels(raw: bytes) -> list[str] | None:
     """The labels of a Google Takeout message (its X-Gmail-Labels header), or None."""
     end = _HEADER_END.search(raw)
-    headers = BytesHeaderParser(policy=policy.default).parsebytes(raw[: end.end()] if end else raw)
-    value = headers.get("X-Gmail-Labels")
+    try:
+        headers = BytesHeaderParser(policy=policy.default).parsebytes(
+            raw[: end.end()] if end else raw
+        )
+        value = headers.get("X-Gmail-Labels")
+    except Exception:  # unreadable headers: the message is imported without its labels
+        return None
     if value is None:
         return None
     text = str(value)
@@ -315,6 +322,9 @@ class Command(BaseCommand):
         sync_run_add(run_id=self.run.pk, result=result)
         self.totals.created += result.created
         self.totals.damaged += result.damaged
+        self.totals.dead_letters += len(result.dead_letters)
+        if result.problems or result.dead_letters:
+            self._warn(result.problems_text())
         self.pending = []
         self.pending_bytes = 0
 
