@@ -34,4 +34,5 @@ class ApiAutoSchema(AutoSchema):
             statuses.append(("404", "No such object among yours."))
         if self.method in ("POST", "PUT", "PATCH"):
             statuses.append(("415", "Unsupported request content type."))
+        statuses.append(("429", "Too many requests (or failed logins): retry after Retry-After."))
         return statuses

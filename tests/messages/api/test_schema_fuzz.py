@@ -17,7 +17,6 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from rest_framework.authtoken.models import Token
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from emailplatform.wsgi import application
@@ -25,7 +24,7 @@ from messages import selectors
 from messages.models import Attachment, Message, Thread
 from tests.mailfactory import make_mail
 
-from .conftest import ingest
+from .conftest import ingest, new_token
 
 pytestmark = pytest.mark.django_db
 
@@ -87,7 +86,7 @@ def fuzz_token(mailbox, user, settings, monkeypatch, in_test_transaction) -> str
         messages=list(Message.objects.values_list("id", flat=True)),
         attachments=list(Attachment.objects.values_list("id", flat=True)),
     )
-    return Token.objects.create(user=user).key
+    return new_token(user)
 
 
 # Every check applies but one: positive_data_acceptance expects any schema-valid request to
