@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import debug, defaults
@@ -58,6 +59,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(body, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, UnknownProvider):
         exc = exceptions.ValidationError({"provider": [f"Unknown provider {exc.args[0]!r}."]})
+    elif isinstance(exc, RequestDataTooBig):
+        exc = exceptions.ParseError("The request body is larger than this API accepts.")
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
     elif isinstance(exc, Http404):
@@ -180,7 +183,7 @@ class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
 
     def cleanse_setting(self, key: Any, value: Any) -> Any:
         cleansed = super().cleanse_setting(key, value)
-        if isinstance(cleansed, str):
+        if type(cleansed) is str:  # not a lazy object: reading it could run code
             return hide_url_passwords(cleansed)
         return cleansed
 

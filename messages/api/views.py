@@ -137,7 +137,9 @@ def _prune_tokens(user: Any) -> None:
     """Expired tokens go; beyond API_TOKENS_PER_USER - 1 live ones, the oldest go."""
     AuthToken.objects.filter(user=user, expiry__lt=timezone.now()).delete()
     keep = max(settings.API_TOKENS_PER_USER - 1, 0)
-    stale = AuthToken.objects.filter(user=user).order_by("-created").values_list("pk", flat=True)[keep:]
+    stale = (
+        AuthToken.objects.filter(user=user).order_by("-created").values_list("pk", flat=True)[keep:]
+    )
     AuthToken.objects.filter(pk__in=list(stale)).delete()
 
 
