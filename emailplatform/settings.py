@@ -209,7 +209,8 @@ REST_FRAMEWORK = {
         "messages.api.throttling.UserThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": THROTTLE_RATES,
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0) or None,
+    # 0: X-Forwarded-For is ignored (None would trust it, and anyone could spoof it).
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "messages.api.schema.ApiAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "messages.api.pagination.KeysetCursorPagination",

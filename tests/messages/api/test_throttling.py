@@ -49,6 +49,14 @@ def test_token_endpoint_locks_out_a_username_and_address_after_the_limit(client,
         }
     }
     assert "token" not in refused.json()
+    spoofed = client.post(
+        "/api/auth/token/",
+        {"username": "alice", "password": "pw-alice-123"},
+        content_type="application/json",
+        REMOTE_ADDR="192.0.2.10",
+        HTTP_X_FORWARDED_FOR="203.0.113.50",
+    )
+    assert spoofed.status_code == 429, "X-Forwarded-For is not trusted without NUM_PROXIES"
     # The same user from another address is not locked out: an attacker cannot lock a victim
     # out everywhere by guessing at their username.
     assert token_login(client, "pw-alice-123", address="198.51.100.7").status_code == 200
@@ -157,6 +165,10 @@ def test_anonymous_requests_are_throttled_per_address(settings, client):
         for _ in range(4)
     ]
     assert answers == [400, 400, 400, 429]
+    spoofed = client.post(
+        "/api/auth/token/", body, content_type="application/json", HTTP_X_FORWARDED_FOR="1.2.3.4"
+    )
+    assert spoofed.status_code == 429, "X-Forwarded-For is not trusted without NUM_PROXIES"
     other = client.post(
         "/api/auth/token/", body, content_type="application/json", REMOTE_ADDR="192.0.2.99"
     )
