@@ -49,6 +49,11 @@ GENEROUS_RATES = {
 def _throttle_state(settings, request):
     """Each test counts in its own key space (parallel workers share one Redis), with the
     generous rates unless it asks for `production_rates`."""
+    from axes.handlers.proxy import AxesProxyHandler
+
+    # django-axes keeps its handler, and the handler its cache: a new one per test.
+    AxesProxyHandler.implementation = None
+    request.addfinalizer(lambda: setattr(AxesProxyHandler, "implementation", None))
     settings.CACHES = {
         "default": {
             **settings.CACHES["default"],
