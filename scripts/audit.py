@@ -362,7 +362,7 @@ def main() -> int:
             ),
             lambda: throttled(as_alice, f"{account_url}/sync/", {"full": True}, "sync", settings),
             lambda: cross_user(as_bob, ids),
-            lambda: ssrf(as_bob, bob, guard_record, Account),
+            lambda: ssrf(base, user_model, guard_record, Account),
             lambda: fuzz(anon, as_alice),
             lambda: canaries_in_answers(as_alice, base, root_password, ids),
         ]
@@ -514,12 +514,18 @@ def cross_user(bob: Http, ids: dict) -> Check:
 SSRF_TARGETS = ["127.1", "2130706433", "0x7f000001", "localhost", "[::1]", "::1", "10.255.255.1"]
 
 
-def ssrf(bob_http: Http, bob, guard_record: Path, account_model) -> Check:
+def ssrf(base: str, user_model, guard_record: Path, account_model) -> Check:
     check = Check("SSRF targets: create + test-connection (not refused pre-connect)")
     listener = Listener()
+    from knox.models import AuthToken
+
     from smtp_sync.models import ImapSettings
 
     for n, target in enumerate(SSRF_TARGETS):
+        # A non-staff user per target: the throttles (6 connection tests a minute) would
+        # otherwise answer 429 and hide whether the address itself is refused.
+        bob = user_model.objects.create_user(f"ssrf{n}", f"ssrf{n}@example.com", None)
+        bob_http = Http(base, AuthToken.objects.create(bob)[1])
         host = target.strip("[]") if target == "[::1]" else target
         before_hits, before_guard = listener.hits, guard_record.read_text()
         answer = bob_http.request(
