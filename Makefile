@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-api
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-api audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -33,3 +33,8 @@ bench-imap: bootstrap-test
 
 bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)
+
+# Repeats issue 12's attacks against the production server (gunicorn, DEBUG off) on private
+# services and prints a table; exits 1 if any check fails.
+audit: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) scripts/audit.py

@@ -1,5 +1,6 @@
 """Settings, all read from the environment (see `.env.example`)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -30,7 +31,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -42,12 +44,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's CSS, Swagger UI's sidecar files) straight from STATIC_ROOT.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out admin login into a 429 (see AXES_* below).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "emailplatform.urls"
@@ -77,6 +83,13 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Axes first: it refuses a locked-out (username, IP) before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -86,6 +99,20 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / ".local" / "static")
+# WhiteNoise serves STATIC_ROOT (filled by `manage.py collectstatic`). With STATIC_MANIFEST
+# file names carry a content hash and are cached for a year; pages then need collectstatic to
+# have run (the image runs it at build time), so it is off unless set (production: on).
+STATIC_MANIFEST = env.bool("STATIC_MANIFEST", default=False)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if STATIC_MANIFEST
+            else "whitenoise.storage.CompressedStaticFilesStorage"
+        )
+    },
+}
 MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / ".local" / "media")
 
@@ -96,6 +123,17 @@ CREDENTIALS_KEYS = env.list("CREDENTIALS_KEYS", default=[])
 
 REDIS_URL = env("REDIS_URL", default="redis://localhost:6379/0")
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+
+# Login lockouts and API throttles count in Redis (shared by every web process), under their
+# own key prefix; THROTTLE_CACHE_URL may point them at another Redis or database.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env("THROTTLE_CACHE_URL", default=REDIS_URL),
+        "KEY_PREFIX": env("THROTTLE_KEY_PREFIX", default="emailplatform-throttle"),
+        "TIMEOUT": 3600,
+    },
+}
 
 # Redis re-delivers a message whose worker died without acknowledging it after this long. It
 # must exceed the longest task (the hard time limit in celery.py).
@@ -132,17 +170,63 @@ INLINE_RAW_LIMIT_BYTES = env.int("INLINE_RAW_LIMIT_BYTES", default=2 * 1024 * 10
 # raw bytes are kept compressed in a file of the media storage rather than in the database.
 LARGE_MESSAGE_BYTES = env.int("LARGE_MESSAGE_BYTES", default=8 * 1024 * 1024)
 
+# Brute force: after AXES_FAILURE_LIMIT wrong passwords for one username from one IP address,
+# that pair is refused (429, Retry-After) on /api/auth/token/ and /admin/login/ until
+# AXES_COOLOFF_MINUTES have passed without a new attempt. Never by username alone: an attacker
+# could otherwise lock a victim out from anywhere, for ever.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "default"
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "messages.api.throttling.lockout_response"
+AXES_SENSITIVE_PARAMETERS = ["password"]
+# Behind a proxy, the client address is the proxy's Nth X-Forwarded-For entry from the right.
+AXES_IPWARE_PROXY_COUNT = env.int("NUM_PROXIES", default=0) or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if AXES_IPWARE_PROXY_COUNT else ["REMOTE_ADDR"]
+)
+
+# API tokens (django-rest-knox): only a SHA-512 digest is stored; each login issues a new token
+# that expires after API_TOKEN_TTL_HOURS (logging in again gives a fresh one).
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=env.int("API_TOKEN_TTL_HOURS", default=24 * 30)),
+    "TOKEN_LIMIT_PER_USER": None,
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
+}
+API_TOKENS_PER_USER = env.int("API_TOKENS_PER_USER", default=20)
+
+# Request rates per user (per client address for anonymous requests), "N/second|minute|hour|
+# day". Stricter where a request costs a login to the provider or queues work.
+THROTTLE_RATES = {
+    "anon": env("THROTTLE_ANON", default="60/minute"),
+    "user": env("THROTTLE_USER", default="1200/minute"),
+    "account_create": env("THROTTLE_ACCOUNT_CREATE", default="10/hour"),
+    "test_connection": env("THROTTLE_TEST_CONNECTION", default="6/minute"),
+    "sync": env("THROTTLE_SYNC", default="12/minute"),
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "messages.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "messages.api.throttling.AnonThrottle",
+        "messages.api.throttling.UserThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": THROTTLE_RATES,
+    # 0: X-Forwarded-For is ignored (None would trust it, and anyone could spoof it).
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "messages.api.schema.ApiAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "messages.api.pagination.KeysetCursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["messages.api.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "messages.api.errors.exception_handler",
     "DEFAULT_METADATA_CLASS": "messages.api.metadata.ApiMetadata",
 }
@@ -183,6 +267,25 @@ STORAGE_SWEEP_INTERVAL_MINUTES = env.int("STORAGE_SWEEP_INTERVAL_MINUTES", defau
 FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
 # Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.
 BEAT_HEARTBEAT_FILE = env("BEAT_HEARTBEAT_FILE", default=None)
+
+# Error reports (the DEBUG page, mail to ADMINS) hide passwords in URLs (DATABASE_URL,
+# REDIS_URL...), password fields of any dict in a frame, and the usual secret settings.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "messages.api.errors.SafeExceptionReporterFilter"
+
+# Behind a TLS-terminating proxy: SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https makes
+# request.is_secure() (and so every link the API builds) follow the proxy's scheme.
+_proxy_ssl_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if _proxy_ssl_header:
+    if len(_proxy_ssl_header) != 2:
+        raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER is HEADER,value")
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header)
+USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Health checks come from inside the deployment, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
 LOGGING = {
     "version": 1,

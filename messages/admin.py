@@ -1,10 +1,20 @@
-"""Admin for operators: thin over the store; HTML from mail is sanitized before it is shown."""
+"""Admin for operators: thin over the store; HTML from mail is sanitized before it is shown.
+
+Who reads what: staff see mail *metadata* (accounts, folders, threads, who wrote to whom, when,
+subjects, flags, sizes) with the models' view permissions. Mail *content* (bodies, the
+rendered HTML, raw sources, attachment files, and dead letters' payloads, which carry raw
+mail) needs the explicit permission `mailstore.read_mail_content` as well: an operator of a
+mail platform has no business reading people's mail without a reason, and granting it is a
+deliberate, visible act (a user or group permission). Superusers have every permission in
+Django, this one included: they can grant it to themselves anyway.
+"""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -25,6 +35,12 @@ from .models import (
 )
 from .sanitize import sanitize_mail_html
 from .services import attachment_ensure_stored
+
+READ_MAIL_CONTENT = "mailstore.read_mail_content"
+
+
+def can_read_mail(request: HttpRequest) -> bool:
+    return request.user.has_perm(READ_MAIL_CONTENT)
 
 
 def _progress(run: SyncRun | None) -> str:
@@ -107,6 +123,11 @@ class AttachmentInline(admin.TabularInline):
     fields = ("filename", "content_type", "size", "is_inline", "content_id", "sha256", "file")
     readonly_fields = fields
 
+    def get_fields(self, request: HttpRequest, obj=None):
+        if can_read_mail(request):
+            return self.fields
+        return tuple(f for f in self.fields if f != "file")
+
 
 class LocationInline(admin.TabularInline):
     model = MessageLocation
@@ -155,9 +176,22 @@ class MessageAdmin(admin.ModelAdmin):
         ("is_read", "is_flagged", "is_answered", "is_draft"),
         *readonly_fields,
     )
+    # Shown only to users with READ_MAIL_CONTENT.
+    content_fields = ("rendered_html", "body_text", "raw_source")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        if can_read_mail(request):
+            return self.fields
+        return tuple(f for f in self.fields if f not in self.content_fields)
+
+    def _check_content_access(self, request: HttpRequest, message: Message) -> None:
+        """The raw and attachment views: the message's view permission and READ_MAIL_CONTENT
+        (admin_view alone checks only is_staff)."""
+        if not (self.has_view_permission(request, message) and can_read_mail(request)):
+            raise PermissionDenied
 
     @admin.display(description="subject")
     def subject_or_none(self, obj: Message) -> str:
@@ -224,6 +258,7 @@ class MessageAdmin(admin.ModelAdmin):
         return urls + super().get_urls()
 
     def attachment_view(self, request: HttpRequest, pk: int, attachment_id: int) -> HttpResponse:
+        self._check_content_access(request, get_object_or_404(Message, pk=pk))
         attachment = attachment_ensure_stored(
             attachment=get_object_or_404(Attachment, pk=attachment_id, message_id=pk)
         )
@@ -237,10 +272,13 @@ class MessageAdmin(admin.ModelAdmin):
         return response
 
     def raw_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        self._check_content_access(request, get_object_or_404(Message, pk=pk))
         raw = get_object_or_404(RawMessage, pk=pk)
         response = StreamingHttpResponse(raw.chunks(), content_type="message/rfc822")
         response["Content-Length"] = str(raw.size)
         response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
+        response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
         return response
 
 
@@ -280,6 +318,14 @@ class DeadLetterAdmin(admin.ModelAdmin):
     list_display = ("created_at", "task_name", "account_id", "reason")
     search_fields = ("reason", "task_name")
     readonly_fields = ("task_name", "account_id", "reason", "payload", "payload_excerpt")
+    # A payload carries raw mail (EmailNewMessage batches): content, not metadata.
+    content_fields = ("payload", "payload_excerpt")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        fields = super().get_fields(request, obj)
+        if can_read_mail(request):
+            return fields
+        return [f for f in fields if f not in self.content_fields]

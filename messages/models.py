@@ -220,6 +220,11 @@ class Message(models.Model):
     )
 
     class Meta:
+        # Operators see mail metadata (who, when, subject, flags, sizes) with the model's view
+        # permission; bodies, raw sources and attachments need this one too (see admin.py).
+        permissions = [
+            ("read_mail_content", "Can read mail content (bodies, raw sources, attachments)")
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["account", "provider_id"], name="message_unique_provider_id"

@@ -8,12 +8,14 @@ that is wrong ("non_field_errors" for the input as a whole).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.views import defaults
+from django.views import debug, defaults
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -57,6 +59,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response(body, status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, UnknownProvider):
         exc = exceptions.ValidationError({"provider": [f"Unknown provider {exc.args[0]!r}."]})
+    elif isinstance(exc, RequestDataTooBig):
+        exc = exceptions.ParseError("The request body is larger than this API accepts.")
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
     elif isinstance(exc, Http404):
@@ -146,3 +150,71 @@ def server_error(request: HttpRequest) -> HttpResponse:
         body = error_body("server_error", "Something went wrong on our side; it was logged.")
         return JsonResponse(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
     return defaults.server_error(request)
+
+
+# Error reports (the DEBUG page, mail to ADMINS) -------------------------------------------
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*:)(?P<password>[^/@\s]+)(?=@)", flags=re.I
+)
+_SECRET_NAMES = re.compile(
+    r"API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|CREDENTIAL|AUTHORIZATION", flags=re.I
+)
+
+
+def hide_url_passwords(text: str) -> str:
+    """postgres://user:secret@host/db -> postgres://user:********************@host/db"""
+    return _URL_PASSWORD.sub(
+        lambda m: m.group("head") + debug.SafeExceptionReporterFilter.cleansed_substitute, text
+    )
+
+
+class SafeExceptionReporterFilter(debug.SafeExceptionReporterFilter):
+    """Django's filter, and: passwords inside URLs (DATABASE_URL, REDIS_URL and the like, in
+    settings, request.META or a frame) are masked; every frame's variables are cleansed like
+    settings (a dict's "password" or "oauth2_token" is hidden, wherever it is); the
+    Authorization header and credentials-named values are hidden."""
+
+    hidden_settings = _SECRET_NAMES
+
+    def is_active(self, request: Any) -> bool:
+        # Django's filter steps aside when DEBUG is on: the page a developer (or, by mistake,
+        # anyone) sees would show passwords in POST data and frames. Hide them always.
+        return True
+
+    def cleanse_setting(self, key: Any, value: Any) -> Any:
+        cleansed = super().cleanse_setting(key, value)
+        if type(cleansed) is str:  # not a lazy object: reading it could run code
+            return hide_url_passwords(cleansed)
+        return cleansed
+
+    def get_post_parameters(self, request: Any) -> Any:
+        # Every form field named like a secret (the admin's password and new_password too).
+        params = super().get_post_parameters(request)
+        if not params or not any(_SECRET_NAMES.search(key) for key in params):
+            return params
+        cleansed = params.copy()
+        for key in cleansed:
+            if _SECRET_NAMES.search(key):
+                cleansed[key] = self.cleansed_substitute
+        return cleansed
+
+    def get_traceback_frame_variables(self, request: Any, tb_frame: Any) -> Any:
+        variables = super().get_traceback_frame_variables(request, tb_frame)
+        return [(name, self._cleanse_variable(name, value)) for name, value in variables]
+
+    def _cleanse_variable(self, name: str, value: Any) -> Any:
+        if isinstance(value, str) and value == self.cleansed_substitute:
+            return value
+        try:
+            if isinstance(value, dict | list | tuple | str):
+                return self.cleanse_setting(name, value)
+            if _SECRET_NAMES.search(name):
+                return self.cleansed_substitute
+            # Objects that carry secrets in their attributes (a dataclass of credentials, an
+            # account input): the page shows their repr, so mask what it reveals.
+            fields = getattr(value, "__dataclass_fields__", None)
+            if fields and any(_SECRET_NAMES.search(f) for f in fields):
+                return self.cleansed_substitute
+        except Exception:  # noqa: BLE001 (a report must never fail on a strange value)
+            return self.cleansed_substitute
+        return value

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import django_filters
 from django import forms
+from django.db import DatabaseError, connection, transaction
 from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django_filters import fields as filter_fields
@@ -47,8 +49,24 @@ class StrictIntegerField(forms.IntegerField):
     empty_values = PRESENT_EMPTY_IS_INVALID
 
 
+# PostgreSQL's timestamptz takes UTC offsets up to 15:59 (Python's up to 23:59).
+MAX_UTC_OFFSET = timedelta(hours=15, minutes=59)
+
+
+def check_utc_offset(value: datetime | None) -> None:
+    offset = value.utcoffset() if value is not None else None
+    if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+        raise forms.ValidationError(
+            "The UTC offset must be between -15:59 and +15:59.", code="invalid"
+        )
+
+
 class StrictDateTimeField(filter_fields.IsoDateTimeField):
     empty_values = PRESENT_EMPTY_IS_INVALID
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        check_utc_offset(value)
 
 
 class StrictChoiceField(filter_fields.ChoiceField):
@@ -86,6 +104,28 @@ _RECIPIENT_SQL = """
          WHERE p ->> 'address' ILIKE %s OR p ->> 'name' ILIKE %s
     )
 """
+
+
+MAX_SEARCH_CHARS = 1000
+
+
+def check_search_query(text: str) -> None:
+    """A search PostgreSQL cannot parse is the client's error: a 400, not a 500.
+
+    websearch_to_tsquery fails on some inputs (33 "-" in a row overflow its stack), so the
+    text is parsed once, alone, before the search runs.
+    """
+    from rest_framework.exceptions import ValidationError
+
+    if len(text) > MAX_SEARCH_CHARS:
+        raise ValidationError({"q": [f"At most {MAX_SEARCH_CHARS} characters."]})
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT websearch_to_tsquery(%s::regconfig, %s)", [selectors.SEARCH_CONFIG, text]
+            )
+    except DatabaseError:
+        raise ValidationError({"q": ["This search cannot be understood."]}) from None
 
 
 class MessageFilter(django_filters.FilterSet):
@@ -137,6 +177,7 @@ class MessageFilter(django_filters.FilterSet):
     def filter_q(self, queryset: QuerySet, name: str, value: str) -> QuerySet:
         if not value.strip():
             return queryset
+        check_search_query(value)
         return selectors.message_search(queryset, value)
 
 

@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist, ValidationError
@@ -24,6 +24,7 @@ from rest_framework.utils.urls import replace_query_param
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+MAX_UTC_OFFSET = timedelta(hours=15, minutes=59)
 # Annotation of full-text results: when present, results are ordered by it first.
 SEARCH_RANK = "search_rank"
 
@@ -136,6 +137,14 @@ class KeysetCursorPagination(CursorPagination):
         except (ValidationError, FieldDoesNotExist, TypeError, ValueError):
             raise invalid from None
         if any(value is None for value in position):
+            raise invalid
+        # PostgreSQL refuses UTC offsets beyond 15:59 (Python allows 23:59).
+        if any(
+            isinstance(value, datetime)
+            and value.utcoffset() is not None
+            and abs(value.utcoffset()) > MAX_UTC_OFFSET
+            for value in position
+        ):
             raise invalid
         return position, reverse
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework.permissions import AllowAny
 
@@ -34,4 +35,20 @@ class ApiAutoSchema(AutoSchema):
             statuses.append(("404", "No such object among yours."))
         if self.method in ("POST", "PUT", "PATCH"):
             statuses.append(("415", "Unsupported request content type."))
+        statuses.append(("429", "Too many requests (or failed logins): retry after Retry-After."))
         return statuses
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    """The API token (messages.api.auth, django-rest-knox) in the schema."""
+
+    target_class = "messages.api.auth.TokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": 'From POST /api/auth/token/, sent as "Token <token>".',
+        }

@@ -31,6 +31,9 @@ class TokenInput(StrictJsonInput):
 
 class TokenOutput(serializers.Serializer):
     token = serializers.CharField(help_text='Send it as "Authorization: Token <token>".')
+    expiry = serializers.DateTimeField(
+        allow_null=True, help_text="When the token stops working (log in again for a new one)."
+    )
 
 
 # Accounts ----------------------------------------------------------------------------------

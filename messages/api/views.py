@@ -10,16 +10,20 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-from django.contrib.auth import authenticate
+from django.conf import settings
+from django.contrib.auth import authenticate, user_logged_in
 from django.core.files.storage import default_storage
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_variables
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from knox.models import AuthToken
 from rest_framework import status
-from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny
@@ -36,6 +40,21 @@ from . import serializers as s
 from .errors import ErrorResponse
 from .filters import FolderFilter, MessageFilter, ThreadFilter
 from .pagination import KeysetCursorPagination
+from .throttling import (
+    AccountCreateThrottle,
+    AnonThrottle,
+    LoginLockedOut,
+    SyncThrottle,
+    TestConnectionThrottle,
+    UserThrottle,
+    lockout_seconds,
+)
+
+# Secrets a request may carry: hidden from error reports (with DEBUG on too). JSON bodies are
+# never in request.POST, so the frames' variables are what needs hiding (and the report filter,
+# messages.api.errors.SafeExceptionReporterFilter, masks any dict's "password" as well).
+SECRET_FIELDS = ("password", "oauth2_token")
+hide_secrets = method_decorator(sensitive_variables("data", "password", "oauth2_token"))
 
 CONFLICT = OpenApiResponse(ErrorResponse, description="Not possible in the object's state.")
 PROVIDER_REFUSED = OpenApiResponse(
@@ -74,25 +93,54 @@ class ListView(GenericAPIView):
 
 # Authentication ----------------------------------------------------------------------------
 class TokenView(APIView):
+    """A new token per login (django-rest-knox: stored as a digest, with an expiry).
+
+    Wrong passwords count per (username, client address); at AXES_FAILURE_LIMIT the pair is
+    locked out for the cool-off (429 with Retry-After), whatever password it sends.
+    """
+
     permission_classes = [AllowAny]
     authentication_classes: list = []
+    throttle_classes = [AnonThrottle]
 
     @extend_schema(
         tags=["auth"],
         request=s.TokenInput,
         responses={200: s.TokenOutput},
         summary="Exchange a username and password for an API token",
+        description=(
+            "Each call issues a new token, valid until `expiry`. After too many wrong "
+            "passwords for a username from one address, logins are refused with 429 and "
+            "Retry-After."
+        ),
         auth=[],
     )
+    @hide_secrets
     def post(self, request: Request) -> Response:
         data = _validated(s.TokenInput, request.data)
-        user = authenticate(request, username=data["username"], password=data["password"])
+        # Django's own request: django-axes marks it when the login is locked out.
+        http_request = request._request
+        user = authenticate(http_request, username=data["username"], password=data["password"])
+        if getattr(http_request, "axes_locked_out", False):
+            raise LoginLockedOut(wait=lockout_seconds(http_request))
         if user is None or not user.is_active:
             raise ValidationError(
                 {"non_field_errors": ["Unable to log in with the username and password given."]}
             )
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        user_logged_in.send(sender=user.__class__, request=http_request, user=user)
+        _prune_tokens(user)
+        token, key = AuthToken.objects.create(user)
+        return Response({"token": key, "expiry": token.expiry})
+
+
+def _prune_tokens(user: Any) -> None:
+    """Expired tokens go; beyond API_TOKENS_PER_USER - 1 live ones, the oldest go."""
+    AuthToken.objects.filter(user=user, expiry__lt=timezone.now()).delete()
+    keep = max(settings.API_TOKENS_PER_USER - 1, 0)
+    stale = (
+        AuthToken.objects.filter(user=user).order_by("-created").values_list("pk", flat=True)[keep:]
+    )
+    AuthToken.objects.filter(pk__in=list(stale)).delete()
 
 
 # Accounts ----------------------------------------------------------------------------------
@@ -100,6 +148,8 @@ class AccountListView(ListView):
     ordering = ("id",)
     filter_backends: list = []
     output_serializer = s.AccountOutput
+    # Creating an account logs in to the provider first: its own, strict budget.
+    throttle_classes = [UserThrottle, AccountCreateThrottle]
 
     def get_queryset(self) -> QuerySet[Account]:
         return selectors.account_list(user=self.request.user)
@@ -118,6 +168,7 @@ class AccountListView(ListView):
             "write-only. A first full sync starts once the account is stored."
         ),
     )
+    @hide_secrets
     def post(self, request: Request) -> Response:
         provider = _validated(s.ProviderChoice, request.data)["provider"]
         data = _validated(s.account_create_input(provider), request.data)
@@ -127,6 +178,17 @@ class AccountListView(ListView):
 
 
 class AccountDetailView(APIView):
+    # A new password is tried on the provider before it is stored: like a connection test.
+    throttle_classes = [UserThrottle, TestConnectionThrottle]
+
+    @staticmethod
+    def throttle_applies(request: Request) -> bool:
+        return (
+            request.method == "PATCH"
+            and isinstance(request.data, dict)
+            and any(name in request.data for name in SECRET_FIELDS)
+        )
+
     def _account(self, request: Request, pk: int) -> Account:
         return _found(selectors.account_get(user=request.user, account_id=pk))
 
@@ -140,6 +202,7 @@ class AccountDetailView(APIView):
         responses={200: s.AccountOutput, 400: PROVIDER_REFUSED, 409: CONFLICT},
         summary="Change an account's name, sync settings or password",
     )
+    @hide_secrets
     def patch(self, request: Request, pk: int) -> Response:
         account = self._account(request, pk)
         data = _validated(s.AccountUpdateInput, request.data)
@@ -162,6 +225,8 @@ class AccountDetailView(APIView):
 
 
 class AccountSyncView(APIView):
+    throttle_classes = [UserThrottle, SyncThrottle]
+
     @extend_schema(
         tags=["accounts"],
         request=s.SyncInput,
@@ -176,6 +241,8 @@ class AccountSyncView(APIView):
 
 
 class AccountTestConnectionView(APIView):
+    throttle_classes = [UserThrottle, TestConnectionThrottle]
+
     @extend_schema(
         tags=["accounts"],
         request=None,
@@ -347,6 +414,7 @@ class MessageRawView(DownloadView):
         response["Content-Length"] = str(raw.size)
         response["Content-Disposition"] = f'attachment; filename="message-{pk}.eml"'
         response["X-Content-Type-Options"] = "nosniff"
+        response["Content-Security-Policy"] = "sandbox; default-src 'none'"
         return response
 
 

@@ -1,29 +1,74 @@
 """Authentication (token and session), one error shape everywhere, and the documented schema."""
 
+from datetime import datetime, timedelta
+
 import pytest
 import yaml
+from django.db import connection
+from django.utils import timezone
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 pytestmark = pytest.mark.django_db
 
 
-def test_token_for_username_and_password(client, user):
-    response = client.post(
+def login(client, password="pw-alice-123"):  # noqa: S107
+    return client.post(
         "/api/auth/token/",
-        {"username": "alice", "password": "pw-alice-123"},
+        {"username": "alice", "password": password},
         content_type="application/json",
     )
+
+
+def test_token_for_username_and_password(client, user):
+    response = login(client)
     assert response.status_code == 200
     token = response.json()["token"]
+    expiry = datetime.fromisoformat(response.json()["expiry"])
+    assert timedelta(days=29) < expiry - timezone.now() <= timedelta(days=30)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert api.get("/api/accounts/").status_code == 200
-    again = client.post(
-        "/api/auth/token/",
-        {"username": "alice", "password": "pw-alice-123"},
-        content_type="application/json",
-    )
-    assert again.json()["token"] == token
+    again = login(client).json()["token"]
+    assert again != token, "each login is a token of its own"
+    for each in (token, again):
+        api.credentials(HTTP_AUTHORIZATION=f"Token {each}")
+        assert api.get("/api/accounts/").status_code == 200
+
+
+def test_tokens_are_stored_hashed(client, user):
+    token = login(client).json()["token"]
+    stored = AuthToken.objects.get(user=user)
+    assert token not in (stored.digest, stored.token_key) and len(stored.digest) == 128
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM knox_authtoken")
+        assert token not in repr(cursor.fetchall())
+
+
+def test_an_expired_token_is_refused(client, user):
+    token = login(client).json()["token"]
+    AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
+    response = client.get("/api/accounts/", HTTP_AUTHORIZATION=f"Token {token}")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_failed"
+    assert not AuthToken.objects.filter(user=user).exists()
+
+
+def test_a_user_keeps_a_bounded_number_of_tokens(client, user, settings):
+    settings.API_TOKENS_PER_USER = 3
+    tokens = [login(client).json()["token"] for _ in range(5)]
+    assert AuthToken.objects.filter(user=user).count() == 3
+    live = [
+        t
+        for t in tokens
+        if client.get("/api/accounts/", HTTP_AUTHORIZATION=f"Token {t}").status_code == 200
+    ]
+    assert live == tokens[-3:]
+
+
+def test_a_token_that_is_not_text_is_401(client):
+    response = client.get("/api/accounts/", HTTP_AUTHORIZATION="Token \xff\xfe")
+    assert response.status_code == 401
 
 
 def test_token_refused_for_a_wrong_password(client, user):
