@@ -18,7 +18,8 @@ COPY . .
 
 # Static files are collected into the image at build (whitenoise serves them from STATIC_ROOT);
 # settings need a SECRET_KEY to load, so a throwaway one serves for this step only.
-ENV STATIC_ROOT=/var/lib/emailplatform/static
+ENV STATIC_ROOT=/var/lib/emailplatform/static \
+    STATIC_MANIFEST=1
 RUN SECRET_KEY=collectstatic-only DEBUG=0 python manage.py collectstatic --noinput
 
 # An unprivileged user; MEDIA_ROOT exists and belongs to it, so the named volume mounted there
@@ -29,5 +30,5 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app \
 USER app
 
 EXPOSE 8000
-# gunicorn; 3 workers: 2 x cores + 1 for one core (docker-compose.yml says more, WEB_WORKERS).
-CMD ["gunicorn", "emailplatform.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# gunicorn, 2 processes x 8 threads (docker-compose.yml says why: WEB_WORKERS, WEB_THREADS).
+CMD ["gunicorn", "emailplatform.wsgi:application", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--timeout", "90", "--access-logfile", "-"]
