@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from knox.models import AuthToken
+from rest_framework.test import APIClient
 
 from emailplatform.topics import IncomingMessage
 
@@ -27,6 +30,55 @@ def _isolated_media(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path / "media")
     if not settings.CREDENTIALS_KEYS:
         settings.CREDENTIALS_KEYS = [Fernet.generate_key().decode()]
+
+
+def new_token(user) -> str:
+    return AuthToken.objects.create(user)[1]
+
+
+def token_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {new_token(user)}")
+    return client
+
+
+# Rates for tests that are not about throttling: high enough never to refuse (each throttle
+# has its own test, tests/messages/api/test_throttling.py, with the production rates).
+GENEROUS_RATES = {
+    "anon": "100000/minute",
+    "user": "100000/minute",
+    "account_create": "100000/minute",
+    "test_connection": "100000/minute",
+    "sync": "100000/minute",
+}
+
+
+@pytest.fixture(autouse=True)
+def _throttle_state(settings, request):
+    """Each test counts in its own key space (parallel workers share one Redis), with the
+    generous rates unless it asks for `production_rates`."""
+    from axes.handlers.proxy import AxesProxyHandler
+
+    # django-axes keeps its handler, and the handler its cache: a new one per test.
+    AxesProxyHandler.implementation = None
+    request.addfinalizer(lambda: setattr(AxesProxyHandler, "implementation", None))
+    settings.CACHES = {
+        "default": {
+            **settings.CACHES["default"],
+            "KEY_PREFIX": f"test-throttle-{uuid.uuid4().hex}",
+        }
+    }
+    if "production_rates" not in request.fixturenames:
+        settings.REST_FRAMEWORK = {
+            **settings.REST_FRAMEWORK,
+            "DEFAULT_THROTTLE_RATES": GENEROUS_RATES,
+        }
+
+
+@pytest.fixture
+def production_rates(settings):
+    """The rates the environment gives (the defaults of emailplatform/settings.py)."""
+    return settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import socket
 import time
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from emailplatform import netguard
@@ -20,6 +19,7 @@ from smtp_sync.accounts import ImapAccountInput, ImapSettingsInput, imap_account
 from smtp_sync.imap import ImapConnectError, ImapRefusedError
 from smtp_sync.models import ImapSettings
 from smtp_sync.sync import ImapAccountSync, server_for
+from tests.conftest import token_client
 from tests.imap_fixtures import TinyServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,16 +27,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3 internal-secret-42\r\n"
 
 
-def client_of(user) -> APIClient:
-    client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-    return client
-
-
 @pytest.fixture
 def api(user) -> APIClient:
-    return client_of(user)
+    return token_client(user)
 
 
 @pytest.fixture
@@ -207,7 +200,7 @@ def test_a_banner_is_never_shown(api, settings, user):
             ImapAccountSync(account).sync(full=True)
         account.refresh_from_db()
         assert "not an IMAP server" in account.last_error
-        shown = client_of(user).get(f"/api/accounts/{account.pk}/").json()["last_error"]
+        shown = token_client(user).get(f"/api/accounts/{account.pk}/").json()["last_error"]
         assert "not an IMAP server" in shown
         for secret in ("SSH", "internal-secret-42"):
             assert secret not in account.last_error
@@ -253,7 +246,7 @@ def test_plain_imap_only_to_allow_listed_hosts(api, nothing_allowed, staff, monk
     monkeypatch.undo()
 
     with TinyServer("127.0.0.1", greeting=b"* OK ready\r\n") as server:
-        as_staff = client_of(staff).post(
+        as_staff = token_client(staff).post(
             "/api/accounts/", body("127.0.0.1", server.port, "none"), format="json"
         )
         settle(server)
@@ -291,7 +284,7 @@ def test_staff_may_reach_internal_hosts_and_the_account_keeps_that_rule(
     the rule is stored on the account and its syncs apply it, while the same host typed by a
     non-staff user is refused at sync time without a connection."""
     with TinyServer("127.0.0.1", greeting=BANNER) as server:
-        response = client_of(staff).post(
+        response = token_client(staff).post(
             "/api/accounts/", body("127.0.0.1", server.port, "ssl"), format="json"
         )
         assert server.connections == 1
@@ -329,7 +322,7 @@ def test_staff_may_reach_internal_hosts_and_the_account_keeps_that_rule(
 def test_staff_are_held_to_the_allow_list_when_the_setting_is_off(nothing_allowed, staff):
     nothing_allowed.OUTBOUND_STAFF_ALLOW_INTERNAL = False
     with TinyServer("127.0.0.1", greeting=BANNER) as server:
-        response = client_of(staff).post(
+        response = token_client(staff).post(
             "/api/accounts/", body("127.0.0.1", server.port, "ssl"), format="json"
         )
         settle(server)

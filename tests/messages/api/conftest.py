@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 
 import pytest
 import redis
 from django.conf import settings
-from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from messages.ingest import messages_upsert
 from messages.models import Account, Folder, Message
-from tests.conftest import incoming
+from tests.conftest import incoming, new_token, token_client  # noqa: F401 (re-exported)
 from tests.mailfactory import make_mail
 
 # A 1x1 transparent GIF.
@@ -22,55 +20,6 @@ PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
-
-
-def new_token(user) -> str:
-    return AuthToken.objects.create(user)[1]
-
-
-def token_client(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {new_token(user)}")
-    return client
-
-
-# Rates for tests that are not about throttling: high enough never to refuse (each throttle
-# has its own test, tests/messages/api/test_throttling.py, with the production rates).
-GENEROUS_RATES = {
-    "anon": "100000/minute",
-    "user": "100000/minute",
-    "account_create": "100000/minute",
-    "test_connection": "100000/minute",
-    "sync": "100000/minute",
-}
-
-
-@pytest.fixture(autouse=True)
-def _throttle_state(settings, request):
-    """Each test counts in its own key space (parallel workers share one Redis), with the
-    generous rates unless it asks for `production_rates`."""
-    from axes.handlers.proxy import AxesProxyHandler
-
-    # django-axes keeps its handler, and the handler its cache: a new one per test.
-    AxesProxyHandler.implementation = None
-    request.addfinalizer(lambda: setattr(AxesProxyHandler, "implementation", None))
-    settings.CACHES = {
-        "default": {
-            **settings.CACHES["default"],
-            "KEY_PREFIX": f"test-throttle-{uuid.uuid4().hex}",
-        }
-    }
-    if "production_rates" not in request.fixturenames:
-        settings.REST_FRAMEWORK = {
-            **settings.REST_FRAMEWORK,
-            "DEFAULT_THROTTLE_RATES": GENEROUS_RATES,
-        }
-
-
-@pytest.fixture
-def production_rates(settings):
-    """The rates the environment gives (the defaults of emailplatform/settings.py)."""
-    return settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]
 
 
 @pytest.fixture
