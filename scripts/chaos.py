@@ -825,7 +825,14 @@ def scenario_worker_kill(run: Run, result: Result) -> float:
     kinds: list[str] = []
     last_kill = time.monotonic()
     for k in range(ARGS.kills):
-        time.sleep(RNG.uniform(1.0, ARGS.kill_gap))
+        # A random moment while the sync makes progress: once the store grows again after the
+        # last kill (at most --kill-gap x 3 seconds of waiting for it), then 0.2-2 s later.
+        seen = run.stored()
+        deadline = time.monotonic() + ARGS.kill_gap * 3
+        while time.monotonic() < deadline and run.stored() in (seen,) and seen < run.total:
+            run.platform.supervise()
+            time.sleep(0.2)
+        time.sleep(RNG.uniform(0.2, 2.0))
         run.platform.supervise()
         kind = targets[(start_with + k) % len(targets)]
         main = run.platform.worker_main()
