@@ -1092,7 +1092,12 @@ def git_describe() -> str:
     return f"{branch.stdout.strip()}@{done.stdout.strip()}"
 
 
+def interrupted(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the running scenario stops its platform
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, interrupted)
     names = [n.strip() for n in ARGS.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIO_RUNNERS]
     if unknown:
