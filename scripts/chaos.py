@@ -1052,7 +1052,11 @@ def run_scenario(name: str, logs: Path) -> Result:
             result.alive, result.alive_note = run.platform.alive()
     finally:
         run.close()
-    after = f"{result.converged_after:.0f}s" if result.converged_after is not None else "never"
+    after = (
+        f"{result.converged_after:.0f}s"
+        if result.converged_after is not None
+        else f"not within {result.target + ARGS.margin:.0f}s"
+    )
     log(
         f"  {name}: converged after {after}; {'MET' if result.met else 'MISSED'}; "
         f"{'; '.join(result.problems + result.notes)}"
@@ -1067,7 +1071,11 @@ def table(results: list[Result]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        after = f"{r.converged_after:.0f}" if r.converged_after is not None else "never"
+        after = (
+            f"{r.converged_after:.0f}"
+            if r.converged_after is not None
+            else f"not within {r.target + ARGS.margin:.0f}"
+        )
         mid = {True: "yes", False: "no", None: "-"}[r.mid_sync]
         alive = "yes" if r.alive else f"no ({r.alive_note})"
         notes = "; ".join(r.problems + r.notes).replace("|", "/")
