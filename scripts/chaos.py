@@ -669,6 +669,25 @@ class Result:
         )
 
 
+_ADD_ACCOUNT_HELP: list[str] = []
+
+
+def add_account_allows_internal(env: dict[str, str]) -> bool:
+    """Whether this platform's add_account has --allow-internal (an outbound guard refusing
+    loopback hosts unless the operator allows them)."""
+    if not _ADD_ACCOUNT_HELP:
+        done = subprocess.run(
+            [PY, "manage.py", "add_account", "--help"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        _ADD_ACCOUNT_HELP.append(done.stdout)
+    return "--allow-internal" in _ADD_ACCOUNT_HELP[0]
+
+
 class Run:
     """One scenario's world: mailbox, platform, account."""
 
@@ -719,6 +738,8 @@ class Run:
         if not sync:
             cmd.append("--no-sync")
         env = {**self.platform.env(), "CHAOS_IMAP_PASSWORD": self.user.password}
+        if add_account_allows_internal(env):
+            cmd.append("--allow-internal")  # our Dovecot is on loopback, as an operator knows
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"add_account failed: {done.stderr.strip()[-2000:]}")
@@ -1121,7 +1142,7 @@ def main() -> int:
     )
     log(
         "production settings: "
-        + ", ".join(f"{n}={getattr(settings, n)}" for n in PRODUCTION_SETTINGS)
+        + ", ".join(f"{n}={getattr(settings, n, '(none)')}" for n in PRODUCTION_SETTINGS)
         + f", DEBUG={settings.DEBUG}; beat poll + periodic full sync disabled, left on: "
         + (", ".join(left_on) or "none")
     )
@@ -1130,8 +1151,8 @@ def main() -> int:
     print(
         f"Chaos suite, {git_describe()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{ARGS.messages} messages in {len(FOLDERS)} folders, production timeouts "
-        f"(visibility {settings.CELERY_VISIBILITY_TIMEOUT}s, lock TTL "
-        f"{settings.SYNC_LOCK_TTL_SECONDS}s), no poll, no manual trigger:"
+        f"(visibility {getattr(settings, 'CELERY_VISIBILITY_TIMEOUT', '-')}s, lock TTL "
+        f"{getattr(settings, 'SYNC_LOCK_TTL_SECONDS', '-')}s), no poll, no manual trigger:"
     )
     print()
     print(table(results))
