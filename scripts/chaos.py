@@ -949,13 +949,35 @@ def scenario_password_change(run: Run, result: Result) -> float:
     run.add_account()
     run.wait_stored(0.1)
     result.mid_sync = run.stored() < run.total
+    refused_before = logins_refused(run.user.username)
+    changed = time.monotonic()
     run.user.set_password(uuid.uuid4().hex)
     devservices("kick", run.user.username)  # as a server does when a password changes
     log(f"  password changed on the server, sessions cut ({run.stored()}/{run.total} stored)")
+    # Restored after --auth-down seconds, and not before the platform has tried the wrong
+    # password at least once (else the fault went unseen), at most 3 minutes.
     time.sleep(ARGS.auth_down)
+    while logins_refused(run.user.username) == refused_before and time.monotonic() < changed + 180:
+        time.sleep(0.5)
+    refused = logins_refused(run.user.username) - refused_before
     run.user.set_password(run.user.password)
-    log(f"  password restored after {ARGS.auth_down:.0f}s")
+    log(
+        f"  password restored after {time.monotonic() - changed:.0f}s, "
+        f"{refused} logins refused meanwhile"
+    )
+    result.notes.append(f"{refused} logins refused while changed")
     return time.monotonic()
+
+
+def logins_refused(username: str) -> int:
+    """Logins Dovecot refused for USERNAME so far (its log)."""
+    try:
+        text = (SERVICES_DIR / "dovecot" / "dovecot.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    return sum(
+        1 for line in text.splitlines() if "auth failed" in line and f"user=<{username}>" in line
+    )
 
 
 def scenario_concurrent_triggers(run: Run, result: Result) -> float:
@@ -1041,7 +1063,7 @@ SCENARIO_RUNNERS: dict[str, tuple[str, Callable[[Run, Result], float]]] = {
     ),
     "imap-cut": ("IMAP sessions cut (doveadm kick) {cuts}x", scenario_imap_cut),
     "password-change": (
-        "password changed on the server, restored after {auth_down:.0f}s",
+        "password changed on the server, restored once a login was refused (>= {auth_down:.0f}s)",
         scenario_password_change,
     ),
     "concurrent-triggers": (
