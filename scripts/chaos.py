@@ -795,32 +795,35 @@ class Run:
             time.sleep(1.0)
 
     def finish(self, result: Result) -> None:
-        """After convergence: runs left running, orphan files, processes."""
-        if result.converged_after is not None:
+        """After convergence: runs left running, orphan files, processes. (Without convergence
+        they are notes: the work may still be under way.)"""
+        converged = result.converged_after is not None
+        if converged:
             time.sleep(5)
-            running = db_retry(
-                lambda: SyncRun.objects.filter(
-                    account_id=self.account_id, status=SyncRun.Status.RUNNING
-                ).count()
-            )
-            if running:
-                result.problems.append(f"{running} sync runs left 'running'")
-            orphans = db_retry(orphan_files) or []
-            grace = getattr(settings, "STORAGE_SWEEP_GRACE_SECONDS", None)
-            if orphans and grace is None:
-                result.problems.append(f"{len(orphans)} orphan files in MEDIA_ROOT (no sweeper)")
-            elif orphans:
-                # A sweeper removes files no row names once older than its grace: those younger
-                # are its to remove later, not a leak; older ones it should have taken.
-                now = time.time()
-                ages = [now - (MEDIA_ROOT / name).stat().st_mtime for name in orphans]
-                old = sum(age > grace for age in ages)
-                if old:
-                    result.problems.append(f"{old} orphan files older than the sweeper's grace")
-                if len(orphans) - old:
-                    result.notes.append(
-                        f"{len(orphans) - old} orphan files left to the sweeper (grace {grace}s)"
-                    )
+        problems = result.problems if converged else result.notes
+        running = db_retry(
+            lambda: SyncRun.objects.filter(
+                account_id=self.account_id, status=SyncRun.Status.RUNNING
+            ).count()
+        )
+        if running:
+            problems.append(f"{running} sync runs left 'running'")
+        orphans = db_retry(orphan_files) or []
+        grace = getattr(settings, "STORAGE_SWEEP_GRACE_SECONDS", None)
+        if orphans and grace is None:
+            problems.append(f"{len(orphans)} orphan files in MEDIA_ROOT (no sweeper)")
+        elif orphans:
+            # A sweeper removes files no row names once older than its grace: those younger
+            # are its to remove later, not a leak; older ones it should have taken.
+            now = time.time()
+            ages = [now - (MEDIA_ROOT / name).stat().st_mtime for name in orphans]
+            old = sum(age > grace for age in ages)
+            if old:
+                problems.append(f"{old} orphan files older than the sweeper's grace")
+            if len(orphans) - old:
+                result.notes.append(
+                    f"{len(orphans) - old} orphan files left to the sweeper (grace {grace}s)"
+                )
         runs = db_retry(
             lambda: dict(
                 SyncRun.objects.filter(account_id=self.account_id)
@@ -1182,7 +1185,8 @@ def main() -> int:
     met = sum(r.met for r in results)
     print(f"{met}/{len(results)} scenarios met the target. Platform logs: {logs}")
     if ARGS.json:
-        ARGS.json.write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
+        rows = [{**r.__dict__, "met": r.met} for r in results]
+        ARGS.json.write_text(json.dumps(rows, indent=2, default=str))
     return 0 if met == len(results) else 1
 
 
