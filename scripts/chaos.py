@@ -572,15 +572,15 @@ class Platform:
         }
 
     def roles(self) -> dict[str, list[int]]:
-        """Role -> pids of the live processes doing it (worker: main processes only)."""
+        """Role -> pids of the live processes doing it, run_platform.py's children (worker: its
+        main processes only, not the pool's)."""
         procs = self.processes()
         found: dict[str, list[int]] = {role: [] for role in ROLES}
         for pid, (ppid, cmd) in procs.items():
             for role, marks in ROLES.items():
                 if any(mark in cmd.split() or f" {mark}" in cmd for mark in marks):
-                    parent = procs.get(ppid)
-                    if role == "worker" and parent and "worker" in parent[1]:
-                        break  # a pool child
+                    if role == "worker" and ppid not in self.sessions:
+                        break  # a pool child, or one orphaned by its killed main process
                     found[role].append(pid)
                     break
         return found
