@@ -25,6 +25,12 @@ format: bootstrap-test
 test: lint
 	$(SERVICES) exec --temp -- .venv/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
+# The chaos suite (not part of `make test`): the platform's real processes with production
+# timeouts under faults; a table of times to converge. Options: CHAOS_ARGS="--messages 6000".
+.PHONY: chaos
+chaos: bootstrap
+	$(SERVICES) exec --temp --durable -- $(PY) scripts/chaos.py $(CHAOS_ARGS)
+
 bench-ingest: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)
 

@@ -5,6 +5,12 @@
                                                  stop the services when CMD ends
     devservices.py exec --temp -- CMD...         same in a temporary directory, removed after
     devservices.py up --dir DIR / down --dir DIR
+    devservices.py exec --temp --durable -- CMD  persistence as in production even in a temp dir
+                                                 (PostgreSQL fsync on, Redis append-only file)
+    devservices.py restart redis|postgres|dovecot --dir DIR [--down SECONDS]
+                                                 stop a running service, wait, start it again on
+                                                 the same port with the same data (fault drills)
+    devservices.py kick USER --dir DIR           cut every IMAP session of a Dovecot user
 
 A service is started only when its variable (DATABASE_URL, REDIS_URL, IMAP_TEST_URL) is not
 already set. State lives in DIR: data, logs, ports and generated passwords (DIR/services.env),
@@ -228,6 +234,14 @@ class Services:
     def save(self) -> None:
         write_env(self.state_file, self.state)
 
+    @classmethod
+    def existing(cls, base: Path) -> Services:
+        """The services an earlier `up`/`exec` started in BASE, with the persistence it chose."""
+        state = read_env(base / "services.env")
+        if not state:
+            raise SystemExit(f"no services were started in {base} (no services.env)")
+        return cls(base, fast=state.get("FAST", "0") == "1")
+
     def remember(self, key: str, make) -> str:
         if key not in self.state:
             self.state[key] = make()
@@ -425,6 +439,8 @@ class Services:
 
     def up(self) -> dict[str, str]:
         self.base.mkdir(parents=True, exist_ok=True)
+        self.state["FAST"] = "1" if self.fast else "0"  # `restart` starts them alike
+        self.save()
         env: dict[str, str] = {}
         for key, value in self.app_env().items():
             if not os.environ.get(key):
@@ -449,23 +465,72 @@ class Services:
         self.stop_redis()
         self.stop_postgres()
 
+    # Fault drills (scripts/chaos.py) ----------------------------------------------------
+    def restart(self, service: str, down_seconds: float = 0.0) -> None:
+        """Stop SERVICE as an operator would (PostgreSQL: `pg_ctl stop -m fast`; Redis and
+        Dovecot: SIGTERM), keep it down DOWN_SECONDS, start it again on the same port with the
+        same data, passwords and options."""
+        if service == "postgres":
+            self.stop_postgres()
+            time.sleep(down_seconds)
+            self.postgres()
+        elif service == "redis":
+            self.stop_redis()
+            time.sleep(down_seconds)
+            self.redis()
+        elif service == "dovecot":
+            self.stop_dovecot()
+            time.sleep(down_seconds)
+            self.dovecot()
+        else:
+            raise SystemExit(f"unknown service {service!r}: postgres, redis or dovecot")
+
+    def kick(self, username: str) -> str:
+        """Cut every IMAP session of USERNAME (doveadm kick, the private instance's config)."""
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        conf = self.base / "dovecot" / "dovecot.conf"
+        done = subprocess.run(
+            [doveadm, "-c", str(conf), "kick", username],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return (done.stdout + done.stderr).strip()
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("action", choices=["up", "down", "exec"])
+    parser.add_argument("action", choices=["up", "down", "exec", "restart", "kick"])
+    parser.add_argument("target", nargs="?", help="restart: postgres|redis|dovecot; kick: USER")
     parser.add_argument("--dir", type=Path, default=Path(".local"))
     parser.add_argument("--temp", action="store_true", help="use a temporary dir, removed after")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="with --temp: keep production persistence (fsync, Redis AOF) rather than speed",
+    )
+    parser.add_argument("--down", type=float, default=0.0, help="restart: seconds kept down")
     argv = sys.argv[1:]
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     cmd = argv[split + 1 :]
 
+    if args.action in ("restart", "kick"):
+        if not args.target:
+            parser.error(f"{args.action} needs a service (restart) or a user (kick)")
+        existing = Services.existing(args.dir)
+        if args.action == "restart":
+            existing.restart(args.target, args.down)
+        else:
+            print(existing.kick(args.target))
+        return 0
+
     base = Path(tempfile.mkdtemp(prefix="emailplatform-")) if args.temp else args.dir
     if args.temp:
         os.chmod(base, 0o755)  # noqa: S103  (the service user must reach its data dir)
-    services = Services(base, fast=args.temp)
+    services = Services(base, fast=args.temp and not args.durable)
     if args.action == "down":
         services.down()
         return 0
