@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime
 
 import pytest
 import schemathesis
@@ -124,6 +125,16 @@ schema = load_stateful_schema()
 LONG_DASH_RUNS = st.integers(33, 400).map(lambda n: "-" * n)
 
 
+# Dates whose UTC offset PostgreSQL cannot store (beyond +-15:59).
+FAR_DATES = st.builds(
+    lambda day, sign, h, m: f"{day.isoformat()}{sign}{h:02d}:{m:02d}",
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from("+-"),
+    st.integers(16, 23),
+    st.integers(0, 59),
+)
+
+
 # A workflow lists a few times only: the hostile strings go into most of its list queries.
 @schema.hook
 def flatmap_query(context, query):
@@ -135,7 +146,10 @@ def flatmap_query(context, query):
         return st.just(query)
     hostile = HOSTILE_QUERY.map(lambda extra: {**(query or {}), **extra})
     dashes = LONG_DASH_RUNS.map(lambda q: {**(query or {}), "q": q})
-    return st.one_of(hostile, hostile, dashes, st.just(query))
+    far = st.tuples(st.sampled_from(["after", "before"]), FAR_DATES).map(
+        lambda item: {**(query or {}), item[0]: item[1]}
+    )
+    return st.one_of(hostile, dashes, far, st.just(query))
 
 
 # The login is a root of the workflows: half the time with the fixture user's credentials,
@@ -253,7 +267,7 @@ def test_workflows_conform_to_the_schema(fuzz_token):  # noqa: F811 (the importe
     assert KNOWN_IDS["messages"]
     Workflow.run(
         settings=settings(
-            max_examples=30,
+            max_examples=45,
             stateful_step_count=6,
             deadline=None,
             suppress_health_check=list(HealthCheck),
