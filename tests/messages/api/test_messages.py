@@ -310,6 +310,13 @@ def test_folders_with_counts(api, mailbox):
     assert [f["name"] for f in only_inbox] == ["INBOX"]
 
 
+def test_an_empty_or_unknown_role_is_a_400(api, mailbox):
+    for value in ("", "nonsense"):
+        answer = api.get(f"/api/folders/?role={value}")
+        assert answer.status_code == 400, value
+        assert "role" in answer.json()["error"]["fields"]
+
+
 def test_folder_counts_take_one_query(api, mailbox, django_assert_max_num_queries):
     for i in range(5):
         Folder.objects.create(account=mailbox.account, name=f"F{i}", display_name=f"F{i}")
