@@ -124,6 +124,17 @@ def server_settings_check(
         raise ServerSettingRefused(f"{prefix}_host", str(exc)) from exc
 
 
+def smtp_settings_check(data: ImapAccountInput) -> None:
+    """The account's SMTP server against the guard, with the account's rule."""
+    server_settings_check(
+        "smtp",
+        data.smtp_host,
+        data.smtp_port,
+        data.smtp_security,
+        allow_internal=data.allow_internal,
+    )
+
+
 def imap_account_create(
     *,
     owner: AbstractBaseUser,
@@ -144,13 +155,7 @@ def imap_account_create(
             capabilities = imap_connection_test(data.server())
         except ImapRefusedError as exc:
             raise _refused_field(exc) from exc
-        server_settings_check(
-            "smtp",
-            data.smtp_host,
-            data.smtp_port,
-            data.smtp_security,
-            allow_internal=data.allow_internal,
-        )
+        smtp_settings_check(data)
     with transaction.atomic():
         account = Account(
             owner=owner,

@@ -20,6 +20,7 @@ from .accounts import (
     imap_connection_test,
     may_reach_internal,
     server_settings_check,
+    smtp_settings_check,
 )
 from .imap import ImapError, ImapRefusedError
 from .models import ImapSettings, Security
@@ -86,13 +87,7 @@ class NewImapAccountForm(HostsForm):
         )
         data = self.account_input
         try:
-            server_settings_check(
-                "smtp",
-                data.smtp_host,
-                data.smtp_port,
-                data.smtp_security,
-                allow_internal=data.allow_internal,
-            )
+            smtp_settings_check(data)
             imap_connection_test(data.server())
         except ServerSettingRefused as exc:
             self.add_error(exc.field, str(exc))
