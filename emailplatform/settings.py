@@ -157,6 +157,20 @@ SYNC_WATCHDOG_SECONDS = env.int("SYNC_WATCHDOG_SECONDS", default=15)
 AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60)
 AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 60)
 
+# The message pipeline (messages.batches, messages.batch_store). Producers (IMAP sync, import_mail)
+# publish new mail on `email_new_message` in batches of at most INGEST_BATCH_BYTES, and wait
+# while an account has INGEST_MAX_BATCHES_IN_FLIGHT of them not yet stored (backpressure: Redis
+# holds at most about 1.4 x bytes x in-flight per syncing account). A consumer holds a batch
+# under a lease that a heartbeat renews every third of INGEST_LEASE_SECONDS; a batch whose
+# consumer died (lease gone) is fetched and published again by its producer, and so is one
+# nobody took within INGEST_QUEUE_TIMEOUT_SECONDS (a broker that lost its queue).
+# INGEST_DELIVERY "inline" stores each batch in the producer's own process (scripts, tests).
+INGEST_DELIVERY = env.str("INGEST_DELIVERY", default="queue")
+INGEST_BATCH_BYTES = env.int("INGEST_BATCH_BYTES", default=4 * 1024 * 1024)
+INGEST_MAX_BATCHES_IN_FLIGHT = env.int("INGEST_MAX_BATCHES_IN_FLIGHT", default=4)
+INGEST_LEASE_SECONDS = env.int("INGEST_LEASE_SECONDS", default=30)
+INGEST_QUEUE_TIMEOUT_SECONDS = env.int("INGEST_QUEUE_TIMEOUT_SECONDS", default=600)
+
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).
 FULL_SYNC_INTERVAL_MINUTES = env.int("FULL_SYNC_INTERVAL_MINUTES", default=360)

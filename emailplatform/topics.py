@@ -28,6 +28,11 @@ QUEUE_NEW_MESSAGE = "email_new_message"
 QUEUE_SMTP = "smtp"
 QUEUE_GMAIL = "gmail"
 ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_FULL_SYNC, QUEUE_NEW_MESSAGE, QUEUE_SMTP, QUEUE_GMAIL)
+# The two kinds of worker process (`make run`, docker-compose.yml): sync workers talk to
+# providers and mostly wait (on their servers, and on the message workers: backpressure);
+# message workers parse and store, and are CPU-bound.
+SYNC_WORKER_QUEUES = (QUEUE_FULL_SYNC, QUEUE_SMTP, QUEUE_GMAIL, QUEUE_DEFAULT)
+MESSAGE_WORKER_QUEUES = (QUEUE_NEW_MESSAGE,)
 
 TASK_INGEST_NEW_MESSAGES = "messages.ingest_new_messages"
 TASK_SCHEDULE_FULL_SYNCS = "messages.schedule_full_syncs"
@@ -82,6 +87,7 @@ NEW_MESSAGE_SCHEMA: dict[str, Any] = {
         "accountId": {"type": "integer", "minimum": 1},
         "provider": {"type": "string", "minLength": 1},
         "syncRunId": {"type": ["integer", "null"]},
+        "batchId": {"type": "integer", "minimum": 1},
         "messages": {
             "type": "array",
             "items": {
@@ -133,6 +139,7 @@ class NewMessageBatch:
     provider: str
     messages: list[IncomingMessage]
     sync_run_id: int | None = None
+    batch_id: int | None = None  # its messages.IngestBatch row: written once, if still wanted
 
 
 def _validator():
@@ -183,6 +190,7 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
         provider=payload["provider"],
         messages=messages,
         sync_run_id=payload.get("syncRunId"),
+        batch_id=payload.get("batchId"),
     )
 
 
@@ -199,12 +207,18 @@ def _read_staged(ref: str, index: int) -> tuple[bytes, str | None]:
             return handle.read(), None
 
 
-def stage_raw(raw: bytes) -> str:
-    """Put a big message in blob storage and return the reference to carry on the queue."""
+def stage_raw(raw: bytes | None = None, *, path: str | None = None) -> str:
+    """Put a big message (its bytes, or the file at PATH, streamed) in blob storage and return
+    the reference to carry on the queue."""
+    from django.core.files import File
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
-    return default_storage.save(f"staged/{uuid.uuid4()}.eml", ContentFile(raw))
+    name = f"staged/{uuid.uuid4()}.eml"
+    if path is None:
+        return default_storage.save(name, ContentFile(raw or b""))
+    with open(path, "rb") as handle:
+        return default_storage.save(name, File(handle))
 
 
 def delete_staged(refs: Iterable[str]) -> None:
@@ -217,6 +231,7 @@ def delete_staged(refs: Iterable[str]) -> None:
 def new_message_item(
     raw: bytes,
     *,
+    raw_file: str | None = None,
     provider_id: str | None = None,
     thread_id: str | None = None,
     folder: str | None = None,
@@ -226,11 +241,14 @@ def new_message_item(
     internal_date: str | None = None,
     include_attachments: bool = True,
 ) -> dict[str, Any]:
-    """Build one message entry of an EmailNewMessage payload."""
+    """Build one message entry of an EmailNewMessage payload (RAW_FILE: the raw bytes are in
+    this local file instead, always staged)."""
     from django.conf import settings
 
     item: dict[str, Any] = {}
-    if len(raw) > settings.INLINE_RAW_LIMIT_BYTES:
+    if raw_file is not None:
+        item["rawRef"] = stage_raw(path=raw_file)
+    elif len(raw) > settings.INLINE_RAW_LIMIT_BYTES:
         item["rawRef"] = stage_raw(raw)
     else:
         item["raw"] = base64.b64encode(raw).decode("ascii")
@@ -250,7 +268,11 @@ def new_message_item(
 
 
 def new_message_payload(
-    account_id: int, provider: str, items: list[dict[str, Any]], sync_run_id: int | None = None
+    account_id: int,
+    provider: str,
+    items: list[dict[str, Any]],
+    sync_run_id: int | None = None,
+    batch_id: int | None = None,
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "schema": PAYLOAD_SCHEMA_VERSION,
@@ -260,6 +282,8 @@ def new_message_payload(
     }
     if sync_run_id is not None:
         payload["syncRunId"] = sync_run_id
+    if batch_id is not None:
+        payload["batchId"] = batch_id
     return payload
 
 
@@ -267,11 +291,12 @@ def publish_new_messages(payload: dict[str, Any]) -> None:
     """Publish an EmailNewMessage batch (after the current transaction commits, if any)."""
     from django.db import transaction
 
-    from .celery import app
+    transaction.on_commit(lambda: send_new_messages(payload))
 
-    transaction.on_commit(
-        lambda: app.send_task(TASK_INGEST_NEW_MESSAGES, args=[payload], queue=QUEUE_NEW_MESSAGE)
-    )
+
+def send_new_messages(payload: dict[str, Any]) -> None:
+    """Put an EmailNewMessage batch on its queue now."""
+    _send(TASK_INGEST_NEW_MESSAGES, [payload], QUEUE_NEW_MESSAGE)
 
 
 def publish_full_sync(

@@ -180,15 +180,24 @@ def messages_upsert(
         return messages_write(account=account, batch=batch, isolate=isolate)
 
 
-def messages_write(*, account: Account, batch: PreparedBatch, isolate: bool = True) -> IngestResult:
+def messages_write(
+    *,
+    account: Account,
+    batch: PreparedBatch,
+    isolate: bool = True,
+    flags_as_of: datetime | None = None,
+) -> IngestResult:
     """The database half of `messages_upsert`, for a batch prepared beforehand.
 
     With ISOLATE, a message that cannot be written does not fail the batch (see the module's
     docstring) and the account's last_error says what happened to it; INFRA_ERRORS still
-    propagate. Without, the batch is one transaction that succeeds or raises."""
+    propagate. Without, the batch is one transaction that succeeds or raises.
+    FLAGS_AS_OF: when the batch's flags were read from the provider; a stored message whose
+    flags were read or changed later (Message.flags_at) keeps them. None: now."""
+    as_of = flags_as_of or timezone.now()
     if not isolate:
-        return _write(account, batch.prepared, batch)
-    result = _write_isolating(account, batch.prepared, batch)
+        return _write(account, batch.prepared, batch, as_of=as_of)
+    result = _write_isolating(account, batch.prepared, batch, as_of)
     if result.problems or result.dead_letters:
         account_note_message_problems(account, result.problems_text())
     return result
@@ -203,15 +212,15 @@ def account_note_message_problems(account: Account, text: str) -> None:
 
 
 def _write_isolating(
-    account: Account, prepared: list[_Prepared], batch: PreparedBatch
+    account: Account, prepared: list[_Prepared], batch: PreparedBatch, as_of: datetime
 ) -> IngestResult:
     try:
-        return _write(account, prepared, batch)
+        return _write(account, prepared, batch, as_of=as_of)
     except INFRA_ERRORS:
         raise
     except Exception as exc:
         if len(prepared) == 1:
-            return _write_damaged(account, prepared[0], batch, exc)
+            return _write_damaged(account, prepared[0], batch, exc, as_of)
         logger.warning(
             "account %s: a batch of %d failed (%s: %s); splitting it",
             account.pk,
@@ -220,13 +229,13 @@ def _write_isolating(
             exc,
         )
     middle = len(prepared) // 2
-    result = _write_isolating(account, prepared[:middle], batch)
-    result.add(_write_isolating(account, prepared[middle:], batch))
+    result = _write_isolating(account, prepared[:middle], batch, as_of)
+    result.add(_write_isolating(account, prepared[middle:], batch, as_of))
     return result
 
 
 def _write_damaged(
-    account: Account, p: _Prepared, batch: PreparedBatch, exc: Exception
+    account: Account, p: _Prepared, batch: PreparedBatch, exc: Exception, as_of: datetime
 ) -> IngestResult:
     """The message alone failed: store it without threading or attachment rows, else
     dead-letter it."""
@@ -238,7 +247,7 @@ def _write_damaged(
     p.parsed.defects.append(defect)
     problem, p.problem = p.problem, reason
     try:
-        return _write(account, [p], batch, minimal=True)
+        return _write(account, [p], batch, as_of=as_of, minimal=True)
     except INFRA_ERRORS:
         raise
     except Exception as minimal_exc:
@@ -274,7 +283,12 @@ def _dead_letter(account: Account, p: _Prepared, reason: str) -> IngestResult:
 
 
 def _write(
-    account: Account, prepared: list[_Prepared], batch: PreparedBatch, *, minimal: bool = False
+    account: Account,
+    prepared: list[_Prepared],
+    batch: PreparedBatch,
+    *,
+    as_of: datetime,
+    minimal: bool = False,
 ) -> IngestResult:
     stored_files, work_dir = batch.stored_files, batch.work_dir
     result = IngestResult()
@@ -291,7 +305,7 @@ def _write(
                 m.provider_id: m
                 for m in Message.objects.filter(
                     account=account, provider_id__in={p.provider_id for p in prepared}
-                ).only("id", "provider_id", "sort_date", *FLAG_FIELDS.values())
+                ).only("id", "provider_id", "sort_date", "flags_at", *FLAG_FIELDS.values())
             }
             new_by_id: dict[str, _Prepared] = {}
             for p in prepared:
@@ -299,14 +313,19 @@ def _write(
                     new_by_id[p.provider_id] = p
             raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir, written)
             created, threads = _create_messages(
-                account, list(new_by_id.values()), stored_files, raw_files, minimal=minimal
+                account,
+                list(new_by_id.values()),
+                stored_files,
+                raw_files,
+                as_of=as_of,
+                minimal=minimal,
             )
             result.created = len(created)
             _analyze_when_grown(len(created))
             result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
             result.problems = [p.problem for p in new_by_id.values() if p.problem]
 
-            changed_ids = _update_flags(existing, prepared)
+            changed_ids = _update_flags(existing, prepared, as_of)
             all_messages = {**existing, **created}
             changed_ids |= _upsert_locations(all_messages, prepared, folders)
             result.updated = len(changed_ids - {m.id for m in created.values()})
@@ -496,12 +515,13 @@ def _create_messages(
     stored_files: dict[str, str],
     raw_files: dict[str, tuple[str, int, int | None]],
     *,
+    as_of: datetime,
     minimal: bool = False,
 ) -> tuple[dict[str, Message], ThreadAssignment | None]:
     if not new:
         return {}, None
     if minimal:
-        return _create_minimal(account, new, raw_files)
+        return _create_minimal(account, new, raw_files, as_of)
     threads = assign_threads(
         account,
         [
@@ -514,7 +534,7 @@ def _create_messages(
         ],
     )
     rows = [
-        _message_row(account, p, thread_id)
+        _message_row(account, p, thread_id, as_of)
         for p, thread_id in zip(new, threads.thread_ids, strict=True)
     ]
     Message.objects.bulk_create(rows, batch_size=1000)
@@ -535,7 +555,10 @@ def _create_messages(
 
 
 def _create_minimal(
-    account: Account, new: list[_Prepared], raw_files: dict[str, tuple[str, int, int | None]]
+    account: Account,
+    new: list[_Prepared],
+    raw_files: dict[str, tuple[str, int, int | None]],
+    as_of: datetime,
 ) -> tuple[dict[str, Message], ThreadAssignment]:
     """Messages alone in new threads, without attachment rows: what is left when the full
     write of a message failed."""
@@ -551,7 +574,7 @@ def _create_minimal(
             for p in new
         ]
     )
-    rows = [_message_row(account, p, t.id) for p, t in zip(new, threads, strict=True)]
+    rows = [_message_row(account, p, t.id, as_of) for p, t in zip(new, threads, strict=True)]
     for row in rows:
         row.has_attachments = False
     Message.objects.bulk_create(rows)
@@ -583,7 +606,7 @@ def _referenced_ids(parsed: ParsedMessage) -> list[str]:
     return [ref for ref in refs if ref != parsed.message_id]
 
 
-def _message_row(account: Account, p: _Prepared, thread_id: int) -> Message:
+def _message_row(account: Account, p: _Prepared, thread_id: int, as_of: datetime) -> Message:
     parsed = p.parsed
     flags = flag_values(p.item.flags or [])
     return Message(
@@ -609,6 +632,7 @@ def _message_row(account: Account, p: _Prepared, thread_id: int) -> Message:
         size=parsed.size,
         has_attachments=any(not a.is_inline for a in parsed.attachments),
         defects=parsed.defects,
+        flags_at=as_of,
         **flags,
     )
 
@@ -629,19 +653,25 @@ def _attachment_row(
     )
 
 
-def _update_flags(existing: dict[str, Message], prepared: list[_Prepared]) -> set[int]:
-    """Apply the provider's current flags to messages already stored; return changed ids."""
+def _update_flags(
+    existing: dict[str, Message], prepared: list[_Prepared], as_of: datetime
+) -> set[int]:
+    """Apply the provider's flags, read at AS_OF, to messages already stored, unless theirs
+    were read or changed later; return changed ids."""
     changed: dict[int, Message] = {}
     for p in prepared:
         message = existing.get(p.provider_id)
         if message is None or p.item.flags is None:
             continue
+        if message.flags_at is not None and message.flags_at >= as_of:
+            continue
+        message.flags_at = as_of
         for fname, value in flag_values(p.item.flags).items():
             if getattr(message, fname) != value:
                 setattr(message, fname, value)
                 changed[message.id] = message
     if changed:
-        Message.objects.bulk_update(list(changed.values()), list(FLAG_FIELDS.values()))
+        Message.objects.bulk_update(list(changed.values()), [*FLAG_FIELDS.values(), "flags_at"])
     return set(changed)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count
+from django.utils import timezone
 
 from .events import events_record, messages_updated
 from .files import files_delete_unused_on_commit, message_files
 from .ingest import FLAG_FIELDS, flag_values
-from .models import Account, Folder, Message, MessageLocation, Thread
+from .models import Account, Folder, IngestBatch, Message, MessageLocation, Thread
 from .threader import refresh_thread_summaries
 
 
@@ -70,6 +71,7 @@ def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
     """UIDVALIDITY changed: every UID we knew is void. Messages stay (a re-fetch finds them by
     content), their locations in this folder go."""
     with transaction.atomic():
+        IngestBatch.objects.filter(folder=folder, stored_at__isnull=True).delete()
         locations = MessageLocation.objects.filter(folder=folder)
         touched = _messages_in(locations)
         removed, _ = locations.delete()
@@ -83,8 +85,25 @@ def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
 
 
 def locations_remove(folder: Folder, uids: Iterable[int]) -> int:
+    """The server no longer has these UIDs in FOLDER: their locations go, and so do they from
+    every batch still on its way to the store (a late batch must not bring them back).
+
+    The batches first: a consumer writing one holds its row until it commits, so once the
+    UPDATE has passed, that batch's locations are visible to the DELETE that follows."""
+    uids = sorted(set(uids))
+    if not uids:
+        return 0
     with transaction.atomic():
-        locations = MessageLocation.objects.filter(folder=folder, uid__in=list(uids))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE mailstore_ingestbatch
+                   SET uids = ARRAY(SELECT u FROM unnest(uids) AS u WHERE NOT (u = ANY(%s)))
+                 WHERE folder_id = %s AND stored_at IS NULL AND uids && %s::bigint[]
+                """,
+                [uids, folder.pk, uids],
+            )
+        locations = MessageLocation.objects.filter(folder=folder, uid__in=uids)
         touched = _messages_in(locations)
         removed, _ = locations.delete()
         messages_updated(folder.account, touched)
@@ -99,15 +118,19 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
     message_ids = dict(locations.values_list("message_id", "uid"))
     messages = Message.objects.filter(id__in=message_ids).only("id", *FLAG_FIELDS.values())
     changed = []
+    now = timezone.now()
     for message in messages:
         values = flag_values(flags_by_uid[message_ids[message.id]])
         if any(getattr(message, name) != value for name, value in values.items()):
             for name, value in values.items():
                 setattr(message, name, value)
+            message.flags_at = now
             changed.append(message)
     if changed:
         with transaction.atomic():
-            Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
+            Message.objects.bulk_update(
+                changed, [*FLAG_FIELDS.values(), "flags_at"], batch_size=1000
+            )
             messages_updated(folder.account, [m.id for m in changed])
     return len(changed)
 

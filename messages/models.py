@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zstandard
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
@@ -203,6 +204,12 @@ class Message(models.Model):
     is_flagged = models.BooleanField(default=False)
     is_answered = models.BooleanField(default=False)
     is_draft = models.BooleanField(default=False)
+    flags_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the flags above were last read from the provider or changed by a client: "
+        "a batch fetched before this does not overwrite them.",
+    )
     has_attachments = models.BooleanField(default=False)
     defects = models.JSONField(default=list, blank=True, help_text="Parse problems found.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -399,6 +406,46 @@ class SyncRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} sync of {self.account_id} ({self.status})"
+
+
+class IngestBatch(models.Model):
+    """A batch of new mail on its way through `email_new_message`, from publish until stored.
+
+    The row is the batch's right to be written: the consumer stores only a batch whose row
+    exists and is not yet stored, only the UIDs the row still lists, and marks it stored in the
+    same transaction (see messages.batch_store for the rules). Its producer deletes it once it
+    has read the outcome; rows left by a producer that died are voided by the account's next
+    sync pass, and pruned by the storage sweep."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    sync_run = models.ForeignKey(
+        SyncRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    folder = models.ForeignKey(
+        Folder, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    publisher = models.CharField(max_length=64, help_text="Who waits for it (a notify key).")
+    fetched_at = models.DateTimeField(help_text="When the producer read it from the provider.")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    stored_at = models.DateTimeField(null=True, blank=True)
+    dead_letters = models.PositiveIntegerField(default=0)
+    dead_letter_uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    problems = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["account", "folder"],
+                condition=Q(stored_at__isnull=True),
+                name="ingestbatch_in_flight",
+            ),
+            models.Index(fields=["fetched_at"], name="ingestbatch_age"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} of account {self.account_id} ({len(self.uids)} UIDs)"
 
 
 class DeadLetter(models.Model):

@@ -336,8 +336,9 @@ def _message_change_in_store(
                 setattr(message, name, value)
                 changed.append(name)
         if changed:
+            now = timezone.now()
             Message.objects.filter(pk=message.pk).update(
-                **{name: getattr(current, name) for name in changed}, updated_at=timezone.now()
+                **{name: getattr(current, name) for name in changed}, updated_at=now, flags_at=now
             )
         destination = None
         if trash:

@@ -6,13 +6,12 @@ import logging
 from typing import Any
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError
 
 from emailplatform import topics
 
-from .ingest import messages_upsert
-from .models import Account
-from .services import account_delete, dead_letter_record, full_syncs_schedule, sync_run_add
+from .batch_store import batch_store
+from .services import account_delete, full_syncs_schedule
 from .storage_sweep import storage_sweep_task  # noqa: F401  (registers beat's sweeper task)
 
 logger = logging.getLogger(__name__)
@@ -29,45 +28,9 @@ DELETE_CHUNK_SECONDS = 240
     max_retries=10,
 )
 def ingest_new_messages(payload: Any) -> dict[str, Any]:
-    """EmailNewMessage consumer; a payload that breaks the contract is dead-lettered, and so
-    is a message that cannot be stored even as damaged (the rest of the batch is stored)."""
-    try:
-        batch = topics.parse_new_message_payload(payload)
-    except topics.PayloadError as exc:
-        return _reject(payload, str(exc))
-    account = Account.objects.filter(pk=batch.account_id).first()
-    if account is None:
-        return _reject(payload, f"accountId: account {batch.account_id} does not exist")
-    result = messages_upsert(account=account, items=batch.messages)
-    if batch.sync_run_id:
-        sync_run_add(run_id=batch.sync_run_id, result=result)
-    staged = [m.staged_ref for m in batch.messages if m.staged_ref]
-    if staged:
-        transaction.on_commit(lambda: topics.delete_staged(staged))
-    logger.info(
-        "ingested account=%s created=%s updated=%s unchanged=%s damaged=%s dead_letters=%s",
-        account.pk,
-        result.created,
-        result.updated,
-        result.unchanged,
-        result.damaged,
-        len(result.dead_letters),
-    )
-    return {
-        "created": result.created,
-        "updated": result.updated,
-        "unchanged": result.unchanged,
-        "damaged": result.damaged,
-        "deadLetters": [d.letter_id for d in result.dead_letters],
-    }
-
-
-def _reject(payload: Any, reason: str) -> dict[str, Any]:
-    letter = dead_letter_record(
-        task_name=topics.TASK_INGEST_NEW_MESSAGES, reason=reason, payload=payload
-    )
-    logger.warning("dead-lettered EmailNewMessage payload %s: %s", letter.pk, reason)
-    return {"deadLetter": letter.pk, "reason": reason}
+    """EmailNewMessage consumer (messages.batch_store has the rules that make any order,
+    redelivery and crash safe)."""
+    return batch_store(payload)
 
 
 @shared_task(name=topics.TASK_SCHEDULE_FULL_SYNCS)

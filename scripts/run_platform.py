@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make run`: migrate, make sure an admin exists, seed the demo mailbox (DEMO=0 turns it off),
-then run web, a worker, beat and the IMAP IDLE listener in the foreground.
+then run web, a sync worker, a message worker, beat and the IMAP IDLE listener in the
+foreground.
 
 Ctrl-C (or SIGTERM) stops every process cleanly. A process that dies is started again after a
 backoff (1 s, doubling up to 60 s; back to 1 s once it has stayed up a minute) while the others
@@ -25,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emailplatform.topics import ALL_QUEUES  # noqa: E402
+from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES  # noqa: E402
 
 PY = sys.executable
 CELERY = str(Path(PY).with_name("celery"))
@@ -148,22 +149,36 @@ class Supervisor:
 
 
 def platform_commands(port: str) -> dict[str, list[str]]:
-    """The platform's processes by name (what `make run` supervises)."""
+    """The platform's processes by name (what `make run` supervises).
+
+    Two kinds of Celery worker (see README, "Worker layout"): the sync worker runs
+    SYNC_WORKER_CONCURRENCY passes at once (default 4: they mostly wait on IMAP servers and on
+    the message workers, so more than the cores pay); the message worker runs one process per
+    core (MESSAGE_WORKER_CONCURRENCY; parsing and storing is CPU-bound: more only contend)."""
+    sync_concurrency = os.environ.get("SYNC_WORKER_CONCURRENCY", "4")
+    message_concurrency = os.environ.get("MESSAGE_WORKER_CONCURRENCY", str(os.cpu_count() or 1))
     return {
         "web": [PY, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        "worker": [
-            CELERY,
-            "-A",
-            "emailplatform",
-            "worker",
-            "--loglevel=INFO",
-            "--concurrency=2",
-            "-Q",
-            ",".join(ALL_QUEUES),
-        ],
+        "sync-worker": celery_worker("sync", SYNC_WORKER_QUEUES, sync_concurrency),
+        "message-worker": celery_worker("message", MESSAGE_WORKER_QUEUES, message_concurrency),
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
         "imap-idle": [PY, "manage.py", "imap_idle"],
     }
+
+
+def celery_worker(name: str, queues: tuple[str, ...], concurrency: str) -> list[str]:
+    return [
+        CELERY,
+        "-A",
+        "emailplatform",
+        "worker",
+        "--loglevel=INFO",
+        "-n",
+        f"{name}@%h",
+        f"--concurrency={concurrency}",
+        "-Q",
+        ",".join(queues),
+    ]
 
 
 def main() -> int:

@@ -22,14 +22,14 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from emailplatform import topics
 from emailplatform.tempdirs import process_temp_dir
-from emailplatform.topics import IncomingMessage
 from messages import mailbox
+from messages.batches import BatchPublisher, batches_void
 from messages.events import events_record
 from messages.folders import guess_role
-from messages.ingest import IngestResult, PreparedBatch, messages_write
 from messages.models import Account, Folder, MessageLocation, SyncRun
-from messages.services import sync_run_add, sync_run_finish, sync_run_start
+from messages.services import sync_run_finish, sync_run_start
 
 from .imap import (
     FetchedMessage,
@@ -54,7 +54,7 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (
     kombu.exceptions.OperationalError,
 )
 
-FETCH_BATCH_BYTES = 20 * 1024 * 1024
+REFETCH_ROUNDS = 2
 FLAG_BATCH = 2000
 FLAG_RESCAN_LIMIT = 5000  # servers without CONDSTORE: flags re-read for the newest N messages
 # A folder's sync_state key: UIDs whose message was dead-lettered, handled (not re-fetched).
@@ -204,7 +204,11 @@ class ImapAccountSync:
         as an incremental pass but its run is labelled full, as the progress it shows is."""
         kind = SyncRun.Kind.FULL if full or continuing else SyncRun.Kind.INCREMENTAL
         self.run = sync_run_start(account=self.account, kind=kind)
+        self.publisher = BatchPublisher(
+            self.account.pk, "imap", sync_run_id=self.run.pk, on_wait=self.after_batch
+        )
         try:
+            batches_void(self.account.pk, keep_publisher=self.publisher.publisher)
             with self.connection_factory(server_for(self.account)) as conn:
                 ImapSettings.objects.filter(account=self.account).update(
                     capabilities=sorted(conn.capabilities)
@@ -218,7 +222,7 @@ class ImapAccountSync:
                     self.report.folders += 1
                     if self.after_batch:
                         self.after_batch()
-        except (BudgetExhausted, SyncLockLost):
+        except (BudgetExhausted, SyncLockLost, BatchesLost):
             self.report.done = False
         except ImapAuthError as exc:
             account_mark_error(self.account, str(exc), auth=True)
@@ -246,6 +250,7 @@ class ImapAccountSync:
             if self.message_problems:
                 account_mark_error(self.account, "; ".join(self.message_problems))
         sync_run_finish(run=self.run)
+        self.report.new = SyncRun.objects.values_list("created", flat=True).get(pk=self.run.pk)
         return self.report
 
     # Folders -----------------------------------------------------------------------------
@@ -384,58 +389,80 @@ class ImapAccountSync:
 
     # Fetching ----------------------------------------------------------------------------
     def _fetch_and_store(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
-        """Batches are fetched and parsed one ahead, in a thread, while the last is written.
+        """Fetch UIDS and publish them to the message service; return once they are stored.
 
-        A message that cannot be stored does not stop the folder (see messages.ingest): its
-        UID, dead-lettered, is remembered in the folder's sync_state and not fetched again."""
+        Batches are fetched one ahead, in a thread, while the last is published (or, inline,
+        stored); the publisher bounds how many are in flight. A message that cannot be stored
+        does not stop the folder (see messages.ingest): its UID, dead-lettered, is remembered
+        in the folder's sync_state and not fetched again. UIDs whose batch was lost (its
+        consumer killed) are fetched again, up to REFETCH_ROUNDS times; after that the pass
+        ends unfinished and the folder's cursor stays where it was."""
         handled = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
         uids = [uid for uid in uids if uid not in handled]
-        batches = Prefetcher(self._prepared_batches(conn, folder, uids), discard=_close)
+        for _round in range(REFETCH_ROUNDS + 1):
+            try:
+                self._publish(conn, folder, uids)
+            finally:
+                lost = self._drain(folder)
+            if not lost:
+                return
+            stored = mailbox.folder_uids(folder)
+            uids = sorted((lost - stored), reverse=True)
+            if not uids:
+                return
+        raise BatchesLost(f"{folder.name}: {len(uids)} messages were fetched but not stored")
+
+    def _publish(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
+        batches = Prefetcher(self._fetched_batches(conn, folder, uids), discard=_discard)
         with batches:
-            for count, batch, fetch_dir in batches:
+            for fetched in batches:
                 try:
                     self._check_budget()
-                    with transaction.atomic():
-                        result = messages_write(account=self.account, batch=batch)
-                        sync_run_add(run_id=self.run.pk, result=result)
-                        _remember_dead_letters(folder, result)
-                finally:
-                    _close((count, batch, fetch_dir))
-                if result.problems or result.dead_letters:
-                    self.message_problems.append(f"{folder.name}: {result.problems_text()}")
-                self.report.new += result.created
-                self.fetched += count
+                    self.publisher.publish(
+                        fetched.items, fetched_at=fetched.at, folder=folder, uids=fetched.uids
+                    )
+                except BaseException:
+                    _discard(fetched)
+                    raise
+                self.fetched += fetched.asked
                 if self.progress:
                     self.progress(self.fetched, self.progress_total)
                 if self.after_batch:
                     self.after_batch()
 
-    def _prepared_batches(
-        self, conn: ImapConnection, folder: Folder, uids: Sequence[int]
-    ) -> Iterator[tuple[int, PreparedBatch, tempfile.TemporaryDirectory | None]]:
-        """(UIDs asked for, the batch parsed, the directory a large message was fetched to).
+    def _drain(self, folder: Folder) -> set[int]:
+        """Wait for what was published; remember dead letters; return the UIDs lost."""
+        outcome = self.publisher.drain()
+        dead = outcome.dead_letter_uids.get(folder.pk)
+        if dead:
+            known = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
+            folder.sync_state = {**folder.sync_state, DEAD_LETTER_UIDS: sorted(known | dead)}
+            Folder.objects.filter(pk=folder.pk).update(sync_state=folder.sync_state)
+        for problem in outcome.problems:
+            self.message_problems.append(f"{folder.name}: {problem}")
+        return outcome.lost.get(folder.pk, set())
 
-        Runs in the prefetch thread: IMAP and files only, no database."""
+    def _fetched_batches(
+        self, conn: ImapConnection, folder: Folder, uids: Sequence[int]
+    ) -> Iterator[FetchedBatch]:
+        """Batches as payload items. Runs in the prefetch thread: IMAP and files only, no
+        database (a large message is fetched to a file and staged in blob storage)."""
         for uids_batch, large in self._batches(conn, uids):
-            fetch_dir = None
+            at = timezone.now()
             if large:
-                fetch_dir = tempfile.TemporaryDirectory(prefix="imap-", dir=process_temp_dir())
-                one = conn.fetch_message_to_file(uids_batch[0], Path(fetch_dir.name) / "raw.eml")
-                fetched = [one] if one else []
+                with tempfile.TemporaryDirectory(prefix="imap-", dir=process_temp_dir()) as tmp:
+                    one = conn.fetch_message_to_file(uids_batch[0], Path(tmp) / "raw.eml")
+                    fetched = [one] if one else []
+                    items = [self._item(folder, m) for m in fetched if m.raw_file is not None]
             else:
                 fetched = conn.fetch_messages(uids_batch, include_body=True)
-            items = [
-                self._incoming(folder, m)
-                for m in fetched
-                if m.raw is not None or m.raw_file is not None
-            ]
-            try:
-                batch = PreparedBatch(items)
-            except BaseException:
-                if fetch_dir is not None:
-                    fetch_dir.cleanup()
-                raise
-            yield len(uids_batch), batch, fetch_dir
+                items = [self._item(folder, m) for m in fetched if m.raw is not None]
+            yield FetchedBatch(
+                asked=len(uids_batch),
+                uids=[m.uid for m in fetched if m.raw is not None or m.raw_file is not None],
+                items=items,
+                at=at,
+            )
 
     def _batches(
         self, conn: ImapConnection, uids: Sequence[int]
@@ -453,7 +480,7 @@ class ImapAccountSync:
                 if size > settings.LARGE_MESSAGE_BYTES:
                     yield [uid], True
                     continue
-                if batch and batch_bytes + size > FETCH_BATCH_BYTES:
+                if batch and batch_bytes + size > settings.INGEST_BATCH_BYTES:
                     yield batch, False
                     batch, batch_bytes = [], 0
                 batch.append(uid)
@@ -467,34 +494,35 @@ class ImapAccountSync:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExhausted
 
-    def _incoming(self, folder: Folder, message: FetchedMessage) -> IncomingMessage:
+    def _item(self, folder: Folder, message: FetchedMessage) -> dict:
         internal = message.internal_date
         if internal is not None:
-            internal = internal.astimezone(UTC) if internal.tzinfo else internal.astimezone(UTC)
-        return IncomingMessage(
-            raw=message.raw or b"",
+            internal = internal.astimezone(UTC)
+        return topics.new_message_item(
+            message.raw or b"",
             raw_file=message.raw_file,
             provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
-            provider_thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
-            folders=[folder.name],
+            thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+            folder=folder.name,
             uid=message.uid,
-            flags=message.flags,
+            flags=list(message.flags),
             internal_date=internal.isoformat() if internal else None,
             include_attachments=self.include_attachments,
         )
 
 
-def _remember_dead_letters(folder: Folder, result: IngestResult) -> None:
-    uids = {d.item.uid for d in result.dead_letters if d.item.uid is not None}
-    if not uids:
-        return
-    known = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
-    folder.sync_state = {**folder.sync_state, DEAD_LETTER_UIDS: sorted(known | uids)}
-    Folder.objects.filter(pk=folder.pk).update(sync_state=folder.sync_state)
+@dataclass
+class FetchedBatch:
+    asked: int  # UIDs asked for (some may have vanished meanwhile)
+    uids: list[int]  # UIDs the server returned
+    items: list[dict]  # EmailNewMessage payload items
+    at: datetime  # when the fetch began: the flags are at least this fresh
 
 
-def _close(prepared: tuple[int, PreparedBatch, tempfile.TemporaryDirectory | None]) -> None:
-    _count, batch, fetch_dir = prepared
-    batch.close()
-    if fetch_dir is not None:
-        fetch_dir.cleanup()
+class BatchesLost(Exception):
+    """Batches were fetched again and again lost: the pass ends unfinished."""
+
+
+def _discard(fetched: FetchedBatch) -> None:
+    """A batch fetched but never published: its staged blobs go."""
+    topics.delete_staged(item["rawRef"] for item in fetched.items if "rawRef" in item)

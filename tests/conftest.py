@@ -32,6 +32,14 @@ def _isolated_media(settings, tmp_path):
         settings.CREDENTIALS_KEYS = [Fernet.generate_key().decode()]
 
 
+@pytest.fixture(autouse=True)
+def _inline_ingest(settings):
+    """A sync stores its batches in its own process (the same consumer service), so that a
+    test of sync logic needs no message worker; the queue itself, with real workers, is
+    exercised by tests/smtp_sync/test_pipeline.py, which sets INGEST_DELIVERY = "queue"."""
+    settings.INGEST_DELIVERY = "inline"
+
+
 def new_token(user) -> str:
     return AuthToken.objects.create(user)[1]
 

@@ -34,6 +34,7 @@ def process_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "CREDENTIALS_KEYS": ",".join(settings.CREDENTIALS_KEYS),
+        "INGEST_DELIVERY": settings.INGEST_DELIVERY,
         **(extra_env or {}),
     }
 

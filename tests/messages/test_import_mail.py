@@ -212,3 +212,24 @@ def test_create_for_creates_a_local_account(user, tmp_path):
     assert Message.objects.filter(account=account).count() == 1
     import_mail("--account", "archive@example.com", "--create-for", user.username, str(tmp_path))
     assert Account.objects.filter(email_address="archive@example.com").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_import_goes_through_the_message_workers(account, settings, tmp_path):
+    """Without --inline the batches travel on email_new_message to a real worker process, and
+    the command ends once they are stored."""
+    from emailplatform import topics
+    from tests.worker import start_worker, stop_worker
+
+    settings.INGEST_DELIVERY = "queue"
+    corpus = CORPUS_DIR / "james-mime4j"
+    worker = start_worker([topics.QUEUE_NEW_MESSAGE], tmp_path / "worker.log", pool="solo")
+    try:
+        read, new, present, _damaged = import_mail(
+            "--account", account.email_address, str(corpus), "--batch-size", "10"
+        )
+    finally:
+        stop_worker(worker)
+    assert new == len(expected_raws(corpus)) == Message.objects.filter(account=account).count()
+    assert "ingested account=" in (tmp_path / "worker.log").read_text()
+    assert read == new + present

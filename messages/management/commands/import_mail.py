@@ -1,7 +1,9 @@
 """`import_mail`: load .eml files, directories of them and mbox files into an account.
 
-Messages go through `messages_upsert`, the service the EmailNewMessage consumer runs, in
-batches: an import is idempotent like any sync, and running it twice changes nothing.
+Messages are published in batches on `email_new_message` like any producer's (messages.batches:
+bounded in flight, the command ends when they are stored), or with --inline stored by this
+process through the same consumer service: an import is idempotent like any sync, and running
+it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 from tqdm import tqdm
 
-from emailplatform.topics import IncomingMessage
-from messages.ingest import messages_upsert
+from emailplatform import topics
+from messages.batches import BatchPublisher
 from messages.models import Account, SyncRun
-from messages.services import sync_run_add, sync_run_finish, sync_run_start
+from messages.services import sync_run_finish, sync_run_start
 
 DEFAULT_FOLDER = "INBOX"
 DEFAULT_BATCH_SIZE = 200
@@ -209,6 +212,11 @@ class Command(BaseCommand):
             action="store_true",
             help="Keep attachment metadata only, not their content.",
         )
+        parser.add_argument(
+            "--inline",
+            action="store_true",
+            help="Store the messages in this process instead of through the message workers.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.batch_size: int = options["batch_size"]
@@ -227,8 +235,15 @@ class Command(BaseCommand):
                 f"for {self.account.owner.get_username()}."
             )
         self.run = sync_run_start(account=self.account, kind=SyncRun.Kind.IMPORT)
+        self.publisher = BatchPublisher(
+            self.account.pk,
+            self.account.provider,
+            sync_run_id=self.run.pk,
+            inline=True if options["inline"] else None,
+        )
         try:
             self._import(files)
+            self._drain()
         except BaseException as exc:
             sync_run_finish(run=self.run, error=f"{type(exc).__name__}: {exc}")
             raise
@@ -238,7 +253,7 @@ class Command(BaseCommand):
         self.stdout.write(self.totals.summary())
 
     def _import(self, files: list[Path]) -> None:
-        self.pending: list[IncomingMessage] = []
+        self.pending: list[dict] = []
         self.pending_bytes = 0
         sizes = [self._size(path) for path in files]
         with tqdm(
@@ -303,9 +318,9 @@ class Command(BaseCommand):
             if not self.folder and label_folders:
                 folders = label_folders
         self.pending.append(
-            IncomingMessage(
-                raw=raw,
-                folders=folders,
+            topics.new_message_item(
+                raw,
+                labels=folders,
                 flags=flags,
                 include_attachments=self.include_attachments,
             )
@@ -318,15 +333,24 @@ class Command(BaseCommand):
     def _flush(self) -> None:
         if not self.pending:
             return
-        result = messages_upsert(account=self.account, items=self.pending)
-        sync_run_add(run_id=self.run.pk, result=result)
-        self.totals.created += result.created
-        self.totals.damaged += result.damaged
-        self.totals.dead_letters += len(result.dead_letters)
-        if result.problems or result.dead_letters:
-            self._warn(result.problems_text())
+        self.publisher.publish(self.pending, fetched_at=timezone.now())
         self.pending = []
         self.pending_bytes = 0
+
+    def _drain(self) -> None:
+        """Wait until every batch is stored; the totals are what the consumers counted."""
+        outcome = self.publisher.drain()
+        for problem in outcome.problems:
+            self._warn(problem)
+        run = SyncRun.objects.get(pk=self.run.pk)
+        self.totals.created, self.totals.damaged = run.created, run.damaged
+        self.totals.dead_letters = outcome.dead_letters
+        if outcome.lost_batches:
+            raise CommandError(
+                f"{outcome.lost_batches} batch(es) were not stored: no message worker took "
+                "them in time (is one running?). Run the import again: what is stored already "
+                "is skipped."
+            )
 
     def _size(self, path: Path) -> int:
         try:

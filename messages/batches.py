@@ -1,0 +1,242 @@
+"""The producers' side of the message pipeline: publish new mail in batches, boundedly, and
+know when it is stored.
+
+A provider's sync (and `import_mail`) fetches mail and hands it to a `BatchPublisher`, which
+records each batch (an `IngestBatch` row) and publishes it on `email_new_message`. It never has
+more than INGEST_MAX_BATCHES_IN_FLIGHT batches not yet stored (`publish` waits), so a mailbox of
+a million messages is never in Redis or the blob store at once; `drain` waits until every batch
+is stored, which is what a sync's progress and "done" mean, and before a folder's cursor moves.
+
+Losses are the producer's to repair, since it can fetch again and nobody else can: a batch
+whose consumer's lease lapsed (the worker was killed), or that no consumer claimed within
+INGEST_QUEUE_TIMEOUT_SECONDS or before Redis lost its data, is reported by `drain` (its row
+deleted, so a late copy of it changes nothing) and the sync fetches those UIDs again. A
+producer that dies leaves rows that the account's next pass voids (`batches_void`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from emailplatform import syncstate, topics
+
+from .batch_store import batch_store, lease_key, notify_key
+from .models import Folder, IngestBatch
+
+logger = logging.getLogger(__name__)
+
+EPOCH_KEY = f"{syncstate.PREFIX}:ingest-epoch"
+# A claimed batch is lost when its lease is gone and it was claimed longer ago than this.
+CLAIM_GRACE = timedelta(seconds=5)
+WAKE_SECONDS = 1
+
+
+@dataclass
+class _Sent:
+    folder_id: int | None
+    sent_at: datetime
+    epoch: str | None
+
+
+@dataclass
+class DrainOutcome:
+    """What became of the batches since the last drain."""
+
+    lost: dict[int | None, set[int]] = field(default_factory=dict)  # folder id -> UIDs
+    dead_letter_uids: dict[int | None, set[int]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    dead_letters: int = 0
+    lost_batches: int = 0
+
+
+def batches_void(account_id: int, *, keep_publisher: str = "") -> int:
+    """Delete the account's folder batches not yet stored (but KEEP_PUBLISHER's): called by a
+    sync pass under the account's lock, so their producer is dead, and the pass fetches what
+    they held again itself (rule 2 of messages.batch_store)."""
+    deleted, _ = (
+        IngestBatch.objects.filter(
+            account_id=account_id, stored_at__isnull=True, folder__isnull=False
+        )
+        .exclude(publisher=keep_publisher)
+        .delete()
+    )
+    return deleted
+
+
+class BatchPublisher:
+    """Publishes one producer's batches of one account and tracks them until stored.
+
+    ON_WAIT is called while it waits (a sync extends its lock there; it may raise to stop).
+    INLINE (default: settings.INGEST_DELIVERY == "inline") stores each batch in this process,
+    through the same consumer service, instead of publishing it."""
+
+    def __init__(
+        self,
+        account_id: int,
+        provider: str,
+        *,
+        sync_run_id: int | None = None,
+        on_wait: Callable[[], None] | None = None,
+        inline: bool | None = None,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.account_id = account_id
+        self.provider = provider
+        self.sync_run_id = sync_run_id
+        self.on_wait = on_wait
+        self.inline = settings.INGEST_DELIVERY == "inline" if inline is None else inline
+        self.max_in_flight = max(1, max_in_flight or settings.INGEST_MAX_BATCHES_IN_FLIGHT)
+        self.publisher = uuid.uuid4().hex
+        self.in_flight: dict[int, _Sent] = {}
+        self.outcome = DrainOutcome()
+        self.published = 0
+
+    def publish(
+        self,
+        items: list[dict[str, Any]],
+        *,
+        fetched_at: datetime,
+        folder: Folder | None = None,
+        uids: list[int] | None = None,
+    ) -> None:
+        """Publish one batch (payload items from `topics.new_message_item`); waits first while
+        the account has max_in_flight batches not stored."""
+        self._wait_until(lambda: len(self.in_flight) < self.max_in_flight)
+        row = IngestBatch.objects.create(
+            account_id=self.account_id,
+            sync_run_id=self.sync_run_id,
+            folder=folder,
+            uidvalidity=folder.uidvalidity if folder is not None else None,
+            uids=sorted(set(uids or [])),
+            publisher=self.publisher,
+            fetched_at=fetched_at,
+        )
+        payload = topics.new_message_payload(
+            self.account_id, self.provider, items, self.sync_run_id, batch_id=row.pk
+        )
+        self.in_flight[row.pk] = _Sent(row.folder_id, timezone.now(), _epoch())
+        self.published += 1
+        if self.inline:
+            batch_store(payload)
+            self._collect()
+            return
+        try:
+            topics.send_new_messages(payload)
+        except Exception:
+            self.in_flight.pop(row.pk, None)
+            row.delete()
+            raise
+
+    def drain(self) -> DrainOutcome:
+        """Wait until every batch published is stored or lost; return (and forget) what
+        became of them."""
+        self._wait_until(lambda: not self.in_flight)
+        outcome, self.outcome = self.outcome, DrainOutcome()
+        return outcome
+
+    # Waiting -----------------------------------------------------------------------------
+    def _wait_until(self, done: Callable[[], bool]) -> None:
+        while True:
+            self._collect()
+            if done():
+                return
+            if self.on_wait is not None:
+                self.on_wait()
+            self._sleep()
+
+    def _sleep(self) -> None:
+        """Until a consumer says it stored a batch of ours, at most WAKE_SECONDS."""
+        try:
+            syncstate.client().blpop([notify_key(self.publisher)], timeout=WAKE_SECONDS)
+        except redis.RedisError:
+            time.sleep(WAKE_SECONDS)
+
+    def _collect(self) -> None:
+        if not self.in_flight:
+            return
+        rows = {
+            row.pk: row
+            for row in IngestBatch.objects.filter(pk__in=list(self.in_flight)).only(
+                "id",
+                "folder_id",
+                "uids",
+                "claimed_at",
+                "stored_at",
+                "dead_letters",
+                "dead_letter_uids",
+                "problems",
+            )
+        }
+        done, lost = [], []
+        live = self._live_leases([r for r in rows.values() if r.stored_at is None])
+        now = timezone.now()
+        current_epoch = _epoch()
+        for batch_id, sent in list(self.in_flight.items()):
+            row = rows.get(batch_id)
+            if row is None:  # voided (a pass that took over the account, a folder reset)
+                self.in_flight.pop(batch_id)
+                continue
+            if row.stored_at is not None:
+                done.append(row)
+            elif row.claimed_at is not None:
+                if batch_id not in live and now - row.claimed_at > CLAIM_GRACE:
+                    lost.append(row)
+            elif now - sent.sent_at > timedelta(seconds=settings.INGEST_QUEUE_TIMEOUT_SECONDS) or (
+                current_epoch is not None and sent.epoch != current_epoch
+            ):
+                lost.append(row)
+        for row in done:
+            self.in_flight.pop(row.pk)
+            if row.dead_letter_uids:
+                self.outcome.dead_letter_uids.setdefault(row.folder_id, set()).update(
+                    row.dead_letter_uids
+                )
+            self.outcome.dead_letters += row.dead_letters
+            if row.problems:
+                self.outcome.problems.append(row.problems)
+        for row in lost:
+            self.in_flight.pop(row.pk)
+            self.outcome.lost.setdefault(row.folder_id, set()).update(row.uids)
+            self.outcome.lost_batches += 1
+            logger.warning(
+                "account %s: batch %s was not stored (its consumer stopped, or the queue lost "
+                "it); its %d messages are fetched again",
+                self.account_id,
+                row.pk,
+                len(row.uids),
+            )
+        finished = [row.pk for row in (*done, *lost)]
+        if finished:
+            # Stored rows have told us all; lost ones go so that a late copy changes nothing.
+            IngestBatch.objects.filter(pk__in=finished).delete()
+
+    def _live_leases(self, rows: list[IngestBatch]) -> set[int]:
+        claimed = [row.pk for row in rows if row.claimed_at is not None]
+        if not claimed:
+            return set()
+        try:
+            values = syncstate.client().mget([lease_key(pk) for pk in claimed])
+        except redis.RedisError:
+            return set(claimed)  # cannot tell: assume alive rather than fetch twice
+        return {pk for pk, value in zip(claimed, values, strict=True) if value is not None}
+
+
+def _epoch() -> str | None:
+    """A token that changes when Redis loses its data (a queued batch is then lost too)."""
+    try:
+        client = syncstate.client()
+        client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
+        value = client.get(EPOCH_KEY)
+    except redis.RedisError:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
