@@ -47,3 +47,23 @@ def test_supervisor_watches_idle_capable_accounts_of_its_shard(imap_account, ima
     assert other.wanted_accounts() == set()
     Account.objects.filter(pk=imap_account.pk).update(status=Account.Status.PAUSED)
     assert mine.wanted_accounts() == set()
+
+
+def test_a_burst_of_idle_notices_queues_one_incremental_sync(imap_account, settings):
+    """The listener's trigger is coalesced at the queue: ten notices while no worker has taken
+    the first task make one task, not ten."""
+    import redis
+
+    from emailplatform import syncstate, topics
+    from smtp_sync.management.commands.imap_idle import idle_trigger
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete(topics.QUEUE_SMTP)
+    try:
+        for _ in range(10):
+            idle_trigger(imap_account.pk)
+        assert broker.llen(topics.QUEUE_SMTP) == 1
+        assert syncstate.INCREMENTAL in syncstate.wants(imap_account.pk)
+    finally:
+        broker.delete(topics.QUEUE_SMTP)
+        syncstate.forget_account(imap_account.pk)

@@ -8,8 +8,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from emailplatform import syncstate, topics
 from smtp_sync.idle import REFRESH_SECONDS, IdleSupervisor
-from smtp_sync.tasks import incremental_sync
+
+
+def idle_trigger(account_id: int) -> None:
+    """A mailbox changed: ask for an incremental sync, coalesced (a burst of notices while one
+    is queued or running makes no second task; the running one runs once more at its end)."""
+    topics.sync_request_now(account_id, "imap", kind=syncstate.INCREMENTAL)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -42,9 +48,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         shard, shards = parse_shard(options["shard"])
-        supervisor = IdleSupervisor(
-            lambda account_id: incremental_sync.delay(account_id), shard=shard, shards=shards
-        )
+        supervisor = IdleSupervisor(idle_trigger, shard=shard, shards=shards)
         stopping = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopping.set())
