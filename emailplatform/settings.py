@@ -170,6 +170,8 @@ INGEST_BATCH_BYTES = env.int("INGEST_BATCH_BYTES", default=4 * 1024 * 1024)
 INGEST_MAX_BATCHES_IN_FLIGHT = env.int("INGEST_MAX_BATCHES_IN_FLIGHT", default=4)
 INGEST_LEASE_SECONDS = env.int("INGEST_LEASE_SECONDS", default=30)
 INGEST_QUEUE_TIMEOUT_SECONDS = env.int("INGEST_QUEUE_TIMEOUT_SECONDS", default=600)
+# Batch rows a dead producer left are pruned by the storage sweeper after this long.
+INGEST_BATCH_RETENTION_HOURS = env.int("INGEST_BATCH_RETENTION_HOURS", default=24)
 
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).

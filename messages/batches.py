@@ -118,6 +118,7 @@ class BatchPublisher:
             folder=folder,
             uidvalidity=folder.uidvalidity if folder is not None else None,
             uids=sorted(set(uids or [])),
+            staged=[item["rawRef"] for item in items if "rawRef" in item],
             publisher=self.publisher,
             fetched_at=fetched_at,
         )
@@ -170,6 +171,7 @@ class BatchPublisher:
                 "id",
                 "folder_id",
                 "uids",
+                "staged",
                 "claimed_at",
                 "stored_at",
                 "dead_letters",
@@ -206,6 +208,7 @@ class BatchPublisher:
                 self.outcome.problems.append(row.problems)
         for row in lost:
             self.in_flight.pop(row.pk)
+            topics.delete_staged(row.staged)  # a consumer still reading finds its row gone
             self.outcome.lost.setdefault(row.folder_id, set()).update(row.uids)
             self.outcome.lost_batches += 1
             logger.warning(

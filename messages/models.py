@@ -426,6 +426,12 @@ class IngestBatch(models.Model):
     )
     uidvalidity = models.BigIntegerField(null=True, blank=True)
     uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    staged = ArrayField(
+        models.CharField(max_length=255),
+        default=list,
+        blank=True,
+        help_text="Blobs its big messages travel in (removed once it is stored or void).",
+    )
     publisher = models.CharField(max_length=64, help_text="Who waits for it (a notify key).")
     fetched_at = models.DateTimeField(help_text="When the producer read it from the provider.")
     claimed_at = models.DateTimeField(null=True, blank=True)

@@ -7,7 +7,9 @@ never ran. Beat runs this every STORAGE_SWEEP_INTERVAL_MINUTES: a file under `ra
 RawMessage names, or under `attachments/` that no Attachment names, is removed once it is older
 than STORAGE_SWEEP_GRACE_SECONDS (far longer than a batch takes from its write to its commit,
 which the task time limit bounds). `staged/` (big messages on their way through the queue) is
-left alone: a queued message may name one for as long as the queue is backed up.
+removed once no batch in flight (an `IngestBatch` row not yet stored) names it; batch rows
+older than INGEST_BATCH_RETENTION_HOURS are pruned first (their producer died, and a sync
+fetches their mail again; a task still queued for one is skipped).
 
 Each pass lists the files and reads the referenced names once (one query per kind), so its
 memory grows with the number of files; at many millions of attachments, an index on
@@ -28,7 +30,7 @@ from django.utils import timezone
 
 from emailplatform.tempdirs import temp_dirs_remove_dead
 
-from .models import Attachment, RawMessage
+from .models import Attachment, IngestBatch, RawMessage
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,11 @@ def storage_sweep(*, now: datetime | None = None, storage: Storage | None = None
                 root,
                 removed[:3],
             )
+    retention = timedelta(hours=settings.INGEST_BATCH_RETENTION_HOURS)
+    outcome["batches"], _ = IngestBatch.objects.filter(
+        fetched_at__lt=(now or timezone.now()) - retention
+    ).delete()
+    outcome["staged"] = len(_sweep_staged(storage, cutoff))
     outcome["tempDirs"] = len(temp_dirs_remove_dead())
     return outcome
 
@@ -81,6 +88,20 @@ def _sweep(storage: Storage, root: str, cutoff: datetime, model) -> list[str]:
         named_now = set(_named(model.objects.filter(file__in=chunk)))
         for name in chunk:
             if name not in named_now:
+                storage.delete(name)
+                removed.append(name)
+    return removed
+
+
+def _sweep_staged(storage: Storage, cutoff: datetime) -> list[str]:
+    candidates = sorted(_files_older_than(storage, "staged", cutoff))
+    removed = []
+    for start in range(0, len(candidates), RECHECK_CHUNK):
+        chunk = candidates[start : start + RECHECK_CHUNK]
+        wanted = IngestBatch.objects.filter(stored_at__isnull=True, staged__overlap=chunk)
+        named = {name for names in wanted.values_list("staged", flat=True) for name in names}
+        for name in chunk:
+            if name not in named:
                 storage.delete(name)
                 removed.append(name)
     return removed

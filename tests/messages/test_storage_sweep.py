@@ -8,15 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from emailplatform import tempdirs
 from messages.ingest import messages_upsert
-from messages.models import Attachment, RawMessage
+from messages.models import Attachment, IngestBatch, RawMessage
 from messages.storage_sweep import storage_sweep
 from tests.conftest import incoming
 from tests.mailfactory import make_mail
@@ -29,6 +31,16 @@ def put(name: str, age_seconds: float) -> str:
     name = default_storage.save(name, ContentFile(b"leftover"))
     age(name, age_seconds)
     return name
+
+
+def in_flight(account, staged: str, *, hours_ago: float) -> IngestBatch:
+    """A batch on the queue whose big message travels in STAGED."""
+    return IngestBatch.objects.create(
+        account=account,
+        staged=[staged],
+        publisher="test",
+        fetched_at=timezone.now() - timedelta(hours=hours_ago),
+    )
 
 
 def age(name: str, seconds: float) -> None:
@@ -49,12 +61,17 @@ def test_sweeper_removes_old_unnamed_files_and_keeps_the_rest(account, settings)
     young_segment = put(f"raw/{account.pk}/202601/batch-in-flight.zs", 60)
     orphan_attachment = put("attachments/ab/ab" + "0" * 62, 2 * HOUR)
     staged = put("staged/on-the-queue.eml", 10 * HOUR)
+    in_flight(account, staged, hours_ago=10)
+    orphan_staged = put("staged/of-a-lost-batch.eml", 10 * HOUR)
+    stale = in_flight(account, put("staged/of-a-dead-producer.eml", 30 * HOUR), hours_ago=30)
 
     outcome = storage_sweep()
 
     assert outcome["raw"] == 1 and outcome["attachments"] == 1
-    assert not default_storage.exists(orphan_segment)
-    assert not default_storage.exists(orphan_attachment)
+    assert outcome["staged"] == 2 and outcome["batches"] == 1
+    assert not IngestBatch.objects.filter(pk=stale.pk).exists()
+    for gone in (orphan_segment, orphan_attachment, orphan_staged, *stale.staged):
+        assert not default_storage.exists(gone), gone
     for kept in (segment, attachment, young_segment, staged):
         assert default_storage.exists(kept), kept
     stored = RawMessage.objects.get()
