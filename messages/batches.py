@@ -44,6 +44,7 @@ WAKE_SECONDS = 1
 @dataclass
 class _Sent:
     folder_id: int | None
+    uids: list[int]
     sent_at: datetime
     epoch: str | None
 
@@ -125,7 +126,7 @@ class BatchPublisher:
         payload = topics.new_message_payload(
             self.account_id, self.provider, items, self.sync_run_id, batch_id=row.pk
         )
-        self.in_flight[row.pk] = _Sent(row.folder_id, timezone.now(), _epoch())
+        self.in_flight[row.pk] = _Sent(row.folder_id, row.uids, timezone.now(), _epoch())
         self.published += 1
         if self.inline:
             batch_store(payload)
@@ -185,8 +186,12 @@ class BatchPublisher:
         current_epoch = _epoch()
         for batch_id, sent in list(self.in_flight.items()):
             row = rows.get(batch_id)
-            if row is None:  # voided (a pass that took over the account, a folder reset)
+            if row is None:
+                # Voided by someone else (a pass that took the account over; a folder reset or
+                # deletion): not stored, so fetched again if still there, never counted done.
                 self.in_flight.pop(batch_id)
+                self.outcome.lost.setdefault(sent.folder_id, set()).update(sent.uids)
+                self.outcome.lost_batches += 1
                 continue
             if row.stored_at is not None:
                 done.append(row)

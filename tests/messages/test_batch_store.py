@@ -247,3 +247,14 @@ def test_an_unclaimed_batch_is_lost_when_redis_lost_its_data(account, inbox, set
     publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[8])
     syncstate.client().delete(EPOCH_KEY)  # what a restart without persistence does
     assert publisher.drain().lost == {inbox.pk: {8}}
+
+
+@pytest.mark.usefixtures("queue_emptied_after")
+def test_a_batch_voided_by_another_pass_is_never_counted_stored(account, inbox):
+    """Two passes at once (the first lost its lock unnoticed): the second voids the first's
+    batches; the first must fetch them again rather than move its cursor past them."""
+    publisher = BatchPublisher(account.pk, "imap", inline=False)
+    item = topics.new_message_item(make_mail("voided"), folder="INBOX", uid=11)
+    publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[11])
+    batches_void(account.pk)
+    assert publisher.drain().lost == {inbox.pk: {11}}
