@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import imaplib
+import ipaddress
 import logging
 import re
 import socket
@@ -402,6 +403,26 @@ class ImapConnection:
             with contextlib.suppress(OSError):
                 sock.settimeout(previous)
         self.imap._imap.untagged_responses = {}
+
+    def guard_allows_peer(self) -> bool:
+        """Whether the outbound guard, asked again now, lets this session's server through:
+        the host resolved afresh under today's policy, and the connected address among its
+        checked addresses. A session kept for reuse is re-checked like a new connection, so a
+        name moved to an internal address (DNS rebinding) or an address taken off the allow
+        list is refused at the next use, not when the session ends."""
+        server = self.server
+        try:
+            checked = netguard.resolve(
+                server.host,
+                server.port,
+                policy=netguard.policy_for(server.allow_internal),
+                plaintext=server.security == "none",
+            )
+            peer = self.imap.socket().getpeername()[0]
+        except (netguard.GuardError, OSError, ImapError):
+            return False
+        address = netguard.effective_address(ipaddress.ip_address(peer.split("%", 1)[0]))
+        return any(c.address == address for c in checked)
 
     def unselect(self) -> None:
         """Leave the selected folder, if any, without expunging (RFC 3691 UNSELECT; never

@@ -11,7 +11,10 @@
   `checkout_timeout`), then raises ImapPoolExhausted (an ImapConnectError: retried later).
 - One holder at a time: a checked-out session is out of the pool until it is returned.
 - Checkout health-checks an idle session with NOOP; one that broke while idle is closed and
-  replaced, never handed out.
+  replaced, never handed out. It also asks the outbound guard (emailplatform.netguard) again,
+  as a new connection would: the host is resolved afresh under the current policy, and a
+  session whose address is no longer among the checked ones is closed, and a new connection
+  meets the guard's verdict (DNS rebinding, an address taken off the allow list).
 - A session is returned to the pool only when its `with` body raised nothing and none of its
   commands failed (`ImapConnection.failed`); it leaves its folder first (UNSELECT), so a reused
   session is in the state of a fresh one, CONDSTORE/QRESYNC still enabled (once per session).
@@ -165,13 +168,18 @@ class ImapPool:
         if entry is not None:
             try:
                 entry.conn.ping(self.check_timeout)
-                return entry.conn
+                if entry.conn.guard_allows_peer():
+                    return entry.conn
+                self._count("discarded")  # a new connection meets the guard's verdict
             except Exception as exc:
                 logger.info("pooled IMAP session to %s broke while idle: %s", server.host, exc)
                 self._count("replaced")
-                self._close(entry.conn)
-                with self._state.lock:
-                    del self._state.leased[id(entry.conn)]
+            except BaseException:
+                self.checkin(entry.conn, reusable=False)
+                raise
+            self._close(entry.conn)
+            with self._state.lock:  # its slot is kept for the new session
+                del self._state.leased[id(entry.conn)]
         try:
             conn = self._login(server)
         except BaseException:
@@ -193,20 +201,16 @@ class ImapPool:
             self._close(conn)
             return
         now = self.clock()
-        reusable = (
-            reusable
-            and not entry.doomed
-            and not conn.failed
-            and conn.client is not None
-            and now - entry.created < self.max_age_seconds
-        )
+        too_old = now - entry.created >= self.max_age_seconds
+        reusable = reusable and not too_old and not entry.doomed
+        reusable = reusable and not conn.failed and conn.client is not None
         if reusable:
             try:
                 conn.unselect()
             except Exception:
                 reusable = False
         if not reusable:
-            self._count("discarded")
+            self._count("expired" if too_old else "discarded")
             self._close(conn)
             with state.lock:
                 state.leased.pop(id(conn), None)

@@ -16,7 +16,13 @@ import pytest
 
 from messages.models import Account, Message
 from messages.services import account_delete
-from smtp_sync.imap import ImapAuthError, ImapConnection, ImapError, ImapServer
+from smtp_sync.imap import (
+    ImapAuthError,
+    ImapConnection,
+    ImapError,
+    ImapRefusedError,
+    ImapServer,
+)
 from smtp_sync.pool import ImapPool, ImapPoolExhausted, default_pool
 from smtp_sync.sync import ImapAccountSync, server_for
 from tests.imap_fixtures import MailServerUser, assert_store_matches_server
@@ -285,3 +291,14 @@ def test_pooling_off_logs_in_every_time(pool, imap_user):
         assert conn.client is None
     assert p.stats.logins == 3 and p.counts() == (0, 0)
     assert server_log(imap_user.username, "Login:", at_least=3) == 3
+
+
+def test_a_pooled_session_passes_the_outbound_guard_again(pool, imap_user, settings):
+    p = pool()
+    server = server_of(imap_user)
+    with p.connection(server) as first:
+        pass
+    settings.OUTBOUND_ALLOWED_NETWORKS = []  # the server's address taken off the allow list
+    with pytest.raises(ImapRefusedError), p.connection(server):
+        pass
+    assert first.client is None and p.counts() == (0, 0)
