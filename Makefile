@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-api audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-api audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -36,6 +36,10 @@ bench-ingest: bootstrap-test
 
 bench-imap: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)
+
+# Logins saved by the IMAP session pool: a burst of incremental syncs without and with it.
+bench-imap-pool: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/imap_pool.py $(BENCH_ARGS)
 
 bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)

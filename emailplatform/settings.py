@@ -173,6 +173,17 @@ INGEST_QUEUE_TIMEOUT_SECONDS = env.int("INGEST_QUEUE_TIMEOUT_SECONDS", default=6
 # Batch rows a dead producer left are pruned by the storage sweeper after this long.
 INGEST_BATCH_RETENTION_HOURS = env.int("INGEST_BATCH_RETENTION_HOURS", default=24)
 
+# Logged-in IMAP sessions kept per process for reuse (smtp_sync.pool): a burst of syncs of one
+# account logs in once. At most MAX_CONNECTIONS sessions per process (0: no pooling) and
+# MAX_PER_ACCOUNT per server account, idle or in use; an idle session is logged out after
+# IDLE_SECONDS, any session after MAX_AGE_SECONDS (a password changed on the server is proved
+# again); a sync that finds no free slot waits CHECKOUT_TIMEOUT_SECONDS, then is retried later.
+IMAP_POOL_MAX_CONNECTIONS = env.int("IMAP_POOL_MAX_CONNECTIONS", default=20)
+IMAP_POOL_MAX_PER_ACCOUNT = env.int("IMAP_POOL_MAX_PER_ACCOUNT", default=2)
+IMAP_POOL_IDLE_SECONDS = env.float("IMAP_POOL_IDLE_SECONDS", default=300.0)
+IMAP_POOL_MAX_AGE_SECONDS = env.float("IMAP_POOL_MAX_AGE_SECONDS", default=1800.0)
+IMAP_POOL_CHECKOUT_TIMEOUT_SECONDS = env.float("IMAP_POOL_CHECKOUT_TIMEOUT_SECONDS", default=30.0)
+
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).
 FULL_SYNC_INTERVAL_MINUTES = env.int("FULL_SYNC_INTERVAL_MINUTES", default=360)

@@ -8,8 +8,15 @@ class SmtpSyncConfig(AppConfig):
     verbose_name = "IMAP / SMTP sync"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete
+
         from messages.providers import register
 
         from .accounts import ImapProvider
+        from .models import ImapSettings
+        from .pool import imap_settings_deleted
 
         register("imap", ImapProvider())
+        post_delete.connect(
+            imap_settings_deleted, sender=ImapSettings, dispatch_uid="imap-pool-settings-deleted"
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 from messages.models import Folder, Message, MessageLocation
 
-from .imap import ImapConnection
+from .pool import pooled_connection
 from .services import imap_sync_account
 from .sync import server_for
 
@@ -26,7 +26,7 @@ def imap_message_change(
     message_id: int,
     change: dict[str, Any],
     *,
-    connection_factory: Callable = ImapConnection,
+    connection_factory: Callable = pooled_connection,
 ) -> None:
     message = Message.objects.select_related("account").get(pk=message_id)
     account = message.account

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import imaplib
+import ipaddress
 import logging
 import re
 import socket
@@ -300,6 +301,9 @@ class ImapConnection:
         self.server = server
         self.client: IMAPClient | None = None
         self.capabilities: set[str] = set()
+        # Set once a command failed (a NO, a BAD, a broken connection): the session's state
+        # is no longer known, so it is not to be reused (smtp_sync.pool).
+        self.failed = False
 
     def __enter__(self) -> ImapConnection:
         self.connect()
@@ -384,6 +388,52 @@ class ImapConnection:
                 with contextlib.suppress(Exception):
                     self.client.shutdown()
             self.client = None
+
+    def ping(self, timeout: float) -> None:
+        """NOOP, answered within TIMEOUT seconds, or ImapConnectError: the health check of a
+        session that sat unused (the server may have logged it out, or the network dropped it).
+        Whatever the server announced meanwhile is dropped: the next SELECT or STATUS reads
+        the state afresh."""
+        sock = self.imap.socket()
+        previous = sock.gettimeout()
+        sock.settimeout(timeout)
+        try:
+            self._call(self.imap.noop)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(previous)
+        self.imap._imap.untagged_responses = {}
+
+    def guard_allows_peer(self) -> bool:
+        """Whether the outbound guard, asked again now, lets this session's server through:
+        the host resolved afresh under today's policy, and the connected address among its
+        checked addresses. A session kept for reuse is re-checked like a new connection, so a
+        name moved to an internal address (DNS rebinding) or an address taken off the allow
+        list is refused at the next use, not when the session ends."""
+        server = self.server
+        try:
+            checked = netguard.resolve(
+                server.host,
+                server.port,
+                policy=netguard.policy_for(server.allow_internal),
+                plaintext=server.security == "none",
+            )
+            peer = self.imap.socket().getpeername()[0]
+        except (netguard.GuardError, OSError, ImapError):
+            return False
+        address = netguard.effective_address(ipaddress.ip_address(peer.split("%", 1)[0]))
+        return any(c.address == address for c in checked)
+
+    def unselect(self) -> None:
+        """Leave the selected folder, if any, without expunging (RFC 3691 UNSELECT; never
+        CLOSE, which would expunge messages marked \\Deleted). A server without UNSELECT keeps
+        the folder selected: every use of a session starts with SELECT or STATUS anyway."""
+        if (
+            self.client is not None
+            and self.client._imap.state == "SELECTED"
+            and self.has("UNSELECT")
+        ):
+            self._call(self.imap.unselect_folder)
 
     @property
     def imap(self) -> IMAPClient:
@@ -558,6 +608,8 @@ class ImapConnection:
         try:
             return method(*args, **kwargs)
         except (OSError, imaplib.IMAP4.abort) as exc:
+            self.failed = True
             raise ImapConnectError(f"connection to {self.server.host} lost: {exc}") from exc
         except IMAPClientError as exc:
+            self.failed = True
             raise ImapError(f"{self.server.host} answered: {_reason(exc)}") from exc

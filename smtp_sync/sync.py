@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ from .imap import (
 )
 from .locks import SyncLockLost
 from .models import ImapSettings
+from .pool import pooled_connection
 from .prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
@@ -169,7 +171,9 @@ class ImapAccountSync:
         self,
         account: Account,
         *,
-        connection_factory: Callable[[ImapServer], ImapConnection] = ImapConnection,
+        connection_factory: Callable[
+            [ImapServer], AbstractContextManager[ImapConnection]
+        ] = pooled_connection,
         max_messages: int | None = None,
         max_seconds: float | None = None,
         progress: Callable[[int, int], None] | None = None,

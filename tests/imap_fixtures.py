@@ -91,6 +91,16 @@ def dovecot() -> tuple[str, int, str]:
     return host, int(os.environ["IMAP_TEST_PORT"]), users_dir
 
 
+@pytest.fixture(autouse=True)
+def _imap_pool_emptied():
+    """Each test starts with an empty default IMAP pool, and leaves no session open."""
+    from smtp_sync.pool import default_pool_reset
+
+    default_pool_reset()
+    yield
+    default_pool_reset()
+
+
 @pytest.fixture
 def imap_user(dovecot) -> MailServerUser:
     host, port, users_dir = dovecot
