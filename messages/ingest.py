@@ -590,6 +590,7 @@ def _message_row(account: Account, p: _Prepared, thread_id: int) -> Message:
         account=account,
         thread_id=thread_id,
         provider_id=p.provider_id,
+        server_id=p.item.server_id,
         message_id_header=parsed.message_id[:998],
         in_reply_to=parsed.in_reply_to[:998],
         references=parsed.references,

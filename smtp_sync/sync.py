@@ -31,6 +31,7 @@ from messages.ingest import IngestResult, PreparedBatch, messages_write
 from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_add, sync_run_finish, sync_run_start
 
+from .identity import known_locations
 from .imap import (
     FetchedMessage,
     FolderStatus,
@@ -388,6 +389,7 @@ class ImapAccountSync:
 
         A message that cannot be stored does not stop the folder (see messages.ingest): its
         UID, dead-lettered, is remembered in the folder's sync_state and not fetched again."""
+        uids = known_locations(conn, folder, uids)
         handled = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
         uids = [uid for uid in uids if uid not in handled]
         batches = Prefetcher(self._prepared_batches(conn, folder, uids), discard=_close)
@@ -476,6 +478,7 @@ class ImapAccountSync:
             raw_file=message.raw_file,
             provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
             provider_thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+            server_id=message.server_id,
             folders=[folder.name],
             uid=message.uid,
             flags=message.flags,
