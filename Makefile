@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-api audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-identity bench-api audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -36,6 +36,11 @@ bench-ingest: bootstrap-test
 
 bench-imap: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)
+
+# A UIDVALIDITY change of a 10,000-message folder: bodies downloaded and seconds, with the
+# server's ids (X-GUID), with headers only, and a plain re-download as the baseline.
+bench-imap-identity: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/imap_identity.py $(BENCH_ARGS)
 
 bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)
