@@ -143,7 +143,7 @@ class ServerMessage:
     flags: Sequence[str]
     size: int
     internal_date: datetime | None  # aware
-    server_id: str | None  # see Message.server_id
+    server_id: str | None  # see Message.server_ids
     message_id_fields: bytes  # the server's BODY[HEADER.FIELDS (MESSAGE-ID)]
 
 
@@ -172,9 +172,7 @@ def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set
             return set()
         backfill = {mid: sid for mid, sid in by_headers.values() if sid}
         for message_id, server_id in backfill.items():
-            Message.objects.filter(pk=message_id, server_id__isnull=True).update(
-                server_id=server_id
-            )
+            Message.objects.filter(pk=message_id, server_ids=[]).update(server_ids=[server_id])
         released = _release_uids(folder, matched)
         attached = _locations_put(folder, matched)
         flags = {matched[m.uid]: m.flags for m in seen if m.uid in matched}
@@ -189,9 +187,10 @@ def _match_server_ids(account: Account, seen: Sequence[ServerMessage]) -> dict[i
     if not wanted:
         return {}
     holders: dict[str, list[int]] = {}
-    rows = Message.objects.filter(account=account, server_id__in=wanted)
-    for server_id, message_id in rows.values_list("server_id", "id"):
-        holders.setdefault(server_id, []).append(message_id)
+    rows = Message.objects.filter(account=account, server_ids__overlap=sorted(wanted))
+    for message_id, server_ids in rows.values_list("id", "server_ids"):
+        for server_id in wanted.intersection(server_ids):
+            holders.setdefault(server_id, []).append(message_id)
     return {
         m.uid: holders[m.server_id][0]
         for m in seen
@@ -202,7 +201,8 @@ def _match_server_ids(account: Account, seen: Sequence[ServerMessage]) -> dict[i
 def _match_headers(
     account: Account, seen: Sequence[ServerMessage]
 ) -> dict[int, tuple[int, str | None]]:
-    """{uid: (message id, the server id to record on it)} by Message-ID + size + date."""
+    """{uid: (message id, the server id to record on it, if any)} by Message-ID + size +
+    date."""
     keys: dict[int, tuple[str, int, datetime]] = {}
     for m in seen:
         message_id = message_id_from_fields(m.message_id_fields)
@@ -211,24 +211,24 @@ def _match_headers(
     if not keys:
         return {}
     here = Counter(keys.values())
-    stored: dict[tuple[str, int, datetime], list[tuple[int, str | None]]] = {}
+    stored: dict[tuple[str, int, datetime], list[tuple[int, list[str]]]] = {}
     rows = Message.objects.filter(
         account=account,
         message_id_header__in={k[0] for k in keys.values()},
         internal_date__isnull=False,
-    ).values_list("message_id_header", "size", "internal_date", "id", "server_id")
-    for message_id, size, internal_date, pk, server_id in rows:
-        stored.setdefault((message_id, size, internal_date), []).append((pk, server_id))
+    ).values_list("message_id_header", "size", "internal_date", "id", "server_ids")
+    for message_id, size, internal_date, pk, server_ids in rows:
+        stored.setdefault((message_id, size, internal_date), []).append((pk, server_ids))
     matched = {}
     for m in seen:
         key = keys.get(m.uid)
         candidates = stored.get(key, []) if key else []
         if len(candidates) != 1 or here[key] != 1:
             continue
-        pk, stored_server_id = candidates[0]
-        if m.server_id and stored_server_id and stored_server_id != m.server_id:
-            continue  # the server says they are two messages
-        matched[m.uid] = (pk, m.server_id if not stored_server_id else None)
+        pk, stored_server_ids = candidates[0]
+        if m.server_id and stored_server_ids:
+            continue  # the server knows it under other ids: it may well be another message
+        matched[m.uid] = (pk, m.server_id)
     return matched
 
 

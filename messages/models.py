@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zstandard
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
@@ -182,12 +183,13 @@ class Message(models.Model):
     provider_id = models.CharField(
         max_length=255, help_text="Gmail id, X-GM-MSGID, or derived from Message-ID / content."
     )
-    server_id = models.CharField(  # noqa: DJ001
-        max_length=255,
-        null=True,
+    server_ids = ArrayField(
+        models.CharField(max_length=255),
+        default=list,
         blank=True,
-        help_text="The server's id of the message, kept across moves, copies and UIDVALIDITY "
-        "changes: oid:<EMAILID> (RFC 8474), guid:<X-GUID> (Dovecot) or gm:<X-GM-MSGID>.",
+        help_text="The server's ids of the message, kept across moves, copies and UIDVALIDITY "
+        "changes: oid:<EMAILID> (RFC 8474), guid:<X-GUID> (Dovecot) or gm:<X-GM-MSGID>. "
+        "Several when the server holds identical copies under ids of their own.",
     )
     message_id_header = models.CharField(max_length=998, blank=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
@@ -241,11 +243,7 @@ class Message(models.Model):
             models.Index(fields=["account", "-sort_date"], name="message_account_newest"),
             models.Index(fields=["thread", "sort_date"], name="message_thread_order"),
             models.Index(fields=["account", "message_id_header"], name="message_account_msgid"),
-            models.Index(
-                fields=["account", "server_id"],
-                condition=Q(server_id__isnull=False),
-                name="message_account_server_id",
-            ),
+            GinIndex(fields=["server_ids"], name="message_server_ids"),
             GinIndex(fields=["search_vector"], name="message_search"),
         ]
 

@@ -50,7 +50,7 @@ def test_malformed_payload_is_dead_lettered_with_its_reason(account, mangle, rea
 def test_the_server_id_travels_to_the_stored_message(account):
     item = topics.new_message_item(make_mail("x"), folder="INBOX", uid=7, server_id="guid:abc")
     ingest_new_messages.apply(args=[topics.new_message_payload(account.pk, "imap", [item])]).get()
-    assert Message.objects.get().server_id == "guid:abc"
+    assert Message.objects.get().server_ids == ["guid:abc"]
 
 
 @pytest.mark.django_db

@@ -8,8 +8,10 @@ import pytest
 from messages.models import Account, ChangeEvent, Folder, Message
 from smtp_sync.imap import ImapConnection
 from smtp_sync.sync import ImapAccountSync
-from tests.imap_fixtures import assert_store_matches_server
+from tests.gmail_imap_fake import GmailImapFake, GmailMessage
+from tests.imap_fixtures import account_for, assert_store_matches_server
 from tests.mailfactory import make_mail
+from tests.objectid_imap_fake import ObjectIdImapFake
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -69,7 +71,8 @@ def test_a_uidvalidity_reset_remaps_every_message_without_downloading_one(
     first = Sessions()
     sync(imap_account, first)
     assert first.bodies == 19
-    assert Message.objects.filter(account=imap_account, server_id__startswith="guid:").count() == 19
+    stored = Message.objects.filter(account=imap_account)
+    assert stored.filter(server_ids__0__startswith="guid:").count() == 19
     before = message_ids(imap_account)
     inbox = Folder.objects.get(account=imap_account, name="INBOX")
     with seeded.client() as c:
@@ -113,6 +116,21 @@ def test_a_move_and_a_copy_add_the_location_without_a_download(imap_account, see
     assert_store_matches_server(imap_account, seeded)
     copied = Message.objects.get(account=imap_account, subject="inbox 2")
     assert sorted(copied.locations.values_list("folder__name", flat=True)) == ["Archive", "INBOX"]
+
+
+def test_identical_copies_under_ids_of_their_own_are_remapped_too(imap_account, imap_user):
+    raw = make_mail("twice", message_id="<twice@example.org>")
+    imap_user.append("INBOX", raw, raw)  # two files, two X-GUIDs, the same bytes
+    first = Sessions()
+    sync(imap_account, first)
+    message = Message.objects.get(account=imap_account)
+    assert len(message.server_ids) == 2 and message.locations.count() == 2
+    imap_user.uidvalidity_reset("INBOX")
+    again = Sessions()
+    sync(imap_account, again)
+    assert again.bodies == 0
+    assert Message.objects.get(account=imap_account).pk == message.pk
+    assert_store_matches_server(imap_account, imap_user)
 
 
 def test_new_mail_is_still_downloaded_once(imap_account, seeded):
@@ -164,7 +182,7 @@ def test_without_server_ids_headers_remap_and_a_later_session_records_the_ids(im
     without_ids = Sessions(server_ids=False)
     sync(imap_account, without_ids)
     assert without_ids.opened[0].server_id_kind is None
-    assert not Message.objects.filter(account=imap_account, server_id__isnull=False).exists()
+    assert not Message.objects.filter(account=imap_account).exclude(server_ids=[]).exists()
     before = message_ids(imap_account)
 
     seeded.uidvalidity_reset("INBOX")
@@ -180,5 +198,55 @@ def test_without_server_ids_headers_remap_and_a_later_session_records_the_ids(im
     assert with_ids.bodies == 0
     assert message_ids(imap_account) == before
     work = Message.objects.filter(account=imap_account, locations__folder__name="Work")
-    assert all(sid.startswith("guid:") for sid in work.values_list("server_id", flat=True))
+    assert all(ids[0].startswith("guid:") for ids in work.values_list("server_ids", flat=True))
     assert_store_matches_server(imap_account, seeded)
+
+
+@pytest.fixture
+def objectid_account(user, imap_user, dovecot):
+    host, port, _ = dovecot
+    fake = ObjectIdImapFake((host, port))
+    yield account_for(user, imap_user, port=fake.port)
+    fake.close()
+
+
+def test_rfc_8474_emailid_remaps_a_move_and_a_uidvalidity_change(objectid_account, seeded):
+    sessions = Sessions()
+    sync(objectid_account, sessions)
+    assert sessions.opened[0].server_id_kind == "oid"
+    server_ids = Message.objects.filter(account=objectid_account).values_list(
+        "server_ids", flat=True
+    )
+    assert all(len(ids) == 1 and ids[0].startswith("oid:M") for ids in server_ids)
+    before = message_ids(objectid_account)
+    with seeded.client() as c:
+        c.select_folder("INBOX")
+        c.move(c.search(["SUBJECT", "inbox 4"]), "Work")
+    seeded.uidvalidity_reset("INBOX")
+    again = Sessions()
+    sync(objectid_account, again)
+    assert again.bodies == 0
+    assert message_ids(objectid_account) == before
+    assert_store_matches_server(objectid_account, seeded)
+
+
+def test_gmail_labels_of_one_message_download_it_once(user, imap_user, dovecot):
+    host, port, _ = dovecot
+    gmail = GmailImapFake((host, port))
+    try:
+        account = account_for(user, imap_user, port=gmail.port)
+        with imap_user.client() as c:
+            c.create_folder("Work")
+        raw = make_mail("Plan", message_id="<plan@example.org>")
+        imap_user.append("INBOX", raw)
+        imap_user.append("Work", raw)
+        for folder in ("INBOX", "Work"):
+            gmail.place(folder, 1, GmailMessage(1001, 5001, ("\\Inbox", "Work")))
+        sessions = Sessions()
+        sync(account, sessions, full=True)
+    finally:
+        gmail.close()
+    assert sessions.bodies == 1
+    message = Message.objects.get(account=account)
+    assert message.server_ids == [message.provider_id] == ["gm:1001"]
+    assert sorted(message.locations.values_list("folder__name", flat=True)) == ["INBOX", "Work"]
