@@ -102,9 +102,11 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
         return 0
     locations = MessageLocation.objects.filter(folder=folder, uid__in=list(flags_by_uid))
     uids = dict(locations.values_list("message_id", "uid"))
-    with transaction.atomic():
-        changed = _flags_set({message_id: flags_by_uid[uid] for message_id, uid in uids.items()})
-        messages_updated(folder.account, changed)
+    changed = _flags_changed({message_id: flags_by_uid[uid] for message_id, uid in uids.items()})
+    if changed:
+        with transaction.atomic():
+            Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
+            messages_updated(folder.account, [m.id for m in changed])
     return len(changed)
 
 
@@ -175,9 +177,9 @@ def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set
             Message.objects.filter(pk=message_id, server_ids=[]).update(server_ids=[server_id])
         released = _release_uids(folder, matched)
         attached = _locations_put(folder, matched)
-        flags = {matched[m.uid]: m.flags for m in seen if m.uid in matched}
-        flagged = _flags_set(flags)
-        messages_updated(account, attached | flagged | released | set(backfill))
+        flagged = _flags_changed({matched[m.uid]: m.flags for m in seen if m.uid in matched})
+        Message.objects.bulk_update(flagged, list(FLAG_FIELDS.values()), batch_size=1000)
+        messages_updated(account, attached | {m.id for m in flagged} | released | set(backfill))
     return set(matched)
 
 
@@ -280,8 +282,8 @@ def _locations_put(folder: Folder, matched: Mapping[int, int]) -> set[int]:
     return changed
 
 
-def _flags_set(flags_by_message: Mapping[int, Sequence[str]]) -> set[int]:
-    """Set each message's flags to the server's; return the messages that changed."""
+def _flags_changed(flags_by_message: Mapping[int, Sequence[str]]) -> list[Message]:
+    """The messages whose flags differ from the server's, set to the server's (not saved)."""
     messages = Message.objects.filter(id__in=list(flags_by_message)).only(
         "id", *FLAG_FIELDS.values()
     )
@@ -292,6 +294,4 @@ def _flags_set(flags_by_message: Mapping[int, Sequence[str]]) -> set[int]:
             for name, value in values.items():
                 setattr(message, name, value)
             changed.append(message)
-    if changed:
-        Message.objects.bulk_update(changed, list(FLAG_FIELDS.values()), batch_size=1000)
-    return {m.id for m in changed}
+    return changed
