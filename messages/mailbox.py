@@ -149,6 +149,10 @@ class ServerMessage:
     message_id_fields: bytes  # the server's BODY[HEADER.FIELDS (MESSAGE-ID)]
 
 
+def account_has_messages_without_server_ids(account: Account) -> bool:
+    return Message.objects.filter(account=account, server_ids=[]).exists()
+
+
 def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set[int]:
     """Put the messages the store already has at their UIDs in FOLDER, with the server's
     flags, and return those UIDs: the others need their bodies downloaded.

@@ -244,6 +244,11 @@ class Message(models.Model):
             models.Index(fields=["thread", "sort_date"], name="message_thread_order"),
             models.Index(fields=["account", "message_id_header"], name="message_account_msgid"),
             GinIndex(fields=["server_ids"], name="message_server_ids"),
+            # Rows a server gave no id for: while an account has some, its identity pass
+            # also asks for Message-IDs (messages.mailbox.locations_attach_known).
+            models.Index(
+                fields=["account"], condition=Q(server_ids=[]), name="message_without_server_id"
+            ),
             GinIndex(fields=["search_vector"], name="message_search"),
         ]
 

@@ -480,10 +480,12 @@ class ImapConnection:
             return "guid"
         return None
 
-    def fetch_identities(self, uids: Sequence[int]) -> list[FetchedMessage]:
-        """What tells a message without its body: server id, Message-ID field, size, date,
-        flags."""
-        return self.fetch_messages(uids, include_body=False, message_id_field=True)
+    def fetch_identities(
+        self, uids: Sequence[int], *, message_id_field: bool = True
+    ) -> list[FetchedMessage]:
+        """What tells a message without its body: server id, size, date, flags and, with
+        MESSAGE_ID_FIELD, the Message-ID header field (the server reads the message for it)."""
+        return self.fetch_messages(uids, include_body=False, message_id_field=message_id_field)
 
     def fetch_messages(
         self, uids: Sequence[int], include_body: bool = True, *, message_id_field: bool = False
