@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-api audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-api audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -40,6 +40,11 @@ bench-imap: bootstrap-test
 # Logins saved by the IMAP session pool: a burst of incremental syncs without and with it.
 bench-imap-pool: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_pool.py $(BENCH_ARGS)
+
+# A UIDVALIDITY change of a 10,000-message folder: bodies downloaded and seconds, with the
+# server's ids (X-GUID), with headers only, and a plain re-download as the baseline.
+bench-imap-identity: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/imap_identity.py $(BENCH_ARGS)
 
 bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)

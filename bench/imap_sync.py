@@ -641,10 +641,10 @@ def measured_sync(
             finally:
                 stats.connect_seconds += time.perf_counter() - t
 
-        def fetch_messages(self, uids, include_body=True):  # type: ignore[override]
+        def fetch_messages(self, uids, include_body=True, **kwargs):  # type: ignore[override]
             t = time.perf_counter()
             try:
-                return super().fetch_messages(uids, include_body)
+                return super().fetch_messages(uids, include_body, **kwargs)
             finally:
                 stats.imap_fetch_seconds += time.perf_counter() - t
 

@@ -96,6 +96,7 @@ NEW_MESSAGE_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "id": {"type": ["string", "null"], "maxLength": 255},
                     "threadId": {"type": ["string", "null"], "maxLength": 255},
+                    "serverId": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
                     "folder": {"type": ["string", "null"], "minLength": 1},
                     "labels": {"type": "array", "items": {"type": "string", "minLength": 1}},
                     "uid": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**32 - 1},
@@ -131,6 +132,9 @@ class IncomingMessage:
     include_attachments: bool = True
     staged_ref: str | None = None
     raw_file: str | None = None  # a local file with the raw bytes (raw is then empty)
+    # The server's own id (OBJECTID EMAILID, Dovecot X-GUID, X-GM-MSGID), kept on the message:
+    # a move, copy or UIDVALIDITY change then re-maps it without downloading it again.
+    server_id: str | None = None
 
 
 @dataclass
@@ -183,6 +187,7 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
                 include_attachments=item.get("includeAttachments", True),
                 staged_ref=staged_ref,
                 raw_file=raw_file,
+                server_id=item.get("serverId"),
             )
         )
     return NewMessageBatch(
@@ -240,6 +245,7 @@ def new_message_item(
     flags: list[str] | None = None,
     internal_date: str | None = None,
     include_attachments: bool = True,
+    server_id: str | None = None,
 ) -> dict[str, Any]:
     """Build one message entry of an EmailNewMessage payload (RAW_FILE: the raw bytes are in
     this local file instead, always staged)."""
@@ -255,6 +261,7 @@ def new_message_item(
     optional = {
         "id": provider_id,
         "threadId": thread_id,
+        "serverId": server_id,
         "folder": folder,
         "labels": labels,
         "uid": uid,

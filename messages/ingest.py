@@ -129,6 +129,7 @@ class _Prepared:
     sort_date: datetime
     internal_date: datetime | None
     problem: str = ""  # why it is stored as damaged (conversion or attachment files failed)
+    server_ids: list[str] = field(default_factory=list)  # of every item with this provider id
 
 
 def derive_provider_id(parsed: ParsedMessage) -> str:
@@ -305,12 +306,22 @@ def _write(
                 m.provider_id: m
                 for m in Message.objects.filter(
                     account=account, provider_id__in={p.provider_id for p in prepared}
-                ).only("id", "provider_id", "sort_date", "flags_at", *FLAG_FIELDS.values())
+                ).only(
+                    "id",
+                    "provider_id",
+                    "sort_date",
+                    "flags_at",
+                    "server_ids",
+                    *FLAG_FIELDS.values(),
+                )
             }
+            server_ids = _server_ids_by_provider_id(prepared)
             new_by_id: dict[str, _Prepared] = {}
             for p in prepared:
                 if p.provider_id not in existing and p.provider_id not in new_by_id:
                     new_by_id[p.provider_id] = p
+                    p.server_ids = server_ids.get(p.provider_id, [])
+            _add_server_ids(existing, server_ids)
             raw_files = _store_raw_files(account, list(new_by_id.values()), work_dir, written)
             created, threads = _create_messages(
                 account,
@@ -613,6 +624,7 @@ def _message_row(account: Account, p: _Prepared, thread_id: int, as_of: datetime
         account=account,
         thread_id=thread_id,
         provider_id=p.provider_id,
+        server_ids=p.server_ids,
         message_id_header=parsed.message_id[:998],
         in_reply_to=parsed.in_reply_to[:998],
         references=parsed.references,
@@ -651,6 +663,28 @@ def _attachment_row(
         sha256=attachment.sha256,
         file=stored_files.get(attachment.sha256, ""),
     )
+
+
+def _server_ids_by_provider_id(prepared: list[_Prepared]) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = {}
+    for p in prepared:
+        held = ids.setdefault(p.provider_id, [])
+        if p.item.server_id and p.item.server_id not in held:
+            held.append(p.item.server_id)
+    return ids
+
+
+def _add_server_ids(existing: dict[str, Message], server_ids: dict[str, list[str]]) -> None:
+    """A stored message met under a server id it lacks (an identical copy the server keeps
+    apart) keeps that id too: the copy is then re-mapped without a download."""
+    grown = []
+    for provider_id, message in existing.items():
+        missing = [sid for sid in server_ids.get(provider_id, ()) if sid not in message.server_ids]
+        if missing:
+            message.server_ids = [*message.server_ids, *missing]
+            grown.append(message)
+    if grown:
+        Message.objects.bulk_update(grown, ["server_ids"])
 
 
 def _update_flags(

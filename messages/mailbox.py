@@ -5,7 +5,10 @@ Sync apps call these after they decided what changed; they hold no protocol know
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection, transaction
 from django.db.models import Count
@@ -13,9 +16,12 @@ from django.utils import timezone
 
 from .events import events_record, messages_updated
 from .files import files_delete_unused_on_commit, message_files
-from .ingest import FLAG_FIELDS, flag_values
+from .ingest import FLAG_FIELDS, INGEST_LOCK_NAMESPACE, flag_values
+from .mime import message_id_from_fields
 from .models import Account, Folder, IngestBatch, Message, MessageLocation, Thread
 from .threader import refresh_thread_summaries
+
+FLAG_COLUMNS = [*FLAG_FIELDS.values(), "flags_at"]
 
 
 def folder_upsert(
@@ -68,8 +74,9 @@ def folder_uids(folder: Folder) -> set[int]:
 
 
 def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
-    """UIDVALIDITY changed: every UID we knew is void. Messages stay (a re-fetch finds them by
-    content), their locations in this folder go."""
+    """UIDVALIDITY changed: every UID we knew is void. Messages stay, their locations in this
+    folder go; the next fetch re-maps them (`locations_attach_known`: server id or headers,
+    else the content hash after a download)."""
     with transaction.atomic():
         IngestBatch.objects.filter(folder=folder, stored_at__isnull=True).delete()
         locations = MessageLocation.objects.filter(folder=folder)
@@ -115,22 +122,11 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
     if not flags_by_uid:
         return 0
     locations = MessageLocation.objects.filter(folder=folder, uid__in=list(flags_by_uid))
-    message_ids = dict(locations.values_list("message_id", "uid"))
-    messages = Message.objects.filter(id__in=message_ids).only("id", *FLAG_FIELDS.values())
-    changed = []
-    now = timezone.now()
-    for message in messages:
-        values = flag_values(flags_by_uid[message_ids[message.id]])
-        if any(getattr(message, name) != value for name, value in values.items()):
-            for name, value in values.items():
-                setattr(message, name, value)
-            message.flags_at = now
-            changed.append(message)
+    uids = dict(locations.values_list("message_id", "uid"))
+    changed = _flags_changed({message_id: flags_by_uid[uid] for message_id, uid in uids.items()})
     if changed:
         with transaction.atomic():
-            Message.objects.bulk_update(
-                changed, [*FLAG_FIELDS.values(), "flags_at"], batch_size=1000
-            )
+            Message.objects.bulk_update(changed, FLAG_COLUMNS, batch_size=1000)
             messages_updated(folder.account, [m.id for m in changed])
     return len(changed)
 
@@ -160,3 +156,170 @@ def orphans_delete(account: Account) -> int:
         events_record(account, "thread", "deleted", empty)
         events_record(account, "thread", "updated", thread_ids - set(empty))
     return len(message_ids)
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    """A message at a UID of a folder, as the server describes it without its body."""
+
+    uid: int
+    flags: Sequence[str]
+    size: int
+    internal_date: datetime | None  # aware
+    server_id: str | None  # see Message.server_ids
+    message_id_fields: bytes  # the server's BODY[HEADER.FIELDS (MESSAGE-ID)]
+
+
+def account_has_messages_without_server_ids(account: Account) -> bool:
+    return Message.objects.filter(account=account, server_ids=[]).exists()
+
+
+def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set[int]:
+    """Put the messages the store already has at their UIDs in FOLDER, with the server's
+    flags, and return those UIDs: the others need their bodies downloaded.
+
+    A message is known by its server id, else (servers without ids, or messages stored before
+    ids were kept) by Message-ID, RFC822.SIZE and INTERNALDATE together, and only when one
+    stored message has all three, one UID here has them, and no server id says otherwise: two
+    different messages may share a Message-ID, and a wrong merge would show one as the other.
+    A UID that named another message loses that location (as in ingestion).
+    """
+    if not seen:
+        return set()
+    account = folder.account
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+            )
+        by_server_id = _match_server_ids(account, seen)
+        by_headers = _match_headers(account, [m for m in seen if m.uid not in by_server_id])
+        matched = {**by_server_id, **{uid: mid for uid, (mid, _) in by_headers.items()}}
+        if not matched:
+            return set()
+        backfill = {mid: sid for mid, sid in by_headers.values() if sid}
+        for message_id, server_id in backfill.items():
+            Message.objects.filter(pk=message_id, server_ids=[]).update(server_ids=[server_id])
+        released = _release_uids(folder, matched)
+        attached = _locations_put(folder, matched)
+        flagged = _flags_changed({matched[m.uid]: m.flags for m in seen if m.uid in matched})
+        Message.objects.bulk_update(flagged, FLAG_COLUMNS, batch_size=1000)
+        messages_updated(account, attached | {m.id for m in flagged} | released | set(backfill))
+    return set(matched)
+
+
+def _match_server_ids(account: Account, seen: Sequence[ServerMessage]) -> dict[int, int]:
+    """{uid: message id} of the UIDs whose server id one stored message has."""
+    wanted = {m.server_id for m in seen if m.server_id}
+    if not wanted:
+        return {}
+    holders: dict[str, list[int]] = {}
+    rows = Message.objects.filter(account=account, server_ids__overlap=sorted(wanted))
+    for message_id, server_ids in rows.values_list("id", "server_ids"):
+        for server_id in wanted.intersection(server_ids):
+            holders.setdefault(server_id, []).append(message_id)
+    return {
+        m.uid: holders[m.server_id][0]
+        for m in seen
+        if m.server_id and len(holders.get(m.server_id, ())) == 1
+    }
+
+
+def _match_headers(
+    account: Account, seen: Sequence[ServerMessage]
+) -> dict[int, tuple[int, str | None]]:
+    """{uid: (message id, the server id to record on it, if any)} by Message-ID + size +
+    date."""
+    keys: dict[int, tuple[str, int, datetime]] = {}
+    for m in seen:
+        message_id = message_id_from_fields(m.message_id_fields)
+        if message_id and m.size > 0 and m.internal_date is not None:
+            keys[m.uid] = (message_id, m.size, m.internal_date)
+    if not keys:
+        return {}
+    here = Counter(keys.values())
+    stored: dict[tuple[str, int, datetime], list[tuple[int, list[str]]]] = {}
+    rows = Message.objects.filter(
+        account=account,
+        message_id_header__in={k[0] for k in keys.values()},
+        internal_date__isnull=False,
+    ).values_list("message_id_header", "size", "internal_date", "id", "server_ids")
+    for message_id, size, internal_date, pk, server_ids in rows:
+        stored.setdefault((message_id, size, internal_date), []).append((pk, server_ids))
+    matched = {}
+    for m in seen:
+        key = keys.get(m.uid)
+        candidates = stored.get(key, []) if key else []
+        if len(candidates) != 1 or here[key] != 1:
+            continue
+        pk, stored_server_ids = candidates[0]
+        if m.server_id and stored_server_ids:
+            continue  # the server knows it under other ids: it may well be another message
+        matched[m.uid] = (pk, m.server_id)
+    return matched
+
+
+def _release_uids(folder: Folder, matched: Mapping[int, int]) -> set[int]:
+    """A (folder, UID) now names another message: the old holder's location there goes.
+    Returns the old holders."""
+    uids = sorted(matched)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            DELETE FROM mailstore_messagelocation l
+             USING unnest(%s::bigint[], %s::bigint[]) AS c(uid, message_id)
+             WHERE l.folder_id = %s AND l.uid = c.uid AND l.message_id <> c.message_id
+            RETURNING l.message_id
+            """,
+            [uids, [matched[u] for u in uids], folder.pk],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _locations_put(folder: Folder, matched: Mapping[int, int]) -> set[int]:
+    """Locations (message, folder, UID) for MATCHED {uid: message id}; a location of the
+    message here without a UID takes the UID. Returns the messages that changed."""
+    held: dict[int, dict[int | None, MessageLocation]] = {}
+    for loc in MessageLocation.objects.filter(folder=folder, message_id__in=set(matched.values())):
+        held.setdefault(loc.message_id, {})[loc.uid] = loc
+    sort_dates = dict(
+        Message.objects.filter(id__in=set(matched.values())).values_list("id", "sort_date")
+    )
+    to_create, to_update, changed = [], [], set()
+    for uid, message_id in sorted(matched.items()):
+        here = held.setdefault(message_id, {})
+        if uid in here:
+            continue
+        if None in here:
+            location = here.pop(None)
+            location.uid = uid
+            to_update.append(location)
+        else:
+            location = MessageLocation(
+                message_id=message_id, folder=folder, uid=uid, sort_date=sort_dates[message_id]
+            )
+            to_create.append(location)
+        here[uid] = location
+        changed.add(message_id)
+    if to_update:
+        MessageLocation.objects.bulk_update(to_update, ["uid"])
+    MessageLocation.objects.bulk_create(to_create, batch_size=1000)
+    return changed
+
+
+def _flags_changed(flags_by_message: Mapping[int, Sequence[str]]) -> list[Message]:
+    """The messages whose flags differ from the server's, set to the server's (not saved;
+    save FLAG_COLUMNS)."""
+    messages = Message.objects.filter(id__in=list(flags_by_message)).only(
+        "id", *FLAG_FIELDS.values()
+    )
+    changed = []
+    now = timezone.now()
+    for message in messages:
+        values = flag_values(flags_by_message[message.id])
+        if any(getattr(message, name) != value for name, value in values.items()):
+            for name, value in values.items():
+                setattr(message, name, value)
+            message.flags_at = now  # a batch fetched before now leaves them alone
+            changed.append(message)
+    return changed

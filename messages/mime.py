@@ -247,6 +247,17 @@ def _bounded_id(mid: str) -> str:
     return f"<sha256-{hashlib.sha256(mid.encode('utf-8', 'replace')).hexdigest()}@long-id>"
 
 
+def message_id_from_fields(fields: bytes) -> str:
+    """The Message-ID as `parse_message` keeps it, read from header fields alone (e.g. an IMAP
+    BODY[HEADER.FIELDS (MESSAGE-ID)]); "" when there is none or it cannot be read."""
+    result = ParsedMessage()
+    try:
+        _read_ids(email.message_from_bytes(fields, policy=policy.compat32), result)
+    except Exception:
+        return ""
+    return result.message_id
+
+
 def _read_headers(msg: Message, result: ParsedMessage) -> None:
     """Each header on its own: one that cannot be read is a defect, the others are kept."""
     for name, read in _HEADER_READERS:

@@ -183,6 +183,14 @@ class Message(models.Model):
     provider_id = models.CharField(
         max_length=255, help_text="Gmail id, X-GM-MSGID, or derived from Message-ID / content."
     )
+    server_ids = ArrayField(
+        models.CharField(max_length=255),
+        default=list,
+        blank=True,
+        help_text="The server's ids of the message, kept across moves, copies and UIDVALIDITY "
+        "changes: oid:<EMAILID> (RFC 8474), guid:<X-GUID> (Dovecot) or gm:<X-GM-MSGID>. "
+        "Several when the server holds identical copies under ids of their own.",
+    )
     message_id_header = models.CharField(max_length=998, blank=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = models.JSONField(default=list, blank=True)
@@ -241,6 +249,12 @@ class Message(models.Model):
             models.Index(fields=["account", "-sort_date"], name="message_account_newest"),
             models.Index(fields=["thread", "sort_date"], name="message_thread_order"),
             models.Index(fields=["account", "message_id_header"], name="message_account_msgid"),
+            GinIndex(fields=["server_ids"], name="message_server_ids"),
+            # Rows a server gave no id for: while an account has some, its identity pass
+            # also asks for Message-IDs (messages.mailbox.locations_attach_known).
+            models.Index(
+                fields=["account"], condition=Q(server_ids=[]), name="message_without_server_id"
+            ),
             GinIndex(fields=["search_vector"], name="message_search"),
         ]
 

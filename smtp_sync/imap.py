@@ -143,6 +143,10 @@ class FetchedMessage:
     gm_msgid: str | None = None
     gm_thrid: str | None = None
     gm_labels: list[str] = field(default_factory=list)
+    # The server's id of the message (see `ImapConnection.server_id_kind`), when it gives one.
+    server_id: str | None = None
+    # fetch_identities: the Message-ID header field as the server sent it (b"" without one).
+    message_id_field: bytes | None = None
 
 
 @dataclass
@@ -157,6 +161,26 @@ def _text(value: bytes | str) -> str:
 
 def _flags(values: Iterable[bytes | str]) -> list[str]:
     return sorted(_text(v) for v in values if _text(v).lower() != "\\recent")
+
+
+def _server_id(kind: str | None, data: dict) -> str | None:
+    """The server's id as the store keeps it: "<kind>:<id>"."""
+    key = {"oid": b"EMAILID", "gm": b"X-GM-MSGID", "guid": b"X-GUID"}.get(kind or "")
+    value = data.get(key) if key else None
+    if isinstance(value, tuple | list):  # EMAILID (M6d99ac3275bb4e)
+        value = value[0] if value else None
+    if value is None or value in (b"", b"NIL"):
+        return None
+    text = _text(value) if isinstance(value, bytes | str) else str(value)
+    return f"{kind}:{text}"[:255]
+
+
+def _header_fields(data: dict) -> bytes:
+    """The BODY[HEADER.FIELDS (...)] item of a FETCH response (servers vary its case)."""
+    for key, value in data.items():
+        if isinstance(key, bytes) and key.upper().startswith(b"BODY[HEADER.FIELDS"):
+            return value or b""
+    return b""
 
 
 def _folder_status(response: dict, *, count_key: bytes) -> FolderStatus:
@@ -296,6 +320,9 @@ class ImapConnection:
 
     # Extensions not to use even when advertised (servers with broken CONDSTORE exist).
     ignored_capabilities: frozenset[str] = frozenset()
+    # Dovecot answers FETCH X-GUID without advertising it: asked once per session when the
+    # server has no OBJECTID, and not again after a refusal. False: never asked.
+    try_x_guid: bool = True
 
     def __init__(self, server: ImapServer) -> None:
         self.server = server
@@ -304,6 +331,8 @@ class ImapConnection:
         # Set once a command failed (a NO, a BAD, a broken connection): the session's state
         # is no longer known, so it is not to be reused (smtp_sync.pool).
         self.failed = False
+        self.bodies_downloaded = 0  # messages whose bytes this session fetched
+        self._x_guid: bool | None = None  # None: not asked yet
 
     def __enter__(self) -> ImapConnection:
         self.connect()
@@ -489,20 +518,56 @@ class ImapConnection:
         # "UID n:*" matches the highest UID even when it is below n.
         return sorted(uid for uid in uids if not min_uid or uid >= min_uid)
 
+    @property
+    def server_id_kind(self) -> str | None:
+        """Where the server's message ids come from: "oid" (RFC 8474 EMAILID), "gm"
+        (X-GM-MSGID), "guid" (Dovecot's X-GUID), or None when it gives none."""
+        if self.has("OBJECTID"):
+            return "oid"
+        if self.has("X-GM-EXT-1"):
+            return "gm"
+        if self.try_x_guid and self._x_guid is not False:
+            return "guid"
+        return None
+
+    def fetch_identities(
+        self, uids: Sequence[int], *, message_id_field: bool = True
+    ) -> list[FetchedMessage]:
+        """What tells a message without its body: server id, size, date, flags and, with
+        MESSAGE_ID_FIELD, the Message-ID header field (the server reads the message for it)."""
+        return self.fetch_messages(uids, include_body=False, message_id_field=message_id_field)
+
     def fetch_messages(
-        self, uids: Sequence[int], include_body: bool = True
+        self, uids: Sequence[int], include_body: bool = True, *, message_id_field: bool = False
     ) -> list[FetchedMessage]:
         if not uids:
             return []
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
         if include_body:
             items.append("BODY.PEEK[]")
+        if message_id_field:
+            items.append("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]")
         gmail = self.has("X-GM-EXT-1")
         if gmail:
             items += ["X-GM-MSGID", "X-GM-THRID", "X-GM-LABELS"]
         if self.has("CONDSTORE"):
             items.append("MODSEQ")
-        response = self._call(self.imap.fetch, list(uids), items)
+        kind = self.server_id_kind
+        if kind == "oid":
+            items.append("EMAILID")
+        elif kind == "guid":
+            items.append("X-GUID")
+        try:
+            response = self._call(self.imap.fetch, list(uids), items)
+        except ImapConnectError:
+            raise
+        except ImapError:
+            if kind != "guid" or self._x_guid is not None:
+                raise
+            self._x_guid = False  # not Dovecot: it refused the item
+            return self.fetch_messages(uids, include_body, message_id_field=message_id_field)
+        if kind == "guid":
+            self._x_guid = True
         fetched = []
         for uid in uids:
             data = response.get(uid)
@@ -520,8 +585,12 @@ class ImapConnection:
                     gm_msgid=str(data[b"X-GM-MSGID"]) if gmail and b"X-GM-MSGID" in data else None,
                     gm_thrid=str(data[b"X-GM-THRID"]) if gmail and b"X-GM-THRID" in data else None,
                     gm_labels=[_text(x) for x in data.get(b"X-GM-LABELS", ())],
+                    server_id=_server_id(kind, data),
+                    message_id_field=_header_fields(data) if message_id_field else None,
                 )
             )
+        if include_body:
+            self.bodies_downloaded += sum(1 for m in fetched if m.raw is not None)
         return fetched
 
     def fetch_message_to_file(self, uid: int, path: Path) -> FetchedMessage | None:
@@ -546,6 +615,7 @@ class ImapConnection:
                 if len(piece) < piece_bytes:
                     break
         fetched[0].raw_file = str(path)
+        self.bodies_downloaded += 1
         return fetched[0]
 
     def fetch_flags(self, uids: Sequence[int]) -> dict[int, list[str]]:

@@ -32,6 +32,7 @@ from messages.folders import guess_role
 from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_finish, sync_run_start
 
+from .identity import known_locations
 from .imap import (
     FetchedMessage,
     FolderStatus,
@@ -401,6 +402,7 @@ class ImapAccountSync:
         in the folder's sync_state and not fetched again. UIDs whose batch was lost (its
         consumer killed) are fetched again, up to REFETCH_ROUNDS times; after that the pass
         ends unfinished and the folder's cursor stays where it was."""
+        uids = known_locations(conn, folder, uids)
         handled = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
         uids = [uid for uid in uids if uid not in handled]
         for _round in range(REFETCH_ROUNDS + 1):
@@ -507,6 +509,7 @@ class ImapAccountSync:
             raw_file=message.raw_file,
             provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
             thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+            server_id=message.server_id,
             folder=folder.name,
             uid=message.uid,
             flags=list(message.flags),

@@ -34,6 +34,13 @@ class MailServerUser:
             for raw in raws:
                 c.append(folder, raw, flags=[f.encode() for f in flags])
 
+    @property
+    def home(self) -> Path:
+        return Path(os.environ["DOVECOT_HOME"], self.username)
+
+    def uidvalidity_reset(self, folder: str = "INBOX") -> None:
+        maildir_uidvalidity_reset(self.home, folder)
+
     def mailbox_state(self) -> dict[str, dict[int, tuple[str, frozenset[str]]]]:
         """{folder: {uid: (sha256 of the bytes, system flags)}} as the server has it."""
         state = {}
@@ -50,6 +57,33 @@ class MailServerUser:
                     for uid, d in data.items()
                 }
         return state
+
+
+def maildir_uidvalidity_reset(home: Path, folder: str = "INBOX", first_uid: int = 1000) -> None:
+    """Give FOLDER of a Dovecot maildir a new UIDVALIDITY and new UIDs (from FIRST_UID), as a
+    restored backup or a lost dovecot-uidlist does: the uidlist's header (V: UIDVALIDITY, N:
+    next UID) and lines are rewritten, and the indexes that cache them removed. The files, so
+    the messages' X-GUIDs (a maildir file's base name), stay. No session may have it open."""
+    maildir = home / "Maildir"
+    directory = maildir if folder == "INBOX" else maildir / f".{folder.replace('/', '.')}"
+    uidlist = directory / "dovecot-uidlist"
+    header, *lines = uidlist.read_text().splitlines()
+    version, *fields = header.split()
+    renumbered = [f"{first_uid + i} {line.partition(' ')[2]}" for i, line in enumerate(lines)]
+    new_fields = []
+    for item in fields:
+        if item.startswith("V"):
+            item = f"V{int(item[1:]) + 1}"
+        elif item.startswith("N"):
+            item = f"N{first_uid + len(lines)}"
+        new_fields.append(item)
+    owner = uidlist.stat()
+    replacement = directory / "dovecot-uidlist.reset"
+    replacement.write_text("\n".join([" ".join([version, *new_fields]), *renumbered, ""]))
+    os.chown(replacement, owner.st_uid, owner.st_gid)
+    replacement.replace(uidlist)
+    for index in [*directory.glob("dovecot.index*"), *maildir.glob("dovecot.list.index*")]:
+        index.unlink()
 
 
 def store_state(account: Account) -> dict[str, dict[int, tuple[str, frozenset[str]]]]:

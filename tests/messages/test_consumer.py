@@ -30,6 +30,8 @@ def good_payload(account_id, *raws, folder="INBOX"):
         (lambda p: p["messages"][0].pop("raw"), "messages/0"),
         (lambda p: p["messages"][0].update(uid=-4), "messages/0/uid"),
         (lambda p: p.update(schema=99), "schema"),
+        (lambda p: p["messages"][0].update(serverId=""), "messages/0/serverId"),
+        (lambda p: p["messages"][0].update(serverID="guid:x"), "serverID"),
         (lambda p: p.update(accountId=999999), "account 999999 does not exist"),
     ],
 )
@@ -42,6 +44,13 @@ def test_malformed_payload_is_dead_lettered_with_its_reason(account, mangle, rea
     assert reason in letter.reason
     assert letter.payload == payload
     assert Message.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_server_id_travels_to_the_stored_message(account):
+    item = topics.new_message_item(make_mail("x"), folder="INBOX", uid=7, server_id="guid:abc")
+    ingest_new_messages.apply(args=[topics.new_message_payload(account.pk, "imap", [item])]).get()
+    assert Message.objects.get().server_ids == ["guid:abc"]
 
 
 @pytest.mark.django_db
