@@ -81,7 +81,12 @@ from imapclient import IMAPClient  # noqa: E402
 
 import smtp_sync.sync  # noqa: E402
 from bench.message_workers import MessageWorker  # noqa: E402
-from bench.procstats import ProcessStats, RedisMemorySampler, machine_cpu_seconds  # noqa: E402
+from bench.procstats import (  # noqa: E402
+    ProcessStats,
+    RedisMemorySampler,
+    machine_cpu_seconds,
+    tree_cpu_seconds,
+)
 from messages.batches import BatchPublisher  # noqa: E402
 from messages.files import files_delete_unused_on_commit, message_files  # noqa: E402
 from messages.models import Account, Message, MessageLocation  # noqa: E402
@@ -784,6 +789,24 @@ def run_child_full_sync(account: Account, delivery: str) -> dict[str, Any]:
     return json.loads(lines[-1][len(CHILD_MARK) :])
 
 
+def postmaster_pid() -> int | None:
+    """The PostgreSQL server's main process, when it runs on this machine (its backends are
+    its children)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    stats = Path(f"/proc/{backend}/stat")
+    if not stats.exists():
+        return None
+    text = stats.read_text()
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def postgres_cpu_seconds(postmaster: int | None) -> float:
+    """CPU seconds of the PostgreSQL processes, live and exited (0 when it is not local)."""
+    return tree_cpu_seconds(postmaster) if postmaster else 0.0
+
+
 @dataclass
 class FullRun:
     """One full sync of the seeded mailbox into a fresh account."""
@@ -819,10 +842,13 @@ def full_run(
         log(f"[2] full sync, {label}: {user.username} into account {account.pk} ...")
         settle()
         cpu_before = worker.cpu_seconds() if worker else 0.0
+        postmaster = postmaster_pid()
+        pg_before = postgres_cpu_seconds(postmaster)
         with RedisMemorySampler(settings.CELERY_BROKER_URL) as redis_memory:
             child = run_child_full_sync(account, "queue" if concurrency else "inline")
         workers = worker.stats() if worker else []
         cpu = sum(s.cpu_seconds for s in workers) - cpu_before
+        child["postgres_cpu_seconds"] = postgres_cpu_seconds(postmaster) - pg_before
     except BaseException:
         if worker:
             worker.stop()
@@ -850,6 +876,7 @@ def full_run(
         f" {child['waited']:.0f} of {child['published']:.0f} batches waited on backpressure"
         f" ({child['wait_seconds']:.1f}s), drains {child['drain_seconds']:.1f}s,"
         f" CPU {child['cpu_seconds']:.1f}s; message workers CPU {cpu:.1f}s;"
+        f" PostgreSQL CPU {child['postgres_cpu_seconds']:.1f}s;"
         f" machine busy {child['machine_busy_cores']:.2f} cores;"
         f" Redis peak {_mb(run.redis_peak)} (baseline {_mb(run.redis_baseline)})"
     )
@@ -1358,6 +1385,14 @@ def full_sync_rows(
             "  message workers: CPU / (wall x processes)",
             f"{_s(run.worker_cpu_seconds)} / {_s(capacity)}",
             f"{run.worker_cpu_seconds / capacity:.0%} busy" if capacity else "-",
+            "-",
+            "-",
+            "-",
+        ),
+        (
+            "  PostgreSQL: CPU during the full sync",
+            _s(child["postgres_cpu_seconds"]),
+            "every backend's, the exited ones' too",
             "-",
             "-",
             "-",

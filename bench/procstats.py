@@ -22,7 +22,10 @@ class ProcessStats:
     name: str
     peak_rss_kb: int  # VmHWM: the process's peak resident set since it started
     rss_kb: int
-    cpu_seconds: float  # user + system, this process only (not its reaped children)
+    cpu_seconds: float  # user + system, this process only
+    reaped_cpu_seconds: float = (
+        0.0  # user + system of its children that exited (and were waited for)
+    )
 
 
 def _ppid_and_name(pid: int) -> tuple[int, str] | None:
@@ -65,18 +68,27 @@ def process_stats(pid: int) -> ProcessStats | None:
             values[key] = rest.split()[0] if rest.split() else "0"
     fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    reaped = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS  # cutime, cstime
     return ProcessStats(
         pid=pid,
         name=values.get("Name", "?"),
         peak_rss_kb=int(values.get("VmHWM", 0)),
         rss_kb=int(values.get("VmRSS", 0)),
         cpu_seconds=cpu,
+        reaped_cpu_seconds=reaped,
     )
 
 
 def tree_stats(pid: int) -> list[ProcessStats]:
     """Stats of each live process of PID's tree."""
     return [s for s in (process_stats(p) for p in process_tree(pid)) if s is not None]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of PID's tree, the exited children that PID reaped included (PostgreSQL's
+    backends come and go with their connections)."""
+    stats = tree_stats(pid)
+    return sum(s.cpu_seconds for s in stats) + (stats[0].reaped_cpu_seconds if stats else 0.0)
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

@@ -10,7 +10,7 @@ import uuid
 import redis
 from django.conf import settings
 
-from bench.procstats import RedisMemorySampler, machine_cpu_seconds, tree_stats
+from bench.procstats import RedisMemorySampler, machine_cpu_seconds, tree_cpu_seconds, tree_stats
 
 MB = 1024 * 1024
 
@@ -48,6 +48,34 @@ def test_tree_stats_reports_each_process_of_a_tree_with_its_own_peak_and_cpu():
     assert parent.peak_rss_kb * 1024 < 100 * MB
     assert children[0].cpu_seconds >= 0.4
     assert tree_stats(proc.pid) == []  # gone
+
+
+# A parent whose child burns CPU and exits (reaped) before the parent says it is ready.
+REAPING = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    end = time.process_time() + 0.5
+    while time.process_time() < end:
+        pass
+    os._exit(0)
+os.waitpid(pid, 0)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_tree_cpu_seconds_counts_the_children_that_exited():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REAPING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert len(tree_stats(proc.pid)) == 1
+        assert tree_cpu_seconds(proc.pid) >= 0.45
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
 
 
 def test_machine_cpu_seconds_advance_while_this_process_works():
