@@ -183,7 +183,8 @@ class BatchPublisher:
         done, lost = [], []
         live = self._live_leases([r for r in rows.values() if r.stored_at is None])
         now = timezone.now()
-        current_epoch = _epoch()
+        unclaimed = any(r.stored_at is None and r.claimed_at is None for r in rows.values())
+        current_epoch = _epoch() if unclaimed else None
         for batch_id, sent in list(self.in_flight.items()):
             row = rows.get(batch_id)
             if row is None:
@@ -241,10 +242,11 @@ class BatchPublisher:
 
 def _epoch() -> str | None:
     """A token that changes when Redis loses its data (a queued batch is then lost too)."""
+    token = uuid.uuid4().hex
     try:
-        client = syncstate.client()
-        client.set(EPOCH_KEY, uuid.uuid4().hex, nx=True)
-        value = client.get(EPOCH_KEY)
+        value = syncstate.client().set(EPOCH_KEY, token, nx=True, get=True)  # one round trip
     except redis.RedisError:
         return None
+    if value is None:
+        return token
     return value.decode() if isinstance(value, bytes) else value

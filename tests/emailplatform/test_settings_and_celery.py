@@ -52,6 +52,26 @@ def test_reliability_settings():
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
 
 
+def test_a_queued_batch_costs_its_json_and_no_second_base64(settings):
+    """kombu's Redis transport would base64 the JSON body (new mail is base64 already)."""
+    import json
+
+    import redis
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue = "body-encoding-check"
+    broker.delete(queue)
+    try:
+        marker = "x" * 100_000
+        app.send_task("nothing.at_all", args=[{"raw": marker}], queue=queue)
+        (stored,) = broker.lrange(queue, 0, -1)
+        message = json.loads(stored)
+        assert marker in message["body"]
+        assert len(stored) < 1.1 * len(marker)
+    finally:
+        broker.delete(queue)
+
+
 @pytest.mark.django_db
 def test_beat_is_seeded_with_the_periodic_full_sync():
     job = PeriodicTask.objects.get(task=topics.TASK_SCHEDULE_FULL_SYNCS)
