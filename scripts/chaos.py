@@ -9,11 +9,11 @@ touching it.
 
 Per scenario, from scratch: a fresh store (the platform's tables truncated, Redis flushed, an
 empty MEDIA_ROOT), a fresh Dovecot user whose mailbox (3 folders) is written straight into its
-maildir, the platform started with `scripts/run_platform.py` (web, worker on every queue, beat,
-imap-idle) with production settings (DEBUG off, the production visibility timeout, lock TTL and
-restore interval: only the mailbox is small), the account added with `manage.py add_account`
-(which tests the connection and publishes the first full sync). Then the fault, then polling
-until the store equals the server or the time is up.
+maildir, the platform started with `scripts/run_platform.py` (web, sync worker, message worker,
+beat, imap-idle) with production settings (DEBUG off, the production visibility timeout, lock
+TTL, lease and restore interval: only the mailbox is small), the account added with
+`manage.py add_account` (which tests the connection and publishes the first full sync). Then the
+fault, then polling until the store equals the server or the time is up.
 
 Beat's IMAP poll and periodic full sync are disabled (django-celery-beat `enabled=False`, nothing
 else): what converges does so with no poll and no manual trigger. Other beat jobs (a watchdog,
@@ -26,8 +26,14 @@ one message row per distinct message (no duplicates); no message without a locat
 bytes, no empty thread; every referenced file present. After convergence, a few seconds later:
 no sync run left "running", no file in MEDIA_ROOT that no row names, every platform process alive.
 
+While a scenario runs, a watcher thread samples the account's batch rows and stored count: each
+fault's time until the store grows again ("resumed") and, for a killed message worker, until
+the batches it held are stored; and two sync passes of the account publishing at once (their
+publisher ids' batch ranges interleave) is a failure in every scenario.
+
 Target: converged within --target seconds (120) of the fault's end, --worker-target (90) for the
-worker kills. Exits 1 if a scenario misses it. The table is printed in Markdown.
+worker kills, which must also resume within it after each kill. Exits 1 if a scenario misses
+it. The table is printed in Markdown.
 """
 
 from __future__ import annotations
@@ -176,6 +182,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from chaos_checks import ROLES, WORKER_ROLES, PassOverlap, role_of  # noqa: E402
 from imap_sync import BASE_TIMESTAMP, MailMaker  # noqa: E402
 
+from emailplatform import syncstate  # noqa: E402
+from messages.batch_store import lease_key  # noqa: E402
 from messages.models import (  # noqa: E402
     Account,
     Attachment,
@@ -613,13 +621,19 @@ class Watcher:
 
 
 def batches_held(account_id: int) -> dict[int, set[int]]:
-    """{folder id: UIDs} of the account's batches claimed by a consumer and not yet stored."""
+    """{folder id: UIDs} of the account's batches a live consumer holds: claimed, not stored,
+    under a lease (not those of a consumer already dead, whose lease lapses)."""
     held: dict[int, set[int]] = {}
-    rows = IngestBatch.objects.filter(
-        account_id=account_id, claimed_at__isnull=False, stored_at__isnull=True
-    ).values_list("folder_id", "uids")
-    for folder_id, uids in rows:
-        if folder_id is not None:
+    rows = list(
+        IngestBatch.objects.filter(
+            account_id=account_id, claimed_at__isnull=False, stored_at__isnull=True
+        ).values_list("id", "folder_id", "uids")
+    )
+    if not rows:
+        return held
+    leases = syncstate.client().mget([lease_key(batch_id) for batch_id, _, _ in rows])
+    for (_id, folder_id, uids), lease in zip(rows, leases, strict=True):
+        if folder_id is not None and lease is not None:
             held.setdefault(folder_id, set()).update(uids)
     return held
 
