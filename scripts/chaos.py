@@ -1076,10 +1076,8 @@ def scenario_worker_kill(role: str) -> Callable[[Run, Result], float]:
             last_kill = time.monotonic()
             run.watcher.fault(f"kill #{k + 1} ({kind})", stored, held)
             kinds.append(kind)
-            log(
-                f"  kill -9 #{k + 1}: {role} {kind} {victim} ({stored}/{run.total} stored, "
-                f"{sum(map(len, held.values()))} messages in claimed batches)"
-            )
+            holding = f" stored, holding {sum(map(len, held.values()))}" if message else " stored"
+            log(f"  kill -9 #{k + 1}: {role} {kind} {victim} ({stored}/{run.total}{holding})")
             if kind == "main":
                 # Back when a supervisor (run_platform.py, or the suite standing in) restarted it.
                 deadline = time.monotonic() + 90
