@@ -8,9 +8,12 @@ a million messages is never in Redis or the blob store at once; `drain` waits un
 is stored, which is what a sync's progress and "done" mean, and before a folder's cursor moves.
 
 Losses are the producer's to repair, since it can fetch again and nobody else can: a batch
-whose consumer's lease lapsed (the worker was killed), or that no consumer claimed within
-INGEST_QUEUE_TIMEOUT_SECONDS or before Redis lost its data, is reported by `drain` (its row
-deleted, so a late copy of it changes nothing) and the sync fetches those UIDs again. A
+whose consumer's lease lapsed (the worker was killed), that no consumer claimed within
+INGEST_QUEUE_TIMEOUT_SECONDS or before Redis lost its data, or that the queue went past (a
+batch published after it was claimed CLAIM_GRACE ago, but it was not: the queue is first in,
+first out, so a worker took it and died before claiming it, and Redis would give it back only
+after its visibility timeout, hours later) is reported by `drain` (its row deleted, so a late
+copy of it changes nothing) and the sync fetches those UIDs again. A
 producer that dies leaves rows that the account's next pass voids (`batches_void`).
 """
 
@@ -99,6 +102,7 @@ class BatchPublisher:
         self.max_in_flight = max(1, max_in_flight or settings.INGEST_MAX_BATCHES_IN_FLIGHT)
         self.publisher = uuid.uuid4().hex
         self.in_flight: dict[int, _Sent] = {}
+        self.claims: dict[int, datetime] = {}  # batch id -> claimed at, of batches in flight
         self.outcome = DrainOutcome()
         self.published = 0
 
@@ -185,6 +189,8 @@ class BatchPublisher:
         now = timezone.now()
         unclaimed = any(r.stored_at is None and r.claimed_at is None for r in rows.values())
         current_epoch = _epoch() if unclaimed else None
+        self.claims.update((r.pk, r.claimed_at) for r in rows.values() if r.claimed_at)
+        passed = max((pk for pk, at in self.claims.items() if now - at > CLAIM_GRACE), default=0)
         for batch_id, sent in list(self.in_flight.items()):
             row = rows.get(batch_id)
             if row is None:
@@ -199,8 +205,10 @@ class BatchPublisher:
             elif row.claimed_at is not None:
                 if batch_id not in live and now - row.claimed_at > CLAIM_GRACE:
                     lost.append(row)
-            elif now - sent.sent_at > timedelta(seconds=settings.INGEST_QUEUE_TIMEOUT_SECONDS) or (
-                current_epoch is not None and sent.epoch != current_epoch
+            elif (
+                batch_id < passed
+                or now - sent.sent_at > timedelta(seconds=settings.INGEST_QUEUE_TIMEOUT_SECONDS)
+                or (current_epoch is not None and sent.epoch != current_epoch)
             ):
                 lost.append(row)
         for row in done:
@@ -224,6 +232,8 @@ class BatchPublisher:
                 row.pk,
                 len(row.uids),
             )
+        oldest = min(self.in_flight, default=None)
+        self.claims = {pk: at for pk, at in self.claims.items() if oldest and pk > oldest}
         finished = [row.pk for row in (*done, *lost)]
         if finished:
             # Stored rows have told us all; lost ones go so that a late copy changes nothing.

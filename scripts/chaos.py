@@ -9,11 +9,11 @@ touching it.
 
 Per scenario, from scratch: a fresh store (the platform's tables truncated, Redis flushed, an
 empty MEDIA_ROOT), a fresh Dovecot user whose mailbox (3 folders) is written straight into its
-maildir, the platform started with `scripts/run_platform.py` (web, worker on every queue, beat,
-imap-idle) with production settings (DEBUG off, the production visibility timeout, lock TTL and
-restore interval: only the mailbox is small), the account added with `manage.py add_account`
-(which tests the connection and publishes the first full sync). Then the fault, then polling
-until the store equals the server or the time is up.
+maildir, the platform started with `scripts/run_platform.py` (web, sync worker, message worker,
+beat, imap-idle) with production settings (DEBUG off, the production visibility timeout, lock
+TTL, lease and restore interval: only the mailbox is small), the account added with
+`manage.py add_account` (which tests the connection and publishes the first full sync). Then the
+fault, then polling until the store equals the server or the time is up.
 
 Beat's IMAP poll and periodic full sync are disabled (django-celery-beat `enabled=False`, nothing
 else): what converges does so with no poll and no manual trigger. Other beat jobs (a watchdog,
@@ -26,8 +26,15 @@ one message row per distinct message (no duplicates); no message without a locat
 bytes, no empty thread; every referenced file present. After convergence, a few seconds later:
 no sync run left "running", no file in MEDIA_ROOT that no row names, every platform process alive.
 
+While a scenario runs, a watcher thread samples the account's batch rows and stored count: each
+fault's time until the store holds mail published after it ("resumed": more than was stored
+and in flight at the fault) and, for a killed message worker, until the batches it held are
+stored; and two sync passes of the account publishing at once (their
+publisher ids' batch ranges interleave) is a failure in every scenario.
+
 Target: converged within --target seconds (120) of the fault's end, --worker-target (90) for the
-worker kills. Exits 1 if a scenario misses it. The table is printed in Markdown.
+worker kills, which must also resume within it after each kill. Exits 1 if a scenario misses
+it. The table is printed in Markdown.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -59,6 +67,7 @@ DEVSERVICES = [PY, str(ROOT / "scripts" / "devservices.py")]
 
 SCENARIOS = (
     "worker-kill",
+    "message-worker-kill",
     "redis-restart",
     "postgres-restart",
     "imap-cut",
@@ -81,12 +90,6 @@ PRODUCTION_SETTINGS = (
     "FULL_SYNC_INTERVAL_MINUTES",
 )
 POLL_JOBS = ("smtp_sync.poll_accounts", "messages.schedule_full_syncs")
-ROLES = {
-    "web": ("runserver", "gunicorn", "uvicorn"),
-    "worker": ("worker",),
-    "beat": ("beat",),
-    "imap-idle": ("imap_idle",),
-}
 
 
 def log(text: str) -> None:
@@ -105,6 +108,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--messages", type=int, default=3000, help="mailbox size (3 folders)")
     parser.add_argument("--kills", type=int, default=10, help="worker-kill: kill -9 count")
+    parser.add_argument(
+        "--message-kills", type=int, default=6, help="message-worker-kill: kill -9 count"
+    )
     parser.add_argument(
         "--kill-target",
         choices=["mixed", "child", "main"],
@@ -127,7 +133,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--triggers", type=int, default=10, help="concurrent triggers (half full)")
     parser.add_argument("--target", type=float, default=120.0, help="seconds after the fault")
-    parser.add_argument("--worker-target", type=float, default=90.0, help="worker-kill target")
+    parser.add_argument(
+        "--worker-target",
+        type=float,
+        default=90.0,
+        help="the worker kills' target, to converge and, after each kill, to resume",
+    )
     parser.add_argument(
         "--margin", type=float, default=30.0, help="keep polling this long past the target"
     )
@@ -168,12 +179,17 @@ from django.db.models import Count  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from chaos_checks import ROLES, WORKER_ROLES, PassOverlap, role_of  # noqa: E402
 from imap_sync import BASE_TIMESTAMP, MailMaker  # noqa: E402
 
+from emailplatform import syncstate  # noqa: E402
+from messages.batch_store import lease_key  # noqa: E402
 from messages.models import (  # noqa: E402
     Account,
     Attachment,
     Folder,
+    IngestBatch,
     Message,
     MessageLocation,
     RawMessage,
@@ -515,22 +531,149 @@ def db_retry(fn: Callable, *args, **kwargs):
         return None
 
 
+# The store while a scenario runs ----------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """One fault's moment, the store's size then, the size that means the pipeline moves again
+    (GOAL: beyond everything published before the fault, or the whole mailbox), and the
+    locations its victim held (batches claimed under a live lease: a message worker's work)."""
+
+    label: str
+    at: float
+    stored: int
+    goal: int
+    held: dict[int, set[int]]
+    resumed: float | None = None  # seconds until the store reached GOAL
+    recovered: float | None = None  # seconds until every held location was stored
+
+    def summary(self) -> str:
+        parts = [f"resumed {_secs(self.resumed)}"]
+        if self.held:
+            parts.append(f"held batches stored {_secs(self.recovered)}")
+        return f"{self.label}: " + ", ".join(parts)
+
+
+def _secs(value: float | None) -> str:
+    return "never" if value is None else f"{value:.0f}s"
+
+
+class Watcher:
+    """A thread that samples the account's store every 0.3 s while a scenario runs: its batch
+    rows (each sync pass's publisher id, for the one-sync-at-a-time check) and the stored
+    count, so that each fault's time to resume (`Fault.goal` reached) and to recover (what the
+    victim held is stored) is measured outside the fault's own loop."""
+
+    def __init__(self, account_id: int, total: int) -> None:
+        self.account_id = account_id
+        self.total = total
+        self.overlap = PassOverlap()
+        self.faults: list[Fault] = []
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def fault(self, label: str, stored: int, held: dict[int, set[int]] | None = None) -> None:
+        """Note a fault now. Work has resumed once the store holds a message published after
+        it: more than what was stored plus what was in flight at the fault."""
+        at = time.monotonic()
+        in_flight = db_retry(
+            lambda: sum(
+                len(uids)
+                for uids in IngestBatch.objects.filter(
+                    account_id=self.account_id, stored_at__isnull=True
+                ).values_list("uids", flat=True)
+            )
+        )
+        goal = min(self.total, stored + (in_flight or 0) + 1)
+        with self._lock:
+            self.faults.append(Fault(label, at, stored, goal, held or {}))
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(0.3):
+                try:
+                    self._sample()
+                except DatabaseError:
+                    connection.close()
+        finally:
+            connection.close()
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        rows = list(
+            IngestBatch.objects.filter(account_id=self.account_id).values_list(
+                "id", "publisher", "stored_at"
+            )
+        )
+        self.overlap.feed((batch_id, publisher) for batch_id, publisher, _ in rows)
+        self.max_in_flight = max(self.max_in_flight, sum(1 for r in rows if r[2] is None))
+        stored = MessageLocation.objects.filter(
+            message__account_id=self.account_id, uid__isnull=False
+        ).count()
+        with self._lock:
+            faults = [f for f in self.faults if f.resumed is None or f.recovered is None]
+        for fault in faults:
+            if fault.resumed is None and stored >= fault.goal:
+                fault.resumed = now - fault.at
+            if fault.recovered is None and fault.held and self._all_stored(fault.held):
+                fault.recovered = now - fault.at
+
+    def _all_stored(self, held: dict[int, set[int]]) -> bool:
+        for folder_id, uids in held.items():
+            found = MessageLocation.objects.filter(folder_id=folder_id, uid__in=uids).count()
+            if found < len(uids):
+                return False
+        return True
+
+
+def batches_held(account_id: int) -> dict[int, set[int]]:
+    """{folder id: UIDs} of the account's batches a live consumer holds: claimed, not stored,
+    under a lease (not those of a consumer already dead, whose lease lapses)."""
+    held: dict[int, set[int]] = {}
+    rows = list(
+        IngestBatch.objects.filter(
+            account_id=account_id, claimed_at__isnull=False, stored_at__isnull=True
+        ).values_list("id", "folder_id", "uids")
+    )
+    if not rows:
+        return held
+    leases = syncstate.client().mget([lease_key(batch_id) for batch_id, _, _ in rows])
+    for (_id, folder_id, uids), lease in zip(rows, leases, strict=True):
+        if folder_id is not None and lease is not None:
+            held.setdefault(folder_id, set()).update(uids)
+    return held
+
+
+def batches_in_flight(account_id: int) -> int:
+    return IngestBatch.objects.filter(account_id=account_id, stored_at__isnull=True).count()
+
+
 # The platform's processes -------------------------------------------------------------------
 
 
-def proc_table() -> dict[int, tuple[int, int, str]]:
-    """{pid: (ppid, session id, cmdline)} of every process."""
+def proc_table() -> dict[int, tuple[int, int, list[str]]]:
+    """{pid: (ppid, session id, argv)} of every process."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (int(fields[1]), int(fields[3]), cmdline.strip())
+        table[int(entry)] = (int(fields[1]), int(fields[3]), argv.rstrip("\0").split("\0"))
     return table
 
 
@@ -565,49 +708,52 @@ class Platform:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def processes(self) -> dict[int, tuple[int, str]]:
-        """{pid: (ppid, cmdline)} of this platform's processes (its sessions, orphans too)."""
+    def processes(self) -> dict[int, tuple[int, list[str]]]:
+        """{pid: (ppid, argv)} of this platform's processes (its sessions, orphans too)."""
         return {
-            pid: (ppid, cmd)
-            for pid, (ppid, sid, cmd) in proc_table().items()
+            pid: (ppid, argv)
+            for pid, (ppid, sid, argv) in proc_table().items()
             if sid in self.sessions and pid not in self.sessions
         }
 
     def roles(self) -> dict[str, list[int]]:
-        """Role -> pids of the live processes doing it, run_platform.py's children (worker: its
-        main processes only, not the pool's)."""
-        procs = self.processes()
+        """Role -> pids of the live processes doing it, run_platform.py's children (a worker:
+        its main processes only, not the pool's)."""
         found: dict[str, list[int]] = {role: [] for role in ROLES}
-        for pid, (ppid, cmd) in procs.items():
-            for role, marks in ROLES.items():
-                if any(mark in cmd.split() or f" {mark}" in cmd for mark in marks):
-                    if role == "worker" and ppid not in self.sessions:
-                        break  # a pool child, or one orphaned by its killed main process
-                    found[role].append(pid)
-                    break
+        for pid, (ppid, argv) in self.processes().items():
+            role = role_of(argv)
+            if role is None or ppid not in self.sessions:
+                continue  # a pool child, or one orphaned by its killed main process
+            found[role].append(pid)
         return found
 
-    def worker_main(self) -> int | None:
-        mains = self.roles()["worker"]
+    def worker_main(self, role: str) -> int | None:
+        mains = self.roles()[role]
         return max(mains) if mains else None
 
     def pool_children(self, main: int) -> list[int]:
-        return [pid for pid, (ppid, _cmd) in self.processes().items() if ppid == main]
+        return [pid for pid, (ppid, _argv) in self.processes().items() if ppid == main]
 
-    def ready_count(self) -> int:
+    def ready_count(self, role: str | None = None) -> int:
+        """Celery's "ready." lines in the log so far (of ROLE's node only, when given)."""
         try:
-            return self.log_path.read_bytes().count(b" ready.")
+            lines = self.log_path.read_bytes().splitlines()
         except FileNotFoundError:
             return 0
+        node = f" {role.removesuffix('-worker')}@".encode() if role else b""
+        return sum(1 for line in lines if line.endswith(b" ready.") and node in line)
 
-    def wait_ready(self, before: int, timeout: float = 120.0) -> bool:
-        """Wait for a worker's "ready." beyond BEFORE and every role's process."""
+    def ready_counts(self) -> dict[str, int]:
+        return {role: self.ready_count(role) for role in WORKER_ROLES}
+
+    def wait_ready(self, before: dict[str, int], timeout: float = 120.0) -> bool:
+        """Wait for each worker's "ready." beyond BEFORE and every role's process."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
                 return False
-            roles = self.roles()
-            if self.ready_count() > before and all(roles.values()):
+            ready = all(self.ready_count(role) > n for role, n in before.items())
+            if ready and all(self.roles().values()):
                 return True
             time.sleep(0.3)
         return False
@@ -619,7 +765,7 @@ class Platform:
         log(f"  run_platform.py exited ({self.proc.returncode}): the suite restarts it")
         self.kill_leftovers()
         self.suite_restarts += 1
-        before = self.ready_count()
+        before = self.ready_counts()
         self.start()
         self.wait_ready(before)
 
@@ -660,6 +806,7 @@ class Result:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sync_runs: str = ""
+    resumed: float | None = None  # the slowest resumption after a fault (seconds)
 
     @property
     def met(self) -> bool:
@@ -700,6 +847,7 @@ class Run:
         self.platform = Platform(logs / f"{name}.log")
         self.account_id: int | None = None
         self.total = 0
+        self.watcher: Watcher | None = None
 
     def prepare(self) -> None:
         store_reset()
@@ -712,7 +860,7 @@ class Run:
             f"in {time.monotonic() - start:.0f}s"
         )
         self.platform.start()
-        if not self.platform.wait_ready(0):
+        if not self.platform.wait_ready(dict.fromkeys(WORKER_ROLES, 0)):
             raise RuntimeError(f"the platform did not start; see {self.platform.log_path}")
         log(f"  platform up (run_platform.py pid {self.platform.proc.pid})")
 
@@ -746,6 +894,8 @@ class Run:
         if done.returncode != 0:
             raise RuntimeError(f"add_account failed: {done.stderr.strip()[-2000:]}")
         self.account_id = Account.objects.get(email_address=self.user.email).pk
+        self.watcher = Watcher(self.account_id, self.total)
+        self.watcher.start()
         log(f"  account {self.account_id} added with manage.py add_account")
 
     def stored(self) -> int:
@@ -851,70 +1001,121 @@ class Run:
                 "the suite restarted it"
             )
 
+    def watched(self, result: Result) -> None:
+        """What the watcher saw: each fault's time to resume, and two sync passes at once."""
+        if self.watcher is None:
+            return
+        self.watcher.stop()
+        faults = self.watcher.faults
+        for fault in faults:
+            if fault.stored >= self.total and fault.resumed is None:
+                fault.resumed = 0.0  # nothing left to store: nothing to resume
+        # What a killed message worker held is fetched again when the sync drains its folder
+        # (messages.batches): reported, but the target is on the pipeline moving again.
+        times = [f.resumed for f in faults]
+        if faults:
+            result.resumed = math.inf if None in times else max(times)
+            result.notes.append("; ".join(f.summary() for f in faults))
+            slow = [t for t in times if t is None or t > result.target]
+            if self.name.endswith("worker-kill") and slow:
+                result.problems.append(
+                    f"{len(slow)} times work resumed later than {result.target:.0f}s after a kill"
+                )
+        passes = len(self.watcher.overlap.ranges)
+        overlaps = self.watcher.overlap.overlaps()
+        result.notes.append(
+            f"{passes} sync passes seen publishing, at most {self.watcher.max_in_flight} "
+            "batches in flight"
+        )
+        if overlaps:
+            result.problems.append(f"two sync passes of the account at once ({len(overlaps)}x)")
+
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.platform.stop()
         self.user.remove()
         connections.close_all()
 
 
-def scenario_worker_kill(run: Run, result: Result) -> float:
-    run.add_account()
-    run.wait_stored(0.05)
-    mid = 0
-    targets = {"child": ["child"], "main": ["main"], "mixed": ["child", "main"]}[ARGS.kill_target]
-    start_with = RNG.randrange(len(targets))
-    kinds: list[str] = []
-    last_kill = time.monotonic()
-    for k in range(ARGS.kills):
-        # A random moment while the sync makes progress: once the store grows again after the
-        # last kill (at most --kill-gap x 3 seconds of waiting for it), then 0.2-2 s later.
-        seen = run.stored()
-        deadline = time.monotonic() + ARGS.kill_gap * 3
-        while time.monotonic() < deadline and run.stored() in (seen,) and seen < run.total:
-            run.platform.supervise()
-            time.sleep(0.2)
-        time.sleep(RNG.uniform(0.2, 2.0))
-        run.platform.supervise()
-        kind = targets[(start_with + k) % len(targets)]
-        main = run.platform.worker_main()
-        if main is None:
-            run.platform.supervise()
-            main = run.platform.worker_main()
-        if main is None:
-            result.notes.append("no worker process to kill")
-            break
-        victim = main
-        if kind == "child":
-            children = run.platform.pool_children(main)
-            if children:
-                victim = RNG.choice(children)
-            else:
-                kind = "main"
-        before_ready = run.platform.ready_count()
-        mid += run.stored() < run.total
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)
+def scenario_worker_kill(role: str) -> Callable[[Run, Result], float]:
+    """kill -9 of ROLE's worker (a pool child or its main process) at random moments of the
+    full sync. A message worker is killed while it holds batches, and between kills the suite
+    waits for the store to grow again (up to the target): its recovery is the lease's."""
+    message = role == "message-worker"
+
+    def scenario(run: Run, result: Result) -> float:
+        run.add_account()
+        run.wait_stored(0.05)
+        mid = 0
+        targets = {"child": ["child"], "main": ["main"], "mixed": ["child", "main"]}[
+            ARGS.kill_target
+        ]
+        start_with = RNG.randrange(len(targets))
+        kinds: list[str] = []
         last_kill = time.monotonic()
-        kinds.append(kind)
-        log(f"  kill -9 #{k + 1}: worker {kind} {victim} ({run.stored()}/{run.total} stored)")
-        if kind == "main":
-            # Back when a supervisor (run_platform.py, or the suite standing in) restarted it.
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline:
+        patience = ARGS.worker_target if message else ARGS.kill_gap * 3
+        for k in range(ARGS.message_kills if message else ARGS.kills):
+            # A random moment while the sync makes progress: once the store grows again after
+            # the last kill (at most PATIENCE seconds of waiting for it), then 0.2-2 s later;
+            # a message worker once it holds a batch, too.
+            seen = run.stored()
+            deadline = time.monotonic() + patience
+            while time.monotonic() < deadline and run.stored() in (seen,) and seen < run.total:
                 run.platform.supervise()
-                new = run.platform.worker_main()
-                if new and new != victim and run.platform.ready_count() > before_ready:
-                    break
-                time.sleep(0.3)
+                time.sleep(0.2)
+            time.sleep(RNG.uniform(0.2, 2.0))
+            if message:
+                deadline = time.monotonic() + 10
+                while not batches_held(run.account_id) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            run.platform.supervise()
+            kind = targets[(start_with + k) % len(targets)]
+            main = run.platform.worker_main(role)
+            if main is None:
+                run.platform.supervise()
+                main = run.platform.worker_main(role)
+            if main is None:
+                result.notes.append(f"no {role} process to kill")
+                break
+            victim = main
+            if kind == "child":
+                children = run.platform.pool_children(main)
+                if children:
+                    victim = RNG.choice(children)
+                else:
+                    kind = "main"
+            before_ready = run.platform.ready_count(role)
+            stored = run.stored()
+            held = batches_held(run.account_id) if message else {}
+            mid += stored < run.total
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+            last_kill = time.monotonic()
+            run.watcher.fault(f"kill #{k + 1} ({kind})", stored, held)
+            kinds.append(kind)
+            holding = f" stored, holding {sum(map(len, held.values()))}" if message else " stored"
+            log(f"  kill -9 #{k + 1}: {role} {kind} {victim} ({stored}/{run.total}{holding})")
+            if kind == "main":
+                # Back when a supervisor (run_platform.py, or the suite standing in) restarted it.
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    run.platform.supervise()
+                    new = run.platform.worker_main(role)
+                    if new and new != victim and run.platform.ready_count(role) > before_ready:
+                        break
+                    time.sleep(0.3)
+                else:
+                    result.notes.append(f"{role} not back 90s after kill #{k + 1}")
             else:
-                result.notes.append(f"worker not back 90s after kill #{k + 1}")
-        else:
-            time.sleep(1.0)
-    result.mid_sync = mid > 0
-    result.notes.append(
-        f"{kinds.count('child')} pool-child + {kinds.count('main')} main kills, {mid} mid-sync"
-    )
-    return last_kill
+                time.sleep(1.0)
+        result.mid_sync = mid > 0
+        result.notes.append(
+            f"{kinds.count('child')} pool-child + {kinds.count('main')} main kills, {mid} mid-sync"
+        )
+        return last_kill
+
+    return scenario
 
 
 def scenario_service_restart(service: str) -> Callable[[Run, Result], float]:
@@ -923,14 +1124,28 @@ def scenario_service_restart(service: str) -> Callable[[Run, Result], float]:
         run.wait_stored(0.1)
         result.mid_sync = run.stored() < run.total
         end = time.monotonic()
+        in_flight: list[int] = []
         for k in range(ARGS.restarts):
             if k:
                 time.sleep(RNG.uniform(5, 12))
-            log(f"  restart {service} #{k + 1} ({run.stored()}/{run.total} stored)")
+            # With batches on their way through email_new_message (published, not stored).
+            deadline = time.monotonic() + 30
+            while not batches_in_flight(run.account_id) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            in_flight.append(batches_in_flight(run.account_id))
+            stored = run.stored()
+            log(
+                f"  restart {service} #{k + 1} ({stored}/{run.total} stored, "
+                f"{in_flight[-1]} batches in flight)"
+            )
             if service == "postgres":
                 connections.close_all()
+            run.watcher.fault(f"restart #{k + 1}", stored)
             devservices("restart", service, "--down", str(ARGS.down))
             end = time.monotonic()
+        result.notes.append(f"batches in flight at the restarts: {in_flight}")
+        if not all(in_flight):
+            result.problems.append("a restart came with no batch in flight (the sync was done)")
         return end
 
     return scenario
@@ -944,6 +1159,7 @@ def scenario_imap_cut(run: Run, result: Result) -> float:
     for k in range(ARGS.cuts):
         if k:
             time.sleep(RNG.uniform(4, 10))
+        run.watcher.fault(f"cut #{k + 1}", run.stored())
         out = devservices("kick", run.user.username)
         end = time.monotonic()
         log(f"  IMAP sessions cut #{k + 1} ({run.stored()}/{run.total} stored): {out[:80]}")
@@ -956,6 +1172,7 @@ def scenario_password_change(run: Run, result: Result) -> float:
     result.mid_sync = run.stored() < run.total
     refused_before = logins_refused(run.user.username)
     changed = time.monotonic()
+    run.watcher.fault("password changed", run.stored())
     run.user.set_password(uuid.uuid4().hex)
     devservices("kick", run.user.username)  # as a server does when a password changes
     log(f"  password changed on the server, sessions cut ({run.stored()}/{run.total} stored)")
@@ -1060,7 +1277,14 @@ def scenario_server_changes(run: Run, result: Result) -> float:
 
 
 SCENARIO_RUNNERS: dict[str, tuple[str, Callable[[Run, Result], float]]] = {
-    "worker-kill": ("kill -9 of the worker, {kills}x at random moments", scenario_worker_kill),
+    "worker-kill": (
+        "kill -9 of the sync worker, {kills}x at random moments",
+        scenario_worker_kill("sync-worker"),
+    ),
+    "message-worker-kill": (
+        "kill -9 of the message worker holding batches, {message_kills}x during the full sync",
+        scenario_worker_kill("message-worker"),
+    ),
     "redis-restart": ("Redis restarted {restarts}x mid-sync", scenario_service_restart("redis")),
     "postgres-restart": (
         "PostgreSQL restarted {restarts}x mid-sync",
@@ -1084,7 +1308,7 @@ SCENARIO_RUNNERS: dict[str, tuple[str, Callable[[Run, Result], float]]] = {
 
 def run_scenario(name: str, logs: Path) -> Result:
     fault, runner = SCENARIO_RUNNERS[name]
-    target = ARGS.worker_target if name == "worker-kill" else ARGS.target
+    target = ARGS.worker_target if name.endswith("worker-kill") else ARGS.target
     result = Result(name, fault.format(**vars(ARGS)), target)
     log(f"== {name}: {result.fault}")
     run = Run(name, logs)
@@ -1094,6 +1318,7 @@ def run_scenario(name: str, logs: Path) -> Result:
         log("  fault over: polling the store against the server")
         run.converge(result, fault_end)
         run.finish(result)
+        run.watched(result)
     except Exception as exc:  # noqa: BLE001  (one scenario's breakage is its result)
         result.problems.append(f"suite error: {type(exc).__name__}: {exc}")
         with contextlib.suppress(Exception):
@@ -1114,9 +1339,9 @@ def run_scenario(name: str, logs: Path) -> Result:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| scenario | fault | mid-sync | converged after fault (s) | target (s) | met | "
-        "processes alive | sync runs | notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | fault | mid-sync | resumed after fault (s, slowest) | "
+        "converged after fault (s) | target (s) | met | processes alive | sync runs | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         after = (
@@ -1127,8 +1352,9 @@ def table(results: list[Result]) -> str:
         mid = {True: "yes", False: "no", None: "-"}[r.mid_sync]
         alive = "yes" if r.alive else f"no ({r.alive_note})"
         notes = "; ".join(r.problems + r.notes).replace("|", "/")
+        resumed = "-" if r.resumed is None else f"{r.resumed:.0f}".replace("inf", "never")
         lines.append(
-            f"| {r.scenario} | {r.fault} | {mid} | {after} | {r.target:.0f} | "
+            f"| {r.scenario} | {r.fault} | {mid} | {resumed} | {after} | {r.target:.0f} | "
             f"{'yes' if r.met else 'no'} | {alive} | {r.sync_runs} | {notes} |"
         )
     return "\n".join(lines)

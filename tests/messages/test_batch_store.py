@@ -258,3 +258,53 @@ def test_a_batch_voided_by_another_pass_is_never_counted_stored(account, inbox):
     publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[11])
     batches_void(account.pk)
     assert publisher.drain().lost == {inbox.pk: {11}}
+
+
+def queued_payloads() -> list:
+    """Take every EmailNewMessage task off its Redis list, oldest first, as workers do."""
+    import base64
+    import json
+
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    payloads = []
+    while (message := client.rpop(topics.QUEUE_NEW_MESSAGE)) is not None:
+        envelope = json.loads(message)
+        body = envelope["body"]
+        if envelope["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, _embed = json.loads(body)
+        payloads.append(args[0])
+    return payloads
+
+
+@pytest.mark.usefixtures("queue_emptied_after")
+def test_a_batch_taken_by_a_worker_that_died_before_claiming_it_is_reported_lost(
+    account, inbox, settings
+):
+    """A message worker killed between taking a batch off the queue and claiming it leaves no
+    lease to lapse, and Redis gives the batch back only after its visibility timeout (hours):
+    once a batch published after it was claimed, the producer fetches it again."""
+    settings.INGEST_QUEUE_TIMEOUT_SECONDS = 3600
+    waits = []
+
+    def on_wait():
+        waits.append(1)
+        if len(waits) > 15:
+            raise TimeoutError("the producer is still waiting for the batch the dead worker took")
+
+    publisher = BatchPublisher(account.pk, "imap", inline=False, on_wait=on_wait)
+    for uid in (1, 2):
+        item = topics.new_message_item(make_mail(f"q{uid}"), folder="INBOX", uid=uid)
+        publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[uid])
+    _taken_by_the_dead_worker, second = queued_payloads()
+    batch_store(second)
+    IngestBatch.objects.filter(stored_at__isnull=False).update(
+        claimed_at=timezone.now() - timedelta(seconds=10)
+    )
+    outcome = publisher.drain()
+    assert outcome.lost == {inbox.pk: {1}}
+    assert uids_in(inbox) == {2}
+    assert not IngestBatch.objects.exists()
