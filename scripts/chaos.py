@@ -1129,10 +1129,11 @@ def scenario_service_restart(service: str) -> Callable[[Run, Result], float]:
             if k:
                 time.sleep(RNG.uniform(5, 12))
             # With batches on their way through email_new_message (published, not stored).
+            # (a read through db_retry: the connection is a restarted PostgreSQL's victim too)
             deadline = time.monotonic() + 30
-            while not batches_in_flight(run.account_id) and time.monotonic() < deadline:
+            while not db_retry(batches_in_flight, run.account_id) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            in_flight.append(batches_in_flight(run.account_id))
+            in_flight.append(db_retry(batches_in_flight, run.account_id) or 0)
             stored = run.stored()
             log(
                 f"  restart {service} #{k + 1} ({stored}/{run.total} stored, "
