@@ -1352,7 +1352,7 @@ def table(results: list[Result]) -> str:
         )
         mid = {True: "yes", False: "no", None: "-"}[r.mid_sync]
         alive = "yes" if r.alive else f"no ({r.alive_note})"
-        notes = "; ".join(r.problems + r.notes).replace("|", "/")
+        notes = " ".join("; ".join(r.problems + r.notes).replace("|", "/").split())
         resumed = "-" if r.resumed is None else f"{r.resumed:.0f}".replace("inf", "never")
         lines.append(
             f"| {r.scenario} | {r.fault} | {mid} | {resumed} | {after} | {r.target:.0f} | "
