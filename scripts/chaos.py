@@ -1129,10 +1129,11 @@ def scenario_service_restart(service: str) -> Callable[[Run, Result], float]:
             if k:
                 time.sleep(RNG.uniform(5, 12))
             # With batches on their way through email_new_message (published, not stored).
+            # (a read through db_retry: the connection is a restarted PostgreSQL's victim too)
             deadline = time.monotonic() + 30
-            while not batches_in_flight(run.account_id) and time.monotonic() < deadline:
+            while not db_retry(batches_in_flight, run.account_id) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            in_flight.append(batches_in_flight(run.account_id))
+            in_flight.append(db_retry(batches_in_flight, run.account_id) or 0)
             stored = run.stored()
             log(
                 f"  restart {service} #{k + 1} ({stored}/{run.total} stored, "
@@ -1351,7 +1352,7 @@ def table(results: list[Result]) -> str:
         )
         mid = {True: "yes", False: "no", None: "-"}[r.mid_sync]
         alive = "yes" if r.alive else f"no ({r.alive_note})"
-        notes = "; ".join(r.problems + r.notes).replace("|", "/")
+        notes = " ".join("; ".join(r.problems + r.notes).replace("|", "/").split())
         resumed = "-" if r.resumed is None else f"{r.resumed:.0f}".replace("inf", "never")
         lines.append(
             f"| {r.scenario} | {r.fault} | {mid} | {resumed} | {after} | {r.target:.0f} | "
