@@ -310,6 +310,9 @@ def _copy_text(value: Any, is_json: bool) -> str:
         return value.isoformat()
     if isinstance(value, str):
         return value.translate(_COPY_ESCAPES)
+    if isinstance(value, list):  # a PostgreSQL array column (e.g. Message.server_ids)
+        items = ",".join(json.dumps(str(item)) for item in value)
+        return ("{" + items + "}").translate(_COPY_ESCAPES)
     return str(value)
 
 
