@@ -196,6 +196,10 @@ INLINE_RAW_LIMIT_BYTES = env.int("INLINE_RAW_LIMIT_BYTES", default=2 * 1024 * 10
 # temporary file, their big parts are decoded part by part (messages.mime_stream), and their
 # raw bytes are kept compressed in a file of the media storage rather than in the database.
 LARGE_MESSAGE_BYTES = env.int("LARGE_MESSAGE_BYTES", default=8 * 1024 * 1024)
+# A batch whose compressed raw messages add up to at most this keeps them in their database rows
+# rather than a segment file (messages.models.RawMessage): the one new message an IDLE notice
+# brings is then stored with one fsync (the commit's), not two.
+RAW_IN_ROW_MAX_BYTES = env.int("RAW_IN_ROW_MAX_BYTES", default=64 * 1024)
 
 # Brute force: after AXES_FAILURE_LIMIT wrong passwords for one username from one IP address,
 # that pair is refused (429, Retry-After) on /api/auth/token/ and /admin/login/ until

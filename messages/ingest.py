@@ -484,7 +484,9 @@ def _store_raw_files(
     places: dict[str, tuple[str, int, int | None]] = {}
     directory = f"raw/{account.pk}/{datetime.now(UTC):%Y%m}"
     small = [p for p in new if p.compressed_raw is not None]
-    if small:
+    if sum(len(p.compressed_raw) for p in small) <= settings.RAW_IN_ROW_MAX_BYTES:
+        places.update({p.provider_id: ("", 0, None) for p in small})  # kept in the row
+    elif small:
         name = _save_durably(
             f"{directory}/{uuid.uuid4()}.zs",
             ContentFile(b"".join(p.compressed_raw for p in small)),
@@ -602,6 +604,7 @@ def _raw_row(
     name, offset, length = raw_files[p.provider_id]
     return RawMessage(
         message=row,
+        data=p.compressed_raw if not name else b"",
         file=name,
         offset=offset,
         length=length,

@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Left
 
+# A zstd frame starts with these bytes; a zlib stream never does (its first byte is 0x?8).
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Bodies past this many characters are not indexed (a tsvector is limited to 1 MB).
 SEARCH_BODY_CHARS = 100_000
 
@@ -323,7 +325,9 @@ class RawMessage(models.Model):
     zstd frame at `offset`, `length` bytes long), a big message as a file of its own. Kept
     out of PostgreSQL, they cost no WAL, no TOAST and no database time during a sync (their
     INSERT was a third of a full sync's database time). A segment is removed once no row
-    names it. Rows from before keep their bytes zlib-compressed in `data`."""
+    names it. A batch whose compressed messages add up to at most RAW_IN_ROW_MAX_BYTES (the
+    one new message an IDLE notice brings) keeps them in `data` instead, zstd: one fsync (the
+    commit's) rather than two. Rows from before the segments keep theirs zlib'd in `data`."""
 
     message = models.OneToOneField(
         Message, on_delete=models.CASCADE, primary_key=True, related_name="raw"
@@ -355,7 +359,11 @@ class RawMessage(models.Model):
     def chunks(self) -> Iterator[bytes]:
         """The raw bytes, decompressed piece by piece."""
         if not self.file:
-            yield zlib.decompress(bytes(self.data))
+            data = bytes(self.data)
+            if data.startswith(ZSTD_MAGIC):
+                yield zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            else:
+                yield zlib.decompress(data)
             return
         decompressor = zstandard.ZstdDecompressor().decompressobj()
         with self.file.open("rb") as handle:

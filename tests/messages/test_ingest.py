@@ -267,12 +267,28 @@ def test_a_big_message_left_without_attachments_gives_them_on_demand(account, bi
     assert attachment.sha256 == hashlib.sha256(payload).hexdigest()
 
 
+def test_a_small_batch_keeps_its_raw_bytes_in_the_rows(account):
+    import os
+
+    from django.core.files.storage import default_storage
+
+    raws = [make_mail(f"Small {i}", message_id=f"<small-{i}@example.org>") for i in range(2)]
+    upsert(account, *[incoming(raw, folder="INBOX", uid=i + 1) for i, raw in enumerate(raws)])
+    stored = list(RawMessage.objects.filter(message__account=account).order_by("message_id"))
+    assert [r.file.name for r in stored] == ["", ""]
+    assert [r.content() for r in stored] == raws
+    raw_dir = default_storage.path(f"raw/{account.pk}")
+    assert not os.path.exists(raw_dir) or not any(files for _, _, files in os.walk(raw_dir))
+
+
 def test_a_batch_shares_one_raw_segment_removed_with_its_last_message(
-    account, django_capture_on_commit_callbacks
+    account, django_capture_on_commit_callbacks, settings
 ):
     from django.core.files.storage import default_storage
 
     from messages.mailbox import orphans_delete
+
+    settings.RAW_IN_ROW_MAX_BYTES = 0
 
     raws = [make_mail(f"Segment {i}", message_id=f"<seg-{i}@example.org>") for i in range(3)]
     upsert(account, *[incoming(raw, folder="INBOX", uid=i + 1) for i, raw in enumerate(raws)])
@@ -295,8 +311,10 @@ def test_a_batch_shares_one_raw_segment_removed_with_its_last_message(
     assert not default_storage.exists(segment)
 
 
-def test_a_batch_that_fails_leaves_no_raw_file_behind(account, monkeypatch):
+def test_a_batch_that_fails_leaves_no_raw_file_behind(account, monkeypatch, settings):
     import os
+
+    settings.RAW_IN_ROW_MAX_BYTES = 0  # a segment file is written before the crash
 
     from django.core.files.storage import default_storage
 

@@ -51,6 +51,7 @@ def age(name: str, seconds: float) -> None:
 @pytest.mark.django_db
 def test_sweeper_removes_old_unnamed_files_and_keeps_the_rest(account, settings):
     settings.STORAGE_SWEEP_GRACE_SECONDS = HOUR
+    settings.RAW_IN_ROW_MAX_BYTES = 0  # a segment file, even for one message
     raw = make_mail("kept", attachments=[("a.bin", "application/octet-stream", b"a" * 3000)])
     messages_upsert(account=account, items=[incoming(raw, "INBOX")])
     segment = RawMessage.objects.get().file.name

@@ -46,6 +46,7 @@ def test_files_left_by_a_killed_worker_are_removed(imap_account, imap_user, tmp_
     temp.mkdir()
     env = {
         "IMAP_FETCH_BATCH": "50",
+        "RAW_IN_ROW_MAX_BYTES": "0",  # every batch writes a segment file, to be killed after
         "CELERY_VISIBILITY_TIMEOUT": "5",
         "SYNC_LOCK_TTL_SECONDS": "10",
         "CELERY_UNACKED_RESTORE_INTERVAL": "1",
