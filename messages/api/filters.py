@@ -170,9 +170,7 @@ class MessageFilter(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_folder(self, queryset: QuerySet, name: str, value: int) -> QuerySet:
-        return queryset.filter(
-            Exists(MessageLocation.objects.filter(message=OuterRef("pk"), folder_id=value))
-        )
+        return selectors.message_in_folder(queryset, value)
 
     def filter_unread(self, queryset: QuerySet, name: str, value: bool | None) -> QuerySet:
         return queryset if value is None else queryset.filter(is_read=not value)
