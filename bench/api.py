@@ -999,7 +999,8 @@ SQL_MESSAGE = f"""
 SQL_SEARCH = f"""
     SELECT {SUMMARY_COLUMNS}, {FOLDER_NAMES}, ts_rank(m.search_vector, q)::float8 AS rank
       FROM {T_MESSAGE} m, websearch_to_tsquery('simple', %s) q
-     WHERE m.search_vector @@ q AND m.account_id = %s AND m.account_id IN ({VISIBLE_ACCOUNTS})
+     WHERE m.search_vector @@ q AND m.account_id = %s::bigint
+       AND m.account_id IN ({VISIBLE_ACCOUNTS})
      ORDER BY rank DESC, m.sort_date DESC, m.id DESC
      LIMIT 51
 """

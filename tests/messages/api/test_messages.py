@@ -140,6 +140,29 @@ def test_search_is_served_by_the_gin_index(account):
     assert "message_account_search" in plan
 
 
+def test_an_accounts_search_reads_only_that_accounts_matches(account):
+    from django.db import connection
+
+    from messages.api.filters import MessageFilter
+
+    ingest(account, make_mail("Kangaroo"))
+    search = MessageFilter({"account": account.pk, "q": "kangaroo"}, Message.objects.all()).qs
+    # Tiny tables: PostgreSQL would read the account's few rows through a btree. Without those
+    # (dropped in the test's transaction), the GIN index must take the account condition too.
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("ALTER TABLE mailstore_message DROP CONSTRAINT message_unique_provider_id")
+        cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'mailstore_message'"
+            " AND indexdef LIKE '%%USING btree (account_id%%'"
+        )
+        for (name,) in cursor.fetchall():
+            cursor.execute(f'DROP INDEX "{name}"')
+    plan = search.explain()
+    assert "message_account_search" in plan and "Index Cond: ((account_id = " in plan, plan
+
+
 def test_very_long_bodies_are_indexed_up_to_the_limit(api, account):
     filler = "lorem " * 30_000
     message = ingest(account, make_mail("Long", body=f"aardvark {filler} unreachable"))
