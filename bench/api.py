@@ -114,7 +114,7 @@ SEARCH_WORDS = 8
 FREQUENT_WORD_SHARE = 0.10
 FREQUENT_WORDS = 4
 
-TARGETS_MS = {"inbox list": 15, "thread detail": 50, "message detail": 50}
+TARGETS_MS = {"inbox list": 15, "thread list": 50, "thread detail": 50, "message detail": 50}
 TARGETS_MS |= {"search": 50, "search frequent": 50, "changes page": 50}
 NEAR_TARGET = 0.8  # a p95 above this share of its target is reported "near" and explained
 
@@ -972,13 +972,23 @@ SQL_INBOX = f"""
      ORDER BY loc.sort_date DESC, loc.message_id DESC
      LIMIT 51
 """
+THREAD_COLUMNS = f"""
+    t.id, t.account_id, t.subject, t.snippet, t.message_count, t.last_message_at,
+    (SELECT count(*) FROM {T_MESSAGE} u WHERE u.thread_id = t.id AND NOT u.is_read),
+    ARRAY(SELECT json_build_object('name', s.from_name, 'address', s.from_address)
+            FROM {T_MESSAGE} s WHERE s.thread_id = t.id ORDER BY s.sort_date, s.id)
+"""
 SQL_THREAD = f"""
-    SELECT t.id, t.account_id, t.subject, t.snippet, t.message_count, t.last_message_at,
-           (SELECT count(*) FROM {T_MESSAGE} u WHERE u.thread_id = t.id AND NOT u.is_read),
-           ARRAY(SELECT json_build_object('name', s.from_name, 'address', s.from_address)
-                   FROM {T_MESSAGE} s WHERE s.thread_id = t.id ORDER BY s.sort_date, s.id)
+    SELECT {THREAD_COLUMNS}
       FROM {T_THREAD} t
      WHERE t.id = %s AND t.last_message_at IS NOT NULL AND t.account_id IN ({VISIBLE_ACCOUNTS})
+"""
+SQL_THREAD_LIST = f"""
+    SELECT {THREAD_COLUMNS}
+      FROM {T_THREAD} t
+     WHERE t.last_message_at IS NOT NULL AND t.account_id IN ({VISIBLE_ACCOUNTS})
+     ORDER BY t.last_message_at DESC, t.id DESC
+     LIMIT 51
 """
 SQL_THREAD_MESSAGES = f"""
     SELECT {SUMMARY_COLUMNS}, {FOLDER_NAMES}
@@ -1137,6 +1147,10 @@ def endpoints(sampler: Sampler, words: list[str], frequent: list[str]) -> list[E
             [(SQL_INBOX, [user.inbox_id, user.user_id])],
         )
 
+    def threads(rng: random.Random) -> Case:
+        user = rng.choice(sampler.users)
+        return Case("/api/threads/", user.token, [(SQL_THREAD_LIST, [user.user_id])])
+
     def thread(rng: random.Random) -> Case:
         pk, user = sampler.pick("thread", rng)
         return Case(
@@ -1170,6 +1184,7 @@ def endpoints(sampler: Sampler, words: list[str], frequent: list[str]) -> list[E
 
     return [
         Endpoint("inbox list", inbox, page_ids, lambda r: first_column(r)[:PAGE]),
+        Endpoint("thread list", threads, page_ids, lambda r: first_column(r)[:PAGE]),
         Endpoint(
             "thread detail",
             thread,
