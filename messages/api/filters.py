@@ -175,8 +175,16 @@ class MessageFilter(django_filters.FilterSet):
         # index answers only bigint = bigint, so a search would miss its account column.
         return queryset.filter(account_id=Cast(Value(value), BigIntegerField()))
 
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        """A folder's list starts from the folder (see selectors.message_list), scoped to the
+        same user as the view's queryset; the other filters apply to it as to any list."""
+        folder_id = self.form.cleaned_data.get("folder")
+        if folder_id is not None:
+            queryset = selectors.message_list(user=self.request.user, folder_id=folder_id)
+        return super().filter_queryset(queryset)
+
     def filter_folder(self, queryset: QuerySet, name: str, value: int) -> QuerySet:
-        return selectors.message_in_folder(queryset, value)
+        return queryset  # applied first, by filter_queryset
 
     def filter_unread(self, queryset: QuerySet, name: str, value: bool | None) -> QuerySet:
         return queryset if value is None else queryset.filter(is_read=not value)

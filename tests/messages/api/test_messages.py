@@ -451,11 +451,11 @@ def test_folder_search_ranks_within_the_folder(api, account):
 def test_folder_list_walks_the_folder_index_without_sorting(account):
     from django.db import connection
 
-    from messages.selectors import FOLDER_SORT_DATE, message_in_folder
+    from messages.selectors import FOLDER_SORT_DATE, message_list
 
     ingest(account, make_mail("One"))
     inbox = Folder.objects.get(account=account, name="INBOX")
-    page = message_in_folder(Message.objects.all(), inbox.pk).order_by(
+    page = message_list(user=account.owner, folder_id=inbox.pk).order_by(
         f"-{FOLDER_SORT_DATE}", "-id"
     )[:51]
     # Tiny tables: rule out the plans PostgreSQL prefers there; what is left must not sort.
