@@ -3,6 +3,7 @@
 
     make bench-api BENCH_ARGS="--messages 50000 --accounts 10"
     python bench/api.py [--messages 1000000] [--accounts 100] [--rounds 200] [--reseed]
+    python bench/api.py --messages 5000000 --accounts 500   # 5x the store, same mailboxes
 
 Use a database of its own (it is created when missing, through the `postgres` database):
 
@@ -24,7 +25,9 @@ Use a database of its own (it is created when missing, through the `postgres` da
    `Authorization: Token` header: authentication, middleware, DRF, the ORM and JSON rendering
    are all measured), and a hand-written SQL query returning the same data on a bare psycopg2
    cursor, for the same objects; which of the two runs first alternates per sample. The
-   results of both are compared (same ids, same order).
+   results of both are compared (same ids, same order). Search is measured twice: with words
+   of medium frequency (about 1% of messages) and with the most frequent ones ("search
+   frequent": in 60-100% of messages, so every match of the account is ranked).
 3. Diagnosis: a few more requests per endpoint with the ORM's queries recorded (how many,
    their time). For an endpoint missing its target or near it (or all, with --explain),
    EXPLAIN (ANALYZE, BUFFERS) of its slowest ORM query. The exit status is 1 when a target
