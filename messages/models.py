@@ -257,7 +257,9 @@ class Message(models.Model):
             models.Index(
                 fields=["account"], condition=Q(server_ids=[]), name="message_without_server_id"
             ),
-            GinIndex(fields=["search_vector"], name="message_search"),
+            # btree_gin: the account first, so a word frequent across all accounts costs only
+            # this account's matches; a search without an account uses the second column alone.
+            GinIndex(fields=["account", "search_vector"], name="message_account_search"),
         ]
 
     def __str__(self) -> str:
@@ -283,7 +285,12 @@ class MessageLocation(models.Model):
                 fields=["folder", "uid"], condition=Q(uid__isnull=False), name="location_unique_uid"
             ),
         ]
-        indexes = [models.Index(fields=["folder", "-sort_date"], name="location_folder_newest")]
+        # A folder's list in the API's order: PostgreSQL walks it and stops at the page.
+        indexes = [
+            models.Index(
+                fields=["folder", "-sort_date", "-message"], name="location_folder_newest_page"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"message {self.message_id} in folder {self.folder_id} (UID {self.uid})"
