@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import imap_sync as base  # noqa: E402  (sets up Django)
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+from django.db import connection  # noqa: E402
 
-from messages.files import files_delete_unused_on_commit, message_files  # noqa: E402
+from bench.benchdata import bench_user_remove  # noqa: E402
 from messages.models import Account, Folder, Message, MessageLocation  # noqa: E402
 from smtp_sync import sync as sync_service  # noqa: E402
 from smtp_sync.imap import ImapConnection  # noqa: E402
@@ -123,16 +123,8 @@ def check_store(run: Run, account: Account, user: base.DovecotUser, expected: in
 
 
 def remove_bench_data() -> None:
-    owner = get_user_model().objects.filter(username=BENCH_USERNAME).first()
-    if owner is None:
-        return
-    with transaction.atomic():
-        messages = Message.objects.filter(account__owner=owner)
-        files = message_files(messages)
-        messages.delete()
-        owner.delete()
-        files_delete_unused_on_commit(files)
-    base.vacuum()
+    if bench_user_remove(BENCH_USERNAME):
+        base.vacuum()
 
 
 def print_table(runs: Sequence[Run], baseline: Run) -> None:

@@ -42,11 +42,10 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import transaction  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
-from messages.files import files_delete_unused_on_commit, message_files  # noqa: E402
-from messages.models import Account, Message  # noqa: E402
+from bench.benchdata import bench_user_remove  # noqa: E402
+from messages.models import Account  # noqa: E402
 from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
 from smtp_sync.pool import default_pool, default_pool_reset  # noqa: E402
 from smtp_sync.services import imap_sync_account  # noqa: E402
@@ -163,15 +162,7 @@ def burst(
 
 
 def remove_bench_data() -> None:
-    owner = get_user_model().objects.filter(username=BENCH_USERNAME).first()
-    if owner is None:
-        return
-    with transaction.atomic():
-        messages = Message.objects.filter(account__owner=owner)
-        files = message_files(messages)
-        messages.delete()  # Message.thread is PROTECT: messages first
-        owner.delete()
-        files_delete_unused_on_commit(files)
+    bench_user_remove(BENCH_USERNAME)
 
 
 def _ms(seconds: float) -> str:

@@ -76,10 +76,11 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection, transaction  # noqa: E402
+from django.db import connection  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
 import smtp_sync.sync  # noqa: E402
+from bench.benchdata import bench_user_remove  # noqa: E402
 from bench.message_workers import MessageWorker  # noqa: E402
 from bench.procstats import (  # noqa: E402
     ProcessStats,
@@ -88,7 +89,6 @@ from bench.procstats import (  # noqa: E402
     tree_cpu_seconds,
 )
 from messages.batches import BatchPublisher  # noqa: E402
-from messages.files import files_delete_unused_on_commit, message_files  # noqa: E402
 from messages.models import Account, Message, MessageLocation  # noqa: E402
 from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
 from smtp_sync.idle import IdleWatcher  # noqa: E402
@@ -1062,15 +1062,8 @@ def remove_bench_data() -> float:
     so that no autovacuum of the deleted rows runs into the next measurement (one did: a full
     sync's SQL took 23.6 s instead of 12)."""
     start = time.perf_counter()
-    owner = get_user_model().objects.filter(username=BENCH_USERNAME).first()
-    if owner is None:
+    if not bench_user_remove(BENCH_USERNAME):
         return 0.0
-    with transaction.atomic():
-        messages = Message.objects.filter(account__owner=owner)
-        files = message_files(messages)
-        messages.delete()  # Message.thread is PROTECT: messages first
-        owner.delete()
-        files_delete_unused_on_commit(files)
     vacuum()
     return time.perf_counter() - start
 
