@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Bodies are counted here, not the message pipeline: new mail is stored by this process.
+os.environ.setdefault("INGEST_DELIVERY", "inline")
 
 import imap_sync as base  # noqa: E402  (sets up Django)
 from django.contrib.auth import get_user_model  # noqa: E402

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailplatform.settings")
+# Logins are counted here, not the message pipeline: new mail is stored by this process.
+os.environ.setdefault("INGEST_DELIVERY", "inline")
 
 import django  # noqa: E402
 
