@@ -46,7 +46,7 @@ from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
-from bench.benchdata import bench_user_remove  # noqa: E402
+from bench.benchdata import bench_user_remove, dovecot_env  # noqa: E402
 from messages.models import Account  # noqa: E402
 from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
 from smtp_sync.pool import default_pool, default_pool_reset  # noqa: E402
@@ -71,28 +71,11 @@ class MailUser:
 
     @classmethod
     def create(cls) -> MailUser:
-        missing = [
-            name
-            for name in ("IMAP_TEST_HOST", "IMAP_TEST_PORT", "DOVECOT_USERS_DIR", "DOVECOT_HOME")
-            if not os.environ.get(name)
-        ]
-        if missing:
-            raise SystemExit(
-                f"{', '.join(missing)} not set: run under `scripts/devservices.py exec --temp --`"
-                " (make bench-imap-pool)"
-            )
+        host, port, users_dir, home_dir = dovecot_env("make bench-imap-pool")
         username = f"{DOVECOT_USER_PREFIX}{uuid.uuid4().hex[:12]}"
         password = uuid.uuid4().hex
-        users_dir = Path(os.environ["DOVECOT_USERS_DIR"])
         (users_dir / username).write_text(f"{username}:{{PLAIN}}{password}\n")
-        return cls(
-            os.environ["IMAP_TEST_HOST"],
-            int(os.environ["IMAP_TEST_PORT"]),
-            username,
-            password,
-            users_dir,
-            Path(os.environ["DOVECOT_HOME"]),
-        )
+        return cls(host, port, username, password, users_dir, home_dir)
 
     def client(self) -> IMAPClient:
         client = IMAPClient(self.host, port=self.port, ssl=False, timeout=60)

@@ -80,7 +80,7 @@ from django.db import connection  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
 import smtp_sync.sync  # noqa: E402
-from bench.benchdata import bench_user_remove  # noqa: E402
+from bench.benchdata import bench_user_remove, dovecot_env  # noqa: E402
 from bench.message_workers import MessageWorker  # noqa: E402
 from bench.procstats import (  # noqa: E402
     ProcessStats,
@@ -387,22 +387,7 @@ class Dovecot:
 
     @classmethod
     def from_env(cls) -> Dovecot:
-        missing = [
-            name
-            for name in ("IMAP_TEST_HOST", "IMAP_TEST_PORT", "DOVECOT_USERS_DIR", "DOVECOT_HOME")
-            if not os.environ.get(name)
-        ]
-        if missing:
-            raise SystemExit(
-                f"{', '.join(missing)} not set: run under `scripts/devservices.py exec --temp --`"
-                " (make bench-imap) or `source` the env of running services"
-            )
-        return cls(
-            os.environ["IMAP_TEST_HOST"],
-            int(os.environ["IMAP_TEST_PORT"]),
-            Path(os.environ["DOVECOT_USERS_DIR"]),
-            Path(os.environ["DOVECOT_HOME"]),
-        )
+        return cls(*dovecot_env("make bench-imap"))
 
     def user_create(self) -> DovecotUser:
         username = f"{DOVECOT_USER_PREFIX}{uuid.uuid4().hex[:12]}"

@@ -104,7 +104,6 @@ class BatchPublisher:
         self.in_flight: dict[int, _Sent] = {}
         self.claims: dict[int, datetime] = {}  # batch id -> claimed at, of batches in flight
         self.outcome = DrainOutcome()
-        self.published = 0
 
     def publish(
         self,
@@ -130,8 +129,8 @@ class BatchPublisher:
         payload = topics.new_message_payload(
             self.account_id, self.provider, items, self.sync_run_id, batch_id=row.pk
         )
-        self.in_flight[row.pk] = _Sent(row.folder_id, row.uids, timezone.now(), _epoch())
-        self.published += 1
+        epoch = None if self.inline else _epoch()  # inline: never on a queue Redis could lose
+        self.in_flight[row.pk] = _Sent(row.folder_id, row.uids, timezone.now(), epoch)
         if self.inline:
             batch_store(payload)
             self._collect()

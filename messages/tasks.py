@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import shared_task
@@ -13,8 +12,6 @@ from emailplatform import topics
 from .batch_store import batch_store
 from .services import account_delete, full_syncs_schedule
 from .storage_sweep import storage_sweep_task  # noqa: F401  (registers beat's sweeper task)
-
-logger = logging.getLogger(__name__)
 
 # Deleting a big account is many bounded tasks: each runs at most this long, then hands over.
 DELETE_CHUNK_SECONDS = 240
