@@ -51,6 +51,26 @@ CHANGES_POLL_INTERVAL = 0.5
 SUMMARY_DEFERRED = ("body_text", "body_html", "search_vector", "references", "defects")
 # A folder's list orders by this annotation in place of `sort_date` (see _in_folder).
 FOLDER_SORT_DATE = "folder_sort_date"
+# What a message list reads of each message (messages.api.serializers.message_summary).
+SUMMARY_COLUMNS = (
+    "id",
+    "account_id",
+    "thread_id",
+    "subject",
+    "from_name",
+    "from_address",
+    "to",
+    "cc",
+    "date",
+    "sort_date",
+    "snippet",
+    "is_read",
+    "is_flagged",
+    "is_answered",
+    "is_draft",
+    "has_attachments",
+    "size",
+)
 
 
 def _owned_accounts(user: User) -> QuerySet[Account]:
@@ -165,7 +185,7 @@ def _locations() -> QuerySet[MessageLocation]:
 
 
 def message_list(*, user: User, folder_id: int | None = None) -> QuerySet[Message]:
-    """The user's messages (those in one folder with `folder_id`), without the heavy columns.
+    """The user's messages (those in one folder with `folder_id`).
 
     In a folder, the folder is what is scoped to the user (its locations hold only its
     account's messages). A condition on the messages' account as well would make PostgreSQL
@@ -177,8 +197,25 @@ def message_list(*, user: User, folder_id: int | None = None) -> QuerySet[Messag
     else:
         folders = Folder.objects.filter(account__in=_visible_accounts(user), pk=folder_id)
         messages = _in_folder(Message.objects.all(), folder_id, folders.values("pk"))
-    return messages.defer(*SUMMARY_DEFERRED).prefetch_related(
-        Prefetch("locations", queryset=_locations())
+    return messages
+
+
+def message_summary_rows(messages: QuerySet[Message]) -> QuerySet[dict]:
+    """A list's messages as plain rows: SUMMARY_COLUMNS, `folder_names` (sorted, each once)
+    and the annotations a list orders by. No model instances and no prefetch query: for a
+    page of 50 they cost more than the query itself. PostgreSQL computes the folder names
+    after the page's LIMIT, for its rows only."""
+    ordering_annotations = [
+        name for name in (FOLDER_SORT_DATE, "search_rank") if name in messages.query.annotations
+    ]
+    names = (
+        MessageLocation.objects.filter(message=OuterRef("pk"))
+        .order_by("folder__name")
+        .values("folder__name")
+        .distinct()
+    )
+    return messages.annotate(folder_names=ArraySubquery(names)).values(
+        *SUMMARY_COLUMNS, "folder_names", *ordering_annotations
     )
 
 
@@ -211,17 +248,22 @@ def _in_folder(
     )
 
 
-def message_search(messages: QuerySet[Message], text: str) -> QuerySet[Message]:
-    """Full-text search over subject (weight A), sender (B) and body (C), ranked.
+def message_search(
+    messages: QuerySet[Message], text: str, *, ranked: bool = False
+) -> QuerySet[Message]:
+    """Full-text search over subject (weight A), sender (B) and body (C); `ranked` annotates
+    the rank that lists order by first.
 
-    The query is read as a web search (quoted phrases, OR, -excluded); the GIN index on the
-    generated `search_vector` column answers the match.
+    The query is read as a web search (quoted phrases, OR, -excluded); the (account, vector)
+    GIN index answers a rare word, the account's newest-first index a common one (unranked,
+    a page then reads about 50 matches; ranked, every match of the account is read).
     """
     query = SearchQuery(text, search_type="websearch", config=SEARCH_CONFIG)
+    found = messages.filter(search_vector=query)
+    if not ranked:
+        return found
     # double precision: ts_rank's real would not survive a round trip through a page cursor.
-    return messages.filter(search_vector=query).annotate(
-        search_rank=Cast(SearchRank(F("search_vector"), query), FloatField())
-    )
+    return found.annotate(search_rank=Cast(SearchRank(F("search_vector"), query), FloatField()))
 
 
 def message_get(*, user: User, message_id: int) -> Message | None:

@@ -141,6 +141,9 @@ def check_search_query(text: str) -> None:
         raise ValidationError({"q": ["This search cannot be understood."]}) from None
 
 
+SEARCH_ORDERS = [("newest", "newest"), ("relevance", "relevance")]
+
+
 class MessageFilter(django_filters.FilterSet):
     account = IdFilter(method="filter_account", help_text="Only this account's messages.")
     folder = IdFilter(method="filter_folder", help_text="Only messages in this folder (id).")
@@ -161,8 +164,17 @@ class MessageFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(
         method="filter_q",
         help_text=(
-            "Full-text search in subject, sender and body, best matches first; web-search "
-            'syntax: "exact phrase", or, -excluded.'
+            "Full-text search in subject, sender and body, newest first (see `order`); "
+            'web-search syntax: "exact phrase", or, -excluded.'
+        ),
+    )
+    order = ChoiceFilter(
+        choices=SEARCH_ORDERS,
+        method="filter_order",
+        help_text=(
+            "Of search results (with q): newest first (the default, as mail clients list "
+            "them), or relevance: subject matches above sender above body, then newest. "
+            "Relevance ranks every match, so it is slower for common words."
         ),
     )
 
@@ -176,15 +188,15 @@ class MessageFilter(django_filters.FilterSet):
         return queryset.filter(account_id=Cast(Value(value), BigIntegerField()))
 
     def filter_queryset(self, queryset: QuerySet) -> QuerySet:
-        """A folder's list starts from the folder (see selectors.message_list), scoped to the
-        same user as the view's queryset; the other filters apply to it as to any list."""
-        folder_id = self.form.cleaned_data.get("folder")
-        if folder_id is not None:
-            queryset = selectors.message_list(user=self.request.user, folder_id=folder_id)
+        from rest_framework.exceptions import ValidationError
+
+        cleaned = self.form.cleaned_data
+        if cleaned.get("order") is not None and not (cleaned.get("q") or "").strip():
+            raise ValidationError({"order": ["Orders search results: give q as well."]})
         return super().filter_queryset(queryset)
 
     def filter_folder(self, queryset: QuerySet, name: str, value: int) -> QuerySet:
-        return queryset  # applied first, by filter_queryset
+        return queryset  # the view's queryset starts from the folder (selectors.message_list)
 
     def filter_unread(self, queryset: QuerySet, name: str, value: bool | None) -> QuerySet:
         return queryset if value is None else queryset.filter(is_read=not value)
@@ -202,7 +214,11 @@ class MessageFilter(django_filters.FilterSet):
         if not value.strip():
             return queryset
         check_search_query(value)
-        return selectors.message_search(queryset, value)
+        ranked = self.form.cleaned_data.get("order") == "relevance"
+        return selectors.message_search(queryset, value, ranked=ranked)
+
+    def filter_order(self, queryset: QuerySet, name: str, value: str | None) -> QuerySet:
+        return queryset  # applied by filter_q
 
 
 # "from" is a Python keyword: declared after the class body.

@@ -50,7 +50,8 @@ class KeysetCursorPagination(CursorPagination):
 
     def paginate_queryset(
         self, queryset: QuerySet, request: Request, view: Any = None
-    ) -> list[Model]:
+    ) -> list[Model] | list[dict[str, Any]]:
+        """The page: model instances, or dicts for a values() queryset."""
         self.request = request
         self.page_size = self.get_page_size(request)
         self.base_url = request.build_absolute_uri()
@@ -110,8 +111,8 @@ class KeysetCursorPagination(CursorPagination):
                 parameter["schema"].update(minimum=1, maximum=self.max_page_size)
         return parameters
 
-    def _link(self, instance: Model, *, reverse: bool) -> str:
-        values = [_plain(getattr(instance, name)) for name, _ in self._fields]
+    def _link(self, instance: Model | dict[str, Any], *, reverse: bool) -> str:
+        values = [_plain(_value(instance, name)) for name, _ in self._fields]
         token = json.dumps({"p": values, "r": reverse}, separators=(",", ":"))
         encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
         return replace_query_param(self.base_url, self.cursor_query_param, encoded)
@@ -168,6 +169,10 @@ def _field_of(queryset: QuerySet, name: str) -> Any:
     if annotation is not None:
         return annotation.output_field
     return queryset.model._meta.get_field(name)
+
+
+def _value(instance: Model | dict[str, Any], name: str) -> Any:
+    return instance[name] if isinstance(instance, dict) else getattr(instance, name)
 
 
 def _plain(value: Any) -> Any:

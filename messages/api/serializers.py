@@ -6,10 +6,12 @@ serializer has a field that could carry them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_field
 from rest_framework import serializers
@@ -323,6 +325,42 @@ class MessageSummaryOutput(serializers.Serializer):
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_folders(self, message: Message) -> list[str]:
         return sorted({location.folder.name for location in message.locations.all()})
+
+
+def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MessageSummaryOutput of rows of selectors.message_summary_rows, without DRF's
+    per-field machinery (a list's page costs a tenth of it): the same output, field for field
+    (dates as DRF writes them: in the current time zone, UTC as "Z")."""
+    zone = timezone.get_current_timezone()
+
+    def iso(value: datetime | None) -> str | None:
+        if value is None:
+            return None
+        text = value.astimezone(zone).isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return [
+        {
+            "id": row["id"],
+            "account": row["account_id"],
+            "thread": row["thread_id"],
+            "subject": row["subject"],
+            "from": {"name": row["from_name"], "address": row["from_address"]},
+            "to": _people(row["to"]),
+            "cc": _people(row["cc"]),
+            "date": iso(row["date"]),
+            "sort_date": iso(row["sort_date"]),
+            "snippet": row["snippet"],
+            "is_read": row["is_read"],
+            "is_flagged": row["is_flagged"],
+            "is_answered": row["is_answered"],
+            "is_draft": row["is_draft"],
+            "has_attachments": row["has_attachments"],
+            "size": row["size"],
+            "folders": row["folder_names"],
+        }
+        for row in rows
+    ]
 
 
 class MessageDetailOutput(MessageSummaryOutput):

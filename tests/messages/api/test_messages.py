@@ -115,8 +115,54 @@ def test_search_ranks_subject_above_sender_above_body(api, account):
         account,
         make_mail("Hi", sender="Zeppelin Club <club@example.org>", body="news", minutes=2),
     )
-    ranked = ids(api.get("/api/messages/?q=zeppelin"))
+    ranked = ids(api.get("/api/messages/?q=zeppelin&order=relevance"))
     assert ranked == [subject.pk, sender.pk, body.pk]
+
+
+def test_search_lists_newest_first_unless_relevance_is_asked(api, account):
+    """Like mail clients (and the Gmail API), results come newest first; relevance on demand."""
+    older_subject = ingest(account, make_mail("Zeppelin tickets", minutes=1))
+    newer_body = ingest(account, make_mail("Notes", body="a zeppelin landed", minutes=5))
+    newest_sender = ingest(
+        account, make_mail("Hi", sender="Zeppelin Club <club@example.org>", minutes=9)
+    )
+    ingest(account, make_mail("Unrelated", minutes=7))
+    newest = [newest_sender.pk, newer_body.pk, older_subject.pk]
+    assert ids(api.get("/api/messages/?q=zeppelin")) == newest
+    assert ids(api.get("/api/messages/?q=zeppelin&order=newest")) == newest
+    relevance = ids(api.get("/api/messages/?q=zeppelin&order=relevance"))
+    assert relevance == [older_subject.pk, newest_sender.pk, newer_body.pk]
+    # Pages of a search walk every match once, in the same order.
+    first = api.get("/api/messages/?q=zeppelin&page_size=2").json()
+    second = api.get(first["next"]).json()
+    assert [m["id"] for m in first["results"] + second["results"]] == newest
+
+
+@pytest.mark.parametrize("query", ["order=relevance", "order=newest", "q=x&order=best"])
+def test_a_search_order_needs_a_search_and_a_known_value(api, account, query):
+    response = api.get(f"/api/messages/?{query}")
+    assert response.status_code == 400
+    assert "order" in response.json()["error"]["fields"]
+
+
+def test_a_list_entry_is_the_messages_summary_field_for_field(api, account):
+    """The list builds its entries without DRF's serializer (speed): they must be what the
+    documented MessageSummaryOutput makes of the same message, odd stored values included."""
+    from messages.api.serializers import MessageSummaryOutput
+
+    plain = ingest(account, make_mail("Plain", minutes=1))
+    dateless = ingest(account, make_mail("No date", minutes=2))
+    odd = ingest(account, make_mail("Odd people", minutes=3), folder="Archive")
+    Message.objects.filter(pk=dateless.pk).update(date=None, cc=[{"address": "x@example.org"}])
+    Message.objects.filter(pk=odd.pk).update(to={"not": "a list"}, cc=["text", {"name": None}])
+    archive = Folder.objects.get(account=account, name="Archive")
+    MessageLocation.objects.create(message=plain, folder=archive, uid=99, sort_date=plain.sort_date)
+    listed = {m["id"]: m for m in api.get("/api/messages/").json()["results"]}
+    for message in Message.objects.filter(pk__in=[plain.pk, dateless.pk, odd.pk]):
+        assert listed[message.pk] == MessageSummaryOutput(message).data
+    assert listed[plain.pk]["folders"] == ["Archive", "INBOX"]
+    assert listed[dateless.pk]["date"] is None
+    assert listed[odd.pk]["to"] == [] and listed[odd.pk]["cc"] == [{"name": "", "address": ""}]
 
 
 def test_search_vector_is_computed_on_insert_and_update(account):
@@ -445,7 +491,8 @@ def test_folder_search_ranks_within_the_folder(api, account):
     subject = ingest(account, make_mail("Wombat news", message_id="<w@x>"))
     ingest(account, make_mail("Wombat archive", message_id="<a@x>"), folder="Archive")
     inbox = Folder.objects.get(account=account, name="INBOX")
-    assert ids(api.get(f"/api/messages/?folder={inbox.pk}&q=wombat")) == [subject.pk, body.pk]
+    query = f"folder={inbox.pk}&q=wombat&order=relevance"
+    assert ids(api.get(f"/api/messages/?{query}")) == [subject.pk, body.pk]
 
 
 def test_folder_list_walks_the_folder_index_without_sorting(account):

@@ -173,3 +173,31 @@ def test_anonymous_requests_are_throttled_per_address(settings, client):
         "/api/auth/token/", body, content_type="application/json", REMOTE_ADDR="192.0.2.99"
     )
     assert other.status_code == 400
+
+
+def test_the_window_slides_and_refused_requests_do_not_count(settings, api, monkeypatch):
+    """Rate 2 a minute: a third request within the minute waits until the first is a minute
+    old; the refused ones never count, so a client that keeps asking is not locked out."""
+    from messages.api.throttling import UserThrottle
+
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {
+            **settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"],
+            "user": "2/minute",
+        },
+    }
+    clock = [1_000_000.0]
+    monkeypatch.setattr(UserThrottle, "timer", lambda self: clock[0])
+
+    def ask_at(seconds: float):
+        clock[0] = 1_000_000.0 + seconds
+        return api.get("/api/accounts/")
+
+    assert ask_at(0).status_code == 200 and ask_at(20).status_code == 200
+    refused = ask_at(30)
+    assert refused.status_code == 429 and refused["Retry-After"] == "30"
+    assert [ask_at(t).status_code for t in (40, 50, 59)] == [429] * 3
+    assert ask_at(60.5).status_code == 200, "the first request left the window"
+    assert ask_at(61).status_code == 429
+    assert ask_at(80.5).status_code == 200, "the second one left it too"
