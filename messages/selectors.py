@@ -11,13 +11,8 @@ import time
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.postgres.expressions import ArraySubquery
-from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db.models import (
     Count,
-    Exists,
-    F,
-    FilteredRelation,
-    FloatField,
     IntegerField,
     OuterRef,
     Prefetch,
@@ -26,7 +21,7 @@ from django.db.models import (
     Subquery,
     Value,
 )
-from django.db.models.functions import Cast, Coalesce, JSONObject
+from django.db.models.functions import Coalesce, JSONObject
 
 from . import providers
 from .models import (
@@ -49,9 +44,7 @@ CHANGES_MAX_WAIT_SECONDS = 30.0
 CHANGES_POLL_INTERVAL = 0.5
 # Columns a message summary does not show (bodies can be megabytes).
 SUMMARY_DEFERRED = ("body_text", "body_html", "search_vector", "references", "defects")
-# A folder's list orders by this annotation in place of `sort_date` (see _in_folder).
-FOLDER_SORT_DATE = "folder_sort_date"
-# What a message list reads of each message (messages.api.serializers.message_summary).
+# What a message list reads of each message (messages.message_page).
 SUMMARY_COLUMNS = (
     "id",
     "account_id",
@@ -182,88 +175,6 @@ def participants(senders: list[dict[str, str]]) -> list[dict[str, str]]:
 # Messages ----------------------------------------------------------------------------------
 def _locations() -> QuerySet[MessageLocation]:
     return MessageLocation.objects.select_related("folder").order_by("folder__name", "id")
-
-
-def message_list(*, user: User, folder_id: int | None = None) -> QuerySet[Message]:
-    """The user's messages (those in one folder with `folder_id`).
-
-    In a folder, the folder is what is scoped to the user (its locations hold only its
-    account's messages). A condition on the messages' account as well would make PostgreSQL
-    take "in this folder" and "of this account" as independent (1 in 100 accounts): it would
-    expect a few rows and sort the whole folder instead of walking its index to the page.
-    """
-    if folder_id is None:
-        messages = Message.objects.filter(account__in=_visible_accounts(user))
-    else:
-        folders = Folder.objects.filter(account__in=_visible_accounts(user), pk=folder_id)
-        messages = _in_folder(Message.objects.all(), folder_id, folders.values("pk"))
-    return messages
-
-
-def message_summary_rows(messages: QuerySet[Message]) -> QuerySet[dict]:
-    """A list's messages as plain rows: SUMMARY_COLUMNS, `folder_names` (sorted, each once)
-    and the annotations a list orders by. No model instances and no prefetch query: for a
-    page of 50 they cost more than the query itself. PostgreSQL computes the folder names
-    after the page's LIMIT, for its rows only."""
-    ordering_annotations = [
-        name for name in (FOLDER_SORT_DATE, "search_rank") if name in messages.query.annotations
-    ]
-    names = (
-        MessageLocation.objects.filter(message=OuterRef("pk"))
-        .order_by("folder__name")
-        .values("folder__name")
-        .distinct()
-    )
-    return messages.annotate(folder_names=ArraySubquery(names)).values(
-        *SUMMARY_COLUMNS, "folder_names", *ordering_annotations
-    )
-
-
-def _in_folder(
-    messages: QuerySet[Message], folder_id: int, visible_folders: QuerySet[Folder]
-) -> QuerySet[Message]:
-    """The messages held in a folder, each once, with the folder's own copy of their date.
-
-    Ordered by FOLDER_SORT_DATE (equal to `sort_date`) and id, a folder's list is a walk of
-    the index on its locations that stops at the page, not a sort of the whole folder. A
-    message held twice in the folder (two UIDs) comes through its first location only.
-    """
-    # OuterRef("folder_location__pk") would join the locations a second time: an alias first.
-    earlier = MessageLocation.objects.filter(
-        message=OuterRef("pk"), folder_id=folder_id, pk__lt=OuterRef("folder_location_id")
-    )
-    return (
-        messages.annotate(
-            folder_location=FilteredRelation(
-                "locations", condition=Q(locations__folder_id=folder_id)
-            )
-        )
-        # One filter() call: a second one would join the locations again.
-        .filter(
-            folder_location__folder_id=folder_id, folder_location__folder_id__in=visible_folders
-        )
-        .alias(folder_location_id=F("folder_location__pk"))
-        .annotate(**{FOLDER_SORT_DATE: F("folder_location__sort_date")})
-        .filter(~Exists(earlier))
-    )
-
-
-def message_search(
-    messages: QuerySet[Message], text: str, *, ranked: bool = False
-) -> QuerySet[Message]:
-    """Full-text search over subject (weight A), sender (B) and body (C); `ranked` annotates
-    the rank that lists order by first.
-
-    The query is read as a web search (quoted phrases, OR, -excluded); the (account, vector)
-    GIN index answers a rare word, the account's newest-first index a common one (unranked,
-    a page then reads about 50 matches; ranked, every match of the account is read).
-    """
-    query = SearchQuery(text, search_type="websearch", config=SEARCH_CONFIG)
-    found = messages.filter(search_vector=query)
-    if not ranked:
-        return found
-    # double precision: ts_rank's real would not survive a round trip through a page cursor.
-    return found.annotate(search_rank=Cast(SearchRank(F("search_vector"), query), FloatField()))
 
 
 def message_get(*, user: User, message_id: int) -> Message | None:

@@ -11,27 +11,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Model, Q, QuerySet
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.utils.urls import replace_query_param
 
-from messages.selectors import FOLDER_SORT_DATE
-
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 MAX_UTC_OFFSET = timedelta(hours=15, minutes=59)
-# Annotation of full-text results: when present, results are ordered by it first.
-SEARCH_RANK = "search_rank"
-# Annotations that stand in for a model field of the ordering when present (same values,
-# a faster index): {field: annotation}.
-ORDERING_STAND_INS = {"sort_date": FOLDER_SORT_DATE}
 
 
 class InvalidCursor(exceptions.ValidationError):
@@ -52,17 +45,35 @@ class KeysetCursorPagination(CursorPagination):
         self, queryset: QuerySet, request: Request, view: Any = None
     ) -> list[Model] | list[dict[str, Any]]:
         """The page: model instances, or dicts for a values() queryset."""
+        self.ordering = self.get_ordering(request, queryset, view)
+        fields = [(name.lstrip("-"), name.startswith("-")) for name in self.ordering]
+
+        def fetch(position: list[Any] | None, reverse: bool, limit: int) -> list[Any]:
+            order = [f"{'-' if desc != reverse else ''}{name}" for name, desc in fields]
+            page = queryset.order_by(*order)
+            if position is not None:
+                page = page.filter(_after(fields, position, reverse))
+            return list(page[:limit])
+
+        types = [_field_of(queryset, name) for name, _ in fields]
+        return self.paginate(request, fields, types, fetch)
+
+    def paginate(
+        self,
+        request: Request,
+        fields: list[tuple[str, bool]],
+        types: list[Any],
+        fetch: Callable[[list[Any] | None, bool, int], list[Any]],
+    ) -> list[Any]:
+        """A page of any source: `fields` are the ordering's (name, descending) pairs, the
+        last one unique, `types` the model fields that read a cursor's values back, and
+        `fetch(position, reverse, limit)` the rows after the position (before it when
+        reverse, nearest first). Rows are model instances or dicts keyed by field name."""
         self.request = request
         self.page_size = self.get_page_size(request)
         self.base_url = request.build_absolute_uri()
-        self.ordering = self.get_ordering(request, queryset, view)
-        fields = [(name.lstrip("-"), name.startswith("-")) for name in self.ordering]
-        position, reverse = self._decode(request, queryset, fields)
-        order = [f"{'-' if desc != reverse else ''}{name}" for name, desc in fields]
-        queryset = queryset.order_by(*order)
-        if position is not None:
-            queryset = queryset.filter(_after(fields, position, reverse))
-        rows = list(queryset[: self.page_size + 1])
+        position, reverse = self._decode(request, types)
+        rows = fetch(position, reverse, self.page_size + 1)
         more = len(rows) > self.page_size
         self.page = rows[: self.page_size]
         if reverse:
@@ -88,11 +99,7 @@ class KeysetCursorPagination(CursorPagination):
         return size
 
     def get_ordering(self, request: Request, queryset: QuerySet, view: Any) -> tuple[str, ...]:
-        ordering = tuple(getattr(view, "ordering", None) or self.ordering)
-        ordering = tuple(_stand_in(name, queryset) for name in ordering)
-        if SEARCH_RANK in queryset.query.annotations:
-            ordering = (f"-{SEARCH_RANK}", *ordering)
-        return ordering
+        return tuple(getattr(view, "ordering", None) or self.ordering)
 
     def get_next_link(self) -> str | None:
         if not self.has_next or not self.page:
@@ -117,9 +124,7 @@ class KeysetCursorPagination(CursorPagination):
         encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
         return replace_query_param(self.base_url, self.cursor_query_param, encoded)
 
-    def _decode(
-        self, request: Request, queryset: QuerySet, fields: list[tuple[str, bool]]
-    ) -> tuple[list[Any] | None, bool]:
+    def _decode(self, request: Request, types: list[Any]) -> tuple[list[Any] | None, bool]:
         encoded = request.query_params.get(self.cursor_query_param)
         if not encoded:
             return None, False
@@ -132,16 +137,13 @@ class KeysetCursorPagination(CursorPagination):
             raise invalid from None
         if (
             not isinstance(values, list)
-            or len(values) != len(fields)
+            or len(values) != len(types)
             or not isinstance(reverse, bool)
         ):
             raise invalid
         try:
-            position = [
-                _field_of(queryset, name).to_python(value)
-                for (name, _), value in zip(fields, values, strict=True)
-            ]
-        except (ValidationError, FieldDoesNotExist, TypeError, ValueError):
+            position = [field.to_python(value) for field, value in zip(types, values, strict=True)]
+        except (ValidationError, TypeError, ValueError):
             raise invalid from None
         if any(value is None for value in position):
             raise invalid
@@ -154,14 +156,6 @@ class KeysetCursorPagination(CursorPagination):
         ):
             raise invalid
         return position, reverse
-
-
-def _stand_in(name: str, queryset: QuerySet) -> str:
-    sign, field = ("-", name[1:]) if name.startswith("-") else ("", name)
-    annotation = ORDERING_STAND_INS.get(field)
-    if annotation is not None and annotation in queryset.query.annotations:
-        return sign + annotation
-    return name
 
 
 def _field_of(queryset: QuerySet, name: str) -> Any:

@@ -328,7 +328,7 @@ class MessageSummaryOutput(serializers.Serializer):
 
 
 def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """MessageSummaryOutput of rows of selectors.message_summary_rows, without DRF's
+    """MessageSummaryOutput of rows of messages.message_page, without DRF's
     per-field machinery (a list's page costs a tenth of it): the same output, field for field
     (dates as DRF writes them: in the current time zone, UTC as "Z")."""
     zone = timezone.get_current_timezone()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from messages.ingest import messages_upsert
+from messages.message_page import MessageQuery, message_page
 from messages.models import Message
-from messages.selectors import message_list, message_search
 from tests.conftest import incoming
 from tests.mailfactory import make_mail
 from tests.messages.test_mime_robustness import DSN
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.django_db
 
 
 def found(user, text: str) -> list[str]:
-    return list(message_search(message_list(user=user), text).values_list("subject", flat=True))
+    rows = message_page(user_id=user.pk, query=MessageQuery(search=text))
+    return [row["subject"] for row in rows]
 
 
 def test_a_delivery_status_notification_shows_its_fields_and_is_found(user, account):
