@@ -48,7 +48,7 @@ _RANK = "ts_rank(m.search_vector, tsq)::float8"
 # The fields a page is ordered by, with the model field that reads a cursor's value back.
 ORDER_FIELDS: dict[str, Field] = {
     "search_rank": FloatField(),
-    "sort_date": Message._meta.get_field("sort_date"),
+    "page_sort_date": Message._meta.get_field("sort_date"),
     "id": Message._meta.get_field("id"),
 }
 
@@ -75,7 +75,7 @@ class MessageQuery:
     def ordering(self) -> list[tuple[str, bool]]:
         """(field, descending) pairs, the last one unique."""
         rank = [("search_rank", True)] if self.ranked and self.search else []
-        return [*rank, ("sort_date", True), ("id", True)]
+        return [*rank, ("page_sort_date", True), ("id", True)]
 
 
 def like(text: str) -> str:
@@ -120,7 +120,8 @@ def message_page_sql(
         source_params.append(query.search)
         where.append("m.search_vector @@ tsq")
 
-    expressions = {"search_rank": _RANK, "sort_date": date, "id": "m.id"}
+    # A folder's list orders by its locations' copy of the date, and pages by what it orders by.
+    expressions = {"search_rank": _RANK, "page_sort_date": date, "id": "m.id"}
     ordered = [(expressions[name], desc) for name, desc in query.ordering]
     if position is not None:
         condition, values = _after(ordered, position, reverse)
@@ -129,7 +130,8 @@ def message_page_sql(
     order = ", ".join(f"{expr} {'DESC' if desc != reverse else 'ASC'}" for expr, desc in ordered)
     rank = f", {_RANK} AS search_rank" if query.ranked and query.search else ""
     sql = (
-        f"SELECT {_COLUMNS}, {_FOLDER_NAMES}{rank} FROM {', '.join(sources)}"
+        f"SELECT {_COLUMNS}, {_FOLDER_NAMES}, {date} AS page_sort_date{rank}"
+        f" FROM {', '.join(sources)}"
         f" WHERE {' AND '.join(where)} ORDER BY {order} LIMIT %s"
     )
     return sql, [*source_params, *params, limit]
@@ -144,7 +146,8 @@ def message_page(
     limit: int = 51,
 ) -> list[dict[str, Any]]:
     """Up to `limit` messages after `position` (before it with `reverse`, nearest first), as
-    rows of selectors.SUMMARY_COLUMNS with `folder_names` (sorted) and, ranked, `search_rank`.
+    rows of selectors.SUMMARY_COLUMNS with `folder_names` (sorted) and the values the page is
+    ordered by (`page_sort_date`, and `search_rank` when ranked).
     """
     sql, params = message_page_sql(
         user_id=user_id, query=query, position=position, reverse=reverse, limit=limit
