@@ -138,13 +138,11 @@ def thread_list(*, user: User) -> QuerySet[Thread]:
         .order_by("sort_date", "id")
         .values(person=JSONObject(name="from_name", address="from_address"))
     )
-    return (
-        Thread.objects.filter(account__in=_visible_accounts(user), last_message_at__isnull=False)
-        .annotate(
-            unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), Value(0)),
-            senders=ArraySubquery(senders),
-        )
-        .select_related("account")
+    return Thread.objects.filter(
+        account__in=_visible_accounts(user), last_message_at__isnull=False
+    ).annotate(
+        unread_count=Coalesce(Subquery(unread, output_field=IntegerField()), Value(0)),
+        senders=ArraySubquery(senders),
     )
 
 
