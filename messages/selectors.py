@@ -120,6 +120,19 @@ def folder_list(*, user: User, account_id: int | None = None) -> QuerySet[Folder
 
 
 # Threads -----------------------------------------------------------------------------------
+# What a thread list reads of each thread (messages.api.serializers.thread_summaries).
+THREAD_SUMMARY_COLUMNS = (
+    "id",
+    "account_id",
+    "subject",
+    "snippet",
+    "message_count",
+    "unread_count",
+    "last_message_at",
+    "senders",
+)
+
+
 def thread_list(*, user: User) -> QuerySet[Thread]:
     """Threads with activity, with unread count and participants (senders, first seen first).
 

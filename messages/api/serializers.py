@@ -6,6 +6,7 @@ serializer has a field that could carry them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -327,10 +328,8 @@ class MessageSummaryOutput(serializers.Serializer):
         return sorted({location.folder.name for location in message.locations.all()})
 
 
-def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """MessageSummaryOutput of rows of messages.message_page, without DRF's
-    per-field machinery (a list's page costs a tenth of it): the same output, field for field
-    (dates as DRF writes them: in the current time zone, UTC as "Z")."""
+def _iso_writer() -> Callable[[datetime | None], str | None]:
+    """Dates as DRF's DateTimeField writes them: in the current time zone, UTC as "Z"."""
     zone = timezone.get_current_timezone()
 
     def iso(value: datetime | None) -> str | None:
@@ -339,6 +338,13 @@ def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         text = value.astimezone(zone).isoformat()
         return text[:-6] + "Z" if text.endswith("+00:00") else text
 
+    return iso
+
+
+def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MessageSummaryOutput of rows of messages.message_page, without DRF's
+    per-field machinery (a list's page costs a tenth of it): the same output, field for field."""
+    iso = _iso_writer()
     return [
         {
             "id": row["id"],
@@ -437,6 +443,25 @@ class ThreadOutput(serializers.Serializer):
     @extend_schema_field(Person(many=True))
     def get_participants(self, thread: Thread) -> list[dict[str, str]]:
         return selectors.participants(thread.senders)
+
+
+def thread_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ThreadOutput of rows of selectors.THREAD_SUMMARY_COLUMNS, field for field, without
+    DRF's per-field machinery (as message_summaries)."""
+    iso = _iso_writer()
+    return [
+        {
+            "id": row["id"],
+            "account": row["account_id"],
+            "subject": row["subject"],
+            "snippet": row["snippet"],
+            "message_count": row["message_count"],
+            "unread_count": row["unread_count"],
+            "last_message_at": iso(row["last_message_at"]),
+            "participants": selectors.participants(row["senders"]),
+        }
+        for row in rows
+    ]
 
 
 class ThreadDetailOutput(ThreadOutput):

@@ -299,10 +299,14 @@ class AccountFolderListView(ListView):
 class ThreadListView(ListView):
     ordering = ("-last_message_at", "-id")
     filterset_class = ThreadFilter
-    output_serializer = s.ThreadOutput
 
     def get_queryset(self) -> QuerySet[Thread]:
         return selectors.thread_list(user=self.request.user)
+
+    def list(self, request: Request) -> Response:
+        threads = self.filter_queryset(self.get_queryset())
+        rows = self.paginate_queryset(threads.values(*selectors.THREAD_SUMMARY_COLUMNS))
+        return self.get_paginated_response(s.thread_summaries(rows))
 
     @extend_schema(
         tags=["threads"],

@@ -145,6 +145,27 @@ def test_a_search_order_needs_a_search_and_a_known_value(api, account, query):
     assert "order" in response.json()["error"]["fields"]
 
 
+def test_a_thread_list_entry_is_the_threads_output_field_for_field(api, account):
+    """As for messages: the thread list builds its entries without DRF's serializer."""
+    from messages.api.serializers import ThreadOutput
+    from messages.selectors import thread_list
+
+    first = ingest(account, make_mail("Plans", message_id="<p1@x>", minutes=1))
+    ingest(
+        account,
+        make_mail("Re: Plans", message_id="<p2@x>", in_reply_to="<p1@x>", sender="Carol <c@x>"),
+    )
+    ingest(account, make_mail("Alone", message_id="<a1@x>", minutes=2))
+    Message.objects.filter(pk=first.pk).update(is_read=True)
+    listed = api.get("/api/threads/").json()["results"]
+    assert len(listed) == 2
+    for entry in listed:
+        thread = thread_list(user=account.owner).get(pk=entry["id"])
+        assert entry == ThreadOutput(thread).data
+    plans = next(entry for entry in listed if entry["message_count"] == 2)
+    assert plans["unread_count"] == 1 and len(plans["participants"]) == 2
+
+
 def test_a_list_entry_is_the_messages_summary_field_for_field(api, account):
     """The list builds its entries without DRF's serializer (speed): they must be what the
     documented MessageSummaryOutput makes of the same message, odd stored values included."""
