@@ -1,0 +1,80 @@
+"""users.watch / users.stop and Pub/Sub push delivery of the fake."""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.gmail_fake.fixtures import gmail_service
+from tests.mailfactory import make_mail
+
+TOPIC = "projects/test-project/topics/gmail"
+
+
+@pytest.fixture
+def receiver():
+    """A local HTTP endpoint that records each POST it receives."""
+    received: queue.Queue[dict] = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/push", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_watch_then_each_change_is_pushed(gmail_server, receiver):
+    endpoint, received = receiver
+    mailbox, refresh_token = gmail_server.add_user("dave@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+    subscription = gmail_server.subscribe(TOPIC, endpoint)
+
+    watch = (
+        gmail.users().watch(userId="me", body={"topicName": TOPIC, "labelIds": ["INBOX"]}).execute()
+    )
+    message = mailbox.add_message(make_mail("hello"), ["INBOX"])
+
+    push = received.get(timeout=5)
+    assert push["subscription"] == subscription
+    assert json.loads(base64.b64decode(push["message"]["data"])) == {
+        "emailAddress": "dave@gmail.com",
+        "historyId": message.history_id,
+    }
+    assert push["message"]["messageId"] and push["message"]["publishTime"].endswith("Z")
+    assert int(watch["historyId"]) < message.history_id
+    days = (int(watch["expiration"]) / 1000 - time.time()) / 86400
+    assert 6.99 < days <= 7
+
+
+def test_changes_outside_the_watched_labels_and_after_stop_are_not_pushed(gmail_server, receiver):
+    endpoint, received = receiver
+    mailbox, refresh_token = gmail_server.add_user("dave@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+    gmail_server.subscribe(TOPIC, endpoint)
+    gmail.users().watch(userId="me", body={"topicName": TOPIC, "labelIds": ["INBOX"]}).execute()
+
+    mailbox.add_message(make_mail("sent"), ["SENT"])
+    inbox = mailbox.add_message(make_mail("in"), ["INBOX"])
+    first = json.loads(base64.b64decode(received.get(timeout=5)["message"]["data"]))
+    gmail.users().stop(userId="me").execute()
+    mailbox.add_message(make_mail("late"), ["INBOX"])
+    time.sleep(0.05)
+
+    assert first["historyId"] == inbox.history_id
+    assert received.empty()
