@@ -60,12 +60,24 @@ class Request:
 
 
 Handler = Callable[[Request, re.Match], tuple[int, dict | None]]
-ROUTES: list[tuple[str, re.Pattern, Handler]] = []
 
 
-def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern
+    handler: Handler
+    units: int
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, pattern: str, *, units: int) -> Callable[[Handler], Handler]:
+    """Register a method; `units` is its cost in Gmail's published per-method quota table."""
+
     def register(handler: Handler) -> Handler:
-        ROUTES.append((method, re.compile(f"^{pattern}$"), handler))
+        ROUTES.append(Route(method, re.compile(f"^{pattern}$"), handler, units))
         return handler
 
     return register
@@ -123,7 +135,7 @@ def _summary(message) -> dict:
     return {"id": message.id, "threadId": message.thread_id, "labelIds": list(message.label_ids)}
 
 
-@route("GET", "profile")
+@route("GET", "profile", units=1)
 def get_profile(req: Request, m: re.Match) -> tuple[int, dict]:
     box = req.mailbox
     with box.lock:
@@ -142,18 +154,18 @@ def _label(label, counts: dict | None = None) -> dict:
     return out | (counts or {})
 
 
-@route("GET", "labels")
+@route("GET", "labels", units=1)
 def labels_list(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, {"labels": [_label(x) for x in list(req.mailbox.labels.values())]}
 
 
-@route("GET", "labels/(?P<id>[^/]+)")
+@route("GET", "labels/(?P<id>[^/]+)", units=1)
 def labels_get(req: Request, m: re.Match) -> tuple[int, dict]:
     label = req.mailbox.label(m["id"])
     return 200, _label(label, req.mailbox.counts(label.id))
 
 
-@route("POST", "labels")
+@route("POST", "labels", units=5)
 def labels_create(req: Request, m: re.Match) -> tuple[int, dict]:
     name = req.json().get("name")
     if not name:
@@ -177,7 +189,7 @@ def _decode_token(token: str) -> tuple[int, str]:
         raise bad_request("Invalid pageToken") from error
 
 
-@route("GET", "messages")
+@route("GET", "messages", units=5)
 def messages_list(req: Request, m: re.Match) -> tuple[int, dict]:
     if req.param("q"):
         raise bad_request("The fake does not implement search queries (q)")
@@ -211,14 +223,14 @@ def messages_list(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, out
 
 
-@route("GET", "messages/(?P<id>[0-9a-f]+)")
+@route("GET", "messages/(?P<id>[0-9a-f]+)", units=5)
 def messages_get(req: Request, m: re.Match) -> tuple[int, dict]:
     message = req.mailbox.get(m["id"])
     fmt = req.param("format", "full")
     return 200, render.render(message, fmt, req.params("metadataHeaders") or None)
 
 
-@route("GET", "messages/(?P<mid>[0-9a-f]+)/attachments/(?P<id>[^/]+)")
+@route("GET", "messages/(?P<mid>[0-9a-f]+)/attachments/(?P<id>[^/]+)", units=5)
 def attachments_get(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, render.attachment(req.mailbox.get(m["mid"]), m["id"])
 
@@ -235,17 +247,17 @@ def _insert(req: Request, default_source: str) -> tuple[int, dict]:
     return 200, _summary(message)
 
 
-@route("POST", "messages")
+@route("POST", "messages", units=25)
 def messages_insert(req: Request, m: re.Match) -> tuple[int, dict]:
     return _insert(req, "receivedTime")
 
 
-@route("POST", "messages/import")
+@route("POST", "messages/import", units=25)
 def messages_import(req: Request, m: re.Match) -> tuple[int, dict]:
     return _insert(req, "dateHeader")
 
 
-@route("POST", "messages/send")
+@route("POST", "messages/send", units=100)
 def messages_send(req: Request, m: re.Match) -> tuple[int, dict]:
     resource, raw = _message_input(req)
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
@@ -264,7 +276,7 @@ def messages_send(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, _summary(message)
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/modify")
+@route("POST", "messages/(?P<id>[0-9a-f]+)/modify", units=5)
 def messages_modify(req: Request, m: re.Match) -> tuple[int, dict]:
     body = req.json()
     message = req.mailbox.modify(
@@ -273,7 +285,7 @@ def messages_modify(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, _summary(message)
 
 
-@route("POST", "messages/batchModify")
+@route("POST", "messages/batchModify", units=50)
 def messages_batch_modify(req: Request, m: re.Match) -> tuple[int, None]:
     body = req.json()
     with req.mailbox.lock:
@@ -283,17 +295,17 @@ def messages_batch_modify(req: Request, m: re.Match) -> tuple[int, None]:
     return 204, None
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/trash")
+@route("POST", "messages/(?P<id>[0-9a-f]+)/trash", units=5)
 def messages_trash(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, _summary(req.mailbox.trash(m["id"]))
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/untrash")
+@route("POST", "messages/(?P<id>[0-9a-f]+)/untrash", units=5)
 def messages_untrash(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, _summary(req.mailbox.untrash(m["id"]))
 
 
-@route("DELETE", "messages/(?P<id>[0-9a-f]+)")
+@route("DELETE", "messages/(?P<id>[0-9a-f]+)", units=10)
 def messages_delete(req: Request, m: re.Match) -> tuple[int, None]:
     req.mailbox.delete(m["id"])
     return 204, None
@@ -315,7 +327,7 @@ def _record(change: Change) -> dict:
     return {"id": str(change.history_id), "messages": [ref], _RECORD_FIELD[change.type]: [entry]}
 
 
-@route("GET", "history")
+@route("GET", "history", units=2)
 def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
     start = req.param("startHistoryId")
     if not start or not start.isdigit():
@@ -347,7 +359,7 @@ def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, out
 
 
-@route("POST", "watch")
+@route("POST", "watch", units=100)
 def watch(req: Request, m: re.Match) -> tuple[int, dict]:
     body = req.json()
     topic = body.get("topicName")
@@ -367,18 +379,18 @@ def watch(req: Request, m: re.Match) -> tuple[int, dict]:
         return 200, {"historyId": str(box.history_id), "expiration": str(box.watch.expiration)}
 
 
-@route("POST", "stop")
+@route("POST", "stop", units=50)
 def stop(req: Request, m: re.Match) -> tuple[int, None]:
     req.mailbox.watch = None
     return 204, None
 
 
-def dispatch(req: Request, user_path: str) -> tuple[int, dict | None]:
-    for method, pattern, handler in ROUTES:
-        match = pattern.match(user_path)
-        if match and method == req.method:
-            return handler(req, match)
+def resolve(method: str, user_path: str) -> tuple[Route, re.Match]:
+    for candidate in ROUTES:
+        match = candidate.pattern.match(user_path)
+        if match and candidate.method == method:
+            return candidate, match
     raise not_found()
 
 
-__all__ = ["ApiError", "Request", "dispatch"]
+__all__ = ["ApiError", "Request", "resolve"]

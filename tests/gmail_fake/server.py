@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from tests.gmail_fake.errors import (
 )
 from tests.gmail_fake.mailbox import Mailbox
 from tests.gmail_fake.push import Publisher
+from tests.gmail_fake.quota import Quota
 
 API_PREFIXES = ("/gmail/v1/users/", "/upload/gmail/v1/users/")
 BATCH_PATHS = ("/batch", "/batch/gmail/v1")
@@ -39,6 +41,7 @@ class GmailFake:
         self.tokens = Tokens()
         self.tokens.add_client(CLIENT_ID, CLIENT_SECRET)
         self.faults = Faults()
+        self.quota = Quota()
         self.publisher = Publisher()
         self.users: dict[str, Mailbox] = {}
         self.calls: list[str] = []
@@ -103,6 +106,7 @@ class GmailFake:
             self.users.clear()
             self.calls.clear()
         self.faults.clear()
+        self.quota.reset()
         self.publisher.clear()
 
     def close(self) -> None:
@@ -122,7 +126,7 @@ class GmailFake:
 
     def _changed(self, mailbox: Mailbox, labels: set[str]) -> None:
         watch = mailbox.watch
-        if watch is not None and watch.wants(labels):
+        if watch is not None and watch.expiration > time.time() * 1000 and watch.wants(labels):
             self.publisher.publish(watch.topic_name, mailbox.email, mailbox.history_id)
 
     def call(
@@ -147,10 +151,12 @@ class GmailFake:
         user_id = urllib.parse.unquote(user_id)
         if user_id not in ("me", email):
             raise ApiError(403, "Delegation denied for " + email, "forbidden")
+        self.calls.append(f"{method} {user_path}")
         fault = self.faults.take()
         if fault is not None:
             raise fault.error()
-        self.calls.append(f"{method} {user_path}")
+        route, match = api.resolve(method, user_path)
+        self.quota.spend(email, route.units)
         request = api.Request(
             method=method,
             path=url.path,
@@ -159,7 +165,7 @@ class GmailFake:
             body=body,
             mailbox=self._mailbox(email),
         )
-        return api.dispatch(request, user_path)
+        return route.handler(request, match)
 
 
 class _Handler(BaseHTTPRequestHandler):

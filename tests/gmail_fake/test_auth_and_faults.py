@@ -74,14 +74,20 @@ def test_injected_errors_surface_as_http_error_with_reason(gmail_server, inject,
     assert gmail.users().getProfile(userId="me").execute()["emailAddress"] == "bob@gmail.com"
 
 
-def test_the_client_retries_a_429_when_asked(gmail_server):
+@pytest.mark.parametrize(
+    "inject", ["rate_limit_next", "user_rate_limit_next", "backend_error_next"]
+)
+def test_the_client_recognises_each_error_as_retryable(gmail_server, inject):
+    """google-api-python-client retries a 403 only when the body's reason is a rate limit:
+    the fake's error shape must be the one it reads."""
     _, refresh_token = gmail_server.add_user("bob@gmail.com")
     gmail = gmail_service(gmail_server, refresh_token)
-    gmail_server.rate_limit_next(1)
+    getattr(gmail_server, inject)(1)
+    request = gmail.users().getProfile(userId="me")
+    request._rand = lambda: 0.0  # no backoff sleep in a test
 
-    profile = gmail.users().getProfile(userId="me").execute(num_retries=1)
-
-    assert profile["emailAddress"] == "bob@gmail.com"
+    assert request.execute(num_retries=1)["emailAddress"] == "bob@gmail.com"
+    assert gmail_server.calls == ["GET profile", "GET profile"]
 
 
 def test_batch_get_raw_answers_each_part_by_its_id(gmail_server):
@@ -144,3 +150,23 @@ def test_a_batch_of_more_than_100_calls_is_refused(gmail_server):
     with pytest.raises(HttpError) as caught:
         batch.execute()
     assert caught.value.status_code == 400
+
+
+def test_the_per_user_quota_counts_each_call_of_a_batch(gmail_server):
+    mailbox, refresh_token = gmail_server.add_user("bob@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+    ids = [mailbox.add_message(make_mail(f"m{i}")).id for i in range(3)]
+    gmail_server.quota.per_user_per_minute = 19
+    outcome: dict[str, object] = {}
+
+    gmail.users().messages().list(userId="me").execute()
+    batch = new_batch(gmail_server, callback=lambda rid, resp, exc: outcome.update({rid: exc}))
+    for gid in ids:
+        batch.add(gmail.users().messages().get(userId="me", id=gid), request_id=gid)
+    batch.execute()
+
+    refused = [rid for rid, exc in outcome.items() if exc is not None]
+    assert refused == [ids[2]]
+    assert outcome[ids[2]].status_code == 403
+    assert outcome[ids[2]].error_details[0]["reason"] == "userRateLimitExceeded"
+    assert gmail_server.quota.used["bob@gmail.com"] == 15
