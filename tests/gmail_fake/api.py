@@ -342,7 +342,9 @@ def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
         if not token.isdigit():
             raise bad_request("Invalid pageToken")
         after = max(after, int(token))
-    changes = req.mailbox.changes_since(int(start))
+    with req.mailbox.lock:  # the records and the historyId they lead up to, from one moment
+        changes = req.mailbox.changes_since(int(start))
+        current = req.mailbox.history_id
     matching = [
         c
         for c in changes
@@ -351,7 +353,7 @@ def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
         and (label_id is None or label_id in c.touches())
     ]
     size = req.page_size()
-    out: dict = {"historyId": str(req.mailbox.history_id)}
+    out: dict = {"historyId": str(current)}
     if matching[:size]:
         out["history"] = [_record(c) for c in matching[:size]]
     if len(matching) > size:

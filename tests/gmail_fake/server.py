@@ -105,6 +105,8 @@ class GmailFake:
         with self._lock:
             self.users.clear()
             self.calls.clear()
+            self.tokens = Tokens()
+            self.tokens.add_client(CLIENT_ID, CLIENT_SECRET)
         self.faults.clear()
         self.quota.reset()
         self.publisher.clear()

@@ -196,3 +196,44 @@ def test_insert_and_import_through_upload_and_json(alice):
 
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def test_full_format_gives_the_mime_tree_and_attachments_by_id(alice):
+    mailbox, gmail = alice
+    raw = make_mail(
+        "Invoice", body="See attached.\n", attachments=[("a.pdf", "application/pdf", b"%PDF-1")]
+    )
+    stored = mailbox.add_message(raw)
+    messages = gmail.users().messages()
+
+    full = messages.get(userId="me", id=stored.id).execute()
+    text, pdf = full["payload"]["parts"]
+    data = (
+        messages.attachments()
+        .get(userId="me", messageId=stored.id, id=pdf["body"]["attachmentId"])
+        .execute()
+    )
+
+    assert full["payload"]["mimeType"] == "multipart/mixed"
+    assert (text["partId"], text["mimeType"]) == ("0", "text/plain")
+    assert base64.urlsafe_b64decode(text["body"]["data"]) == b"See attached.\n"
+    assert (pdf["filename"], pdf["body"]["size"]) == ("a.pdf", 6)
+    assert base64.urlsafe_b64decode(data["data"]) == b"%PDF-1"
+
+
+def test_pages_neither_skip_nor_repeat_when_mail_arrives_between_them(alice):
+    mailbox, gmail = alice
+    old = [mailbox.add_message(make_mail(f"m{i}"), internal_date=1_000 + i) for i in range(4)]
+    first = gmail.users().messages().list(userId="me", maxResults=2).execute()
+
+    mailbox.add_message(make_mail("new"), internal_date=9_999)
+    second = (
+        gmail.users()
+        .messages()
+        .list(userId="me", maxResults=2, pageToken=first["nextPageToken"])
+        .execute()
+    )
+
+    listed = [m["id"] for m in first["messages"] + second["messages"]]
+    assert listed == [m.id for m in reversed(old)]
+    assert "nextPageToken" not in second
