@@ -170,3 +170,37 @@ def test_the_per_user_quota_counts_each_call_of_a_batch(gmail_server):
     assert outcome[ids[2]].status_code == 403
     assert outcome[ids[2]].error_details[0]["reason"] == "userRateLimitExceeded"
     assert gmail_server.quota.used["bob@gmail.com"] == 15
+
+
+def test_batch_parts_refused_for_an_expired_token_are_sent_again_after_a_refresh(gmail_server):
+    mailbox, refresh_token = gmail_server.add_user("bob@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+    ids = [mailbox.add_message(make_mail(f"m{i}")).id for i in range(2)]
+    messages = gmail.users().messages()
+    messages.list(userId="me").execute()
+    outcome: dict[str, object] = {}
+
+    gmail_server.tokens.expire_access_tokens()
+    batch = new_batch(
+        gmail_server, callback=lambda rid, resp, exc: outcome.update({rid: exc or resp})
+    )
+    for gid in ids:
+        batch.add(messages.get(userId="me", id=gid, format="minimal"), request_id=gid)
+    batch.execute()
+
+    assert {rid: value["id"] for rid, value in outcome.items()} == {gid: gid for gid in ids}
+    assert gmail_server.tokens.refreshes == 2
+
+
+def test_another_users_mailbox_is_forbidden(gmail_server):
+    gmail_server.add_user("eve@gmail.com")
+    _, refresh_token = gmail_server.add_user("bob@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+
+    with pytest.raises(HttpError) as caught:
+        gmail.users().getProfile(userId="eve@gmail.com").execute()
+
+    assert caught.value.status_code == 403
+    assert gmail.users().getProfile(userId="bob@gmail.com").execute()["emailAddress"] == (
+        "bob@gmail.com"
+    )
