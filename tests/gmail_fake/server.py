@@ -70,6 +70,7 @@ class GmailFake:
         # The token endpoint is plain http: google-api-python-client refreshes a batch's
         # credentials through a bare httplib2.Http(), which trusts no test certificate.
         self.token_uri = f"{self.plain_url}/token"
+        self.certs_url = f"{self.plain_url}/oauth2/v1/certs"
         self.batch_uri = f"{self.base_url}/batch/gmail/v1"
         self.client_id, self.client_secret = CLIENT_ID, CLIENT_SECRET
         for server in self._servers:
@@ -98,9 +99,10 @@ class GmailFake:
     def backend_error_next(self, times: int = 1) -> None:
         self.faults.add(BACKEND_ERROR, times)
 
-    def subscribe(self, topic: str, endpoint: str) -> str:
-        """A push subscription of `topic` to `endpoint`; returns the subscription's name."""
-        return self.publisher.subscribe(topic, endpoint)
+    def subscribe(self, topic: str, endpoint: str, *, audience: str | None = None) -> str:
+        """A push subscription of `topic` to `endpoint`; returns the subscription's name.
+        With an `audience`, each push carries an OIDC token verifiable at `certs_url`."""
+        return self.publisher.subscribe(topic, endpoint, audience=audience)
 
     def reset(self) -> None:
         with self._lock:
@@ -204,7 +206,13 @@ class _Handler(BaseHTTPRequestHandler):
         status, body = self.gmail.call(self.command, self.path, self._headers(), self._body())
         self._send(status, body)
 
-    do_GET = do_DELETE = do_PUT = do_PATCH = _api
+    do_DELETE = do_PUT = do_PATCH = _api
+
+    def do_GET(self) -> None:
+        if urllib.parse.urlsplit(self.path).path == "/oauth2/v1/certs":
+            self._send(200, json.dumps(self.gmail.publisher.signer.certs()).encode())
+        else:
+            self._api()
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path

@@ -9,7 +9,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import google_auth_httplib2
+import httplib2
 import pytest
+from google.oauth2 import id_token
 
 from tests.gmail_fake.fixtures import gmail_service
 from tests.mailfactory import make_mail
@@ -24,7 +27,8 @@ def receiver():
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
-            received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.put({**body, "authorization": self.headers.get("Authorization")})
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -94,3 +98,27 @@ def test_changes_outside_the_watched_labels_after_stop_or_expiry_are_not_pushed(
     users.watch(userId="me", body=watch_inbox).execute()
     renewed = mailbox.add_message(make_mail("renewed"), ["INBOX"])
     assert _pushed_history_id(received) == renewed.history_id
+
+
+def test_an_authenticated_push_carries_an_oidc_token_google_auth_verifies(gmail_server, receiver):
+    endpoint, received = receiver
+    mailbox, refresh_token = gmail_server.add_user("dave@gmail.com")
+    gmail = gmail_service(gmail_server, refresh_token)
+    gmail_server.subscribe(TOPIC, endpoint, audience=endpoint)
+    gmail.users().watch(userId="me", body={"topicName": TOPIC}).execute()
+
+    mailbox.add_message(make_mail("hello"), ["INBOX"])
+    scheme, token = received.get(timeout=5)["authorization"].split(" ")
+    verify = google_auth_httplib2.Request(httplib2.Http())
+
+    claims = id_token.verify_token(
+        token, verify, audience=endpoint, certs_url=gmail_server.certs_url
+    )
+    assert scheme == "Bearer"
+    assert claims["iss"] == "https://accounts.google.com"
+    assert claims["email"] == "gmail-push@test-project.iam.gserviceaccount.com"
+    assert claims["email_verified"] is True
+    with pytest.raises(ValueError, match="audience"):
+        id_token.verify_token(
+            token, verify, audience="https://elsewhere.example/", certs_url=gmail_server.certs_url
+        )
