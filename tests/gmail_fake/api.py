@@ -19,6 +19,7 @@ from email.utils import formatdate, make_msgid
 from tests.gmail_fake import render
 from tests.gmail_fake.errors import ApiError, bad_request, not_found
 from tests.gmail_fake.mailbox import HISTORY_TYPES, Change, Mailbox, Watch
+from tests.gmail_fake.upload import message_input
 
 WATCH_LIFETIME_MS = 7 * 24 * 3600 * 1000
 DEFAULT_PAGE, MAX_PAGE = 100, 500
@@ -81,54 +82,6 @@ def route(method: str, pattern: str, *, units: int) -> Callable[[Handler], Handl
         return handler
 
     return register
-
-
-def _b64decode(value: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError) as error:
-        raise bad_request("Invalid value for ByteString") from error
-
-
-def _message_input(req: Request) -> tuple[dict, bytes]:
-    """The Message resource and its raw bytes, from a JSON body or a media upload."""
-    if "/upload/" not in req.path:
-        resource = req.json()
-        if not resource.get("raw"):
-            raise bad_request(
-                "'raw' RFC822 payload message string or uploading message via /upload/* "
-                "URL required"
-            )
-        return resource, _b64decode(resource["raw"])
-    upload = req.param("uploadType")
-    if upload == "media":
-        return {}, req.body
-    if upload == "multipart":
-        parts = _related_parts(req.headers.get("content-type", ""), req.body)
-        if len(parts) != 2:
-            raise bad_request("Multipart upload needs metadata and media")
-        return json.loads(parts[0] or b"{}"), parts[1]
-    raise bad_request(f"Upload type not supported by the fake: {upload}")
-
-
-_BOUNDARY = re.compile(r'boundary="?([^";]+)"?')
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-
-
-def _related_parts(content_type: str, body: bytes) -> list[bytes]:
-    """The bodies of a multipart/related upload, byte for byte (the media part is binary)."""
-    match = _BOUNDARY.search(content_type)
-    if not match:
-        raise bad_request("Multipart upload without a boundary")
-    delimiter = b"--" + match[1].encode()
-    bodies = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        blank = _BLANK_LINE.search(chunk)
-        part = chunk[blank.end() :] if blank else b""
-        bodies.append(part.removesuffix(b"\n").removesuffix(b"\r"))
-    return bodies
 
 
 def _summary(message) -> dict:
@@ -236,7 +189,7 @@ def attachments_get(req: Request, m: re.Match) -> tuple[int, dict]:
 
 
 def _insert(req: Request, default_source: str) -> tuple[int, dict]:
-    resource, raw = _message_input(req)
+    resource, raw = message_input(req)
     source = req.param("internalDateSource", default_source)
     message = req.mailbox.add_message(
         raw,
@@ -259,7 +212,7 @@ def messages_import(req: Request, m: re.Match) -> tuple[int, dict]:
 
 @route("POST", "messages/send", units=100)
 def messages_send(req: Request, m: re.Match) -> tuple[int, dict]:
-    resource, raw = _message_input(req)
+    resource, raw = message_input(req)
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
     if not any(parsed.get(h) for h in ("To", "Cc", "Bcc")):
         raise bad_request("Recipient address required")
