@@ -1,0 +1,64 @@
+"""The OIDC tokens Pub/Sub puts on authenticated pushes, signed with a test RSA key.
+
+Pub/Sub signs a JWT as the subscription's service account (iss https://accounts.google.com,
+aud = the subscription's audience, email, email_verified) and sends it as
+`Authorization: Bearer`; receivers verify it against Google's certificates, which the fake
+serves at `/oauth2/v1/certs` in the same `{key id: PEM certificate}` shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
+
+ISSUER = "https://accounts.google.com"
+LIFETIME = 3600
+
+
+class TokenSigner:
+    def __init__(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_id = secrets.token_hex(20)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gmail-fake-oidc")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .sign(key, hashes.SHA256())
+        )
+        self._certificate = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self._signer = crypt.RSASigner.from_string(pem, self.key_id)
+
+    def certs(self) -> dict[str, str]:
+        return {self.key_id: self._certificate}
+
+    def token(self, audience: str, email: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "aud": audience,
+            "azp": "1" + secrets.token_hex(10),
+            "sub": "1" + secrets.token_hex(10),
+            "email": email,
+            "email_verified": True,
+            "iat": now,
+            "exp": now + LIFETIME,
+        }
+        return jwt.encode(self._signer, claims).decode()
