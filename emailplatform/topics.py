@@ -317,7 +317,7 @@ def publish_full_sync(
 def publish_sync(
     account_id: int, provider: str, *, kind: str, options: dict[str, Any] | None = None
 ) -> bool:
-    """The one way to ask for a sync pass (KIND: "full", "incremental" or "continue").
+    """The one way to ask for a sync pass (KIND: one of `syncstate.KINDS`).
 
     For providers whose consumers coalesce (SYNC_COALESCING_PROVIDERS), the request is recorded
     per account in Redis (`emailplatform.syncstate`) after the current transaction commits, and
@@ -327,7 +327,9 @@ def publish_sync(
     """
     from django.db import transaction
 
-    route_full = kind != "incremental"
+    from . import syncstate
+
+    route_full = syncstate.route_of(kind) == syncstate.ROUTE_FULL
     task_name = (FULL_SYNC_TASKS if route_full else INCREMENTAL_SYNC_TASKS).get(provider)
     if task_name is None:
         return False
@@ -356,7 +358,7 @@ def sync_request_now(
     if syncstate.request(account_id, kind, token) != syncstate.REQUEST_ENQUEUE:
         return False
     try:
-        if kind == "incremental":
+        if syncstate.route_of(kind) == syncstate.ROUTE_INCREMENTAL:
             _send(
                 INCREMENTAL_SYNC_TASKS[provider],
                 [account_id, token],

@@ -59,9 +59,10 @@ def notify_key(publisher: str) -> str:
     return f"{syncstate.PREFIX}:ingest-done:{publisher}"
 
 
-def batch_store(payload: Any) -> dict[str, Any]:
+def batch_store(payload: Any, *, notify: bool = True) -> dict[str, Any]:
     """Store one EmailNewMessage payload; a payload that breaks the contract is dead-lettered
-    with the reason, and so is a message that cannot be stored even as damaged."""
+    with the reason, and so is a message that cannot be stored even as damaged. NOTIFY: wake
+    the batch's producer once stored (not needed when the producer stores it itself)."""
     batch_id = _batch_id(payload)
     if batch_id is not None and not _claim(batch_id):
         return {"skipped": f"batch {batch_id} is stored already or no longer wanted"}
@@ -77,7 +78,7 @@ def batch_store(payload: Any) -> dict[str, Any]:
         if account is None:
             return _reject(payload, f"accountId: account {batch.account_id} does not exist")
         with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared)
+            result = _write(account, batch, prepared, notify=notify)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)
@@ -104,7 +105,7 @@ def batch_store(payload: Any) -> dict[str, Any]:
 
 
 def _write(
-    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch
+    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, notify: bool
 ) -> IngestResult | None:
     """One transaction: the batch row (rule 1), what it still wants (rule 2), the write, the
     row marked stored, the run's progress. None: nothing to do (rule 1)."""
@@ -128,7 +129,8 @@ def _write(
             row.problems = result.problems_text()[:2000]
             row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
             publisher = row.publisher
-            transaction.on_commit(lambda: _notify(publisher))
+            if notify:
+                transaction.on_commit(lambda: _notify(publisher))
     return result
 
 

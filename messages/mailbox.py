@@ -65,12 +65,12 @@ def _messages_in(locations) -> set[int]:
     return set(locations.values_list("message_id", flat=True))
 
 
-def folder_uids(folder: Folder) -> set[int]:
-    return set(
-        MessageLocation.objects.filter(folder=folder, uid__isnull=False).values_list(
-            "uid", flat=True
-        )
-    )
+def folder_uids(folder: Folder, *, min_uid: int = 0) -> set[int]:
+    """The UIDs stored in FOLDER (those of at least MIN_UID)."""
+    locations = MessageLocation.objects.filter(folder=folder, uid__isnull=False)
+    if min_uid:
+        locations = locations.filter(uid__gte=min_uid)
+    return set(locations.values_list("uid", flat=True))
 
 
 def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
