@@ -59,14 +59,17 @@ def notify_key(publisher: str) -> str:
     return f"{syncstate.PREFIX}:ingest-done:{publisher}"
 
 
-def batch_store(payload: Any, *, notify: bool = True) -> dict[str, Any]:
+def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
     """Store one EmailNewMessage payload; a payload that breaks the contract is dead-lettered
-    with the reason, and so is a message that cannot be stored even as damaged. NOTIFY: wake
-    the batch's producer once stored (not needed when the producer stores it itself)."""
+    with the reason, and so is a message that cannot be stored even as damaged.
+
+    BY_PRODUCER: the batch's producer stores it itself (inline), so it neither claims it nor
+    takes a lease (those tell the producer that a consumer is alive) nor wakes anyone; rule 1
+    still holds through the row's lock in `_write`."""
     batch_id = _batch_id(payload)
-    if batch_id is not None and not _claim(batch_id):
+    if batch_id is not None and not by_producer and not _claim(batch_id):
         return {"skipped": f"batch {batch_id} is stored already or no longer wanted"}
-    with _lease(batch_id):
+    with _lease(None if by_producer else batch_id):
         try:
             batch = topics.parse_new_message_payload(payload)
         except topics.PayloadError as exc:
@@ -78,7 +81,7 @@ def batch_store(payload: Any, *, notify: bool = True) -> dict[str, Any]:
         if account is None:
             return _reject(payload, f"accountId: account {batch.account_id} does not exist")
         with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared, notify=notify)
+            result = _write(account, batch, prepared, notify=not by_producer)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)

@@ -67,13 +67,12 @@ def batches_void(account_id: int, *, keep_publisher: str = "") -> int:
     """Delete the account's folder batches not yet stored (but KEEP_PUBLISHER's): called by a
     sync pass under the account's lock, so their producer is dead, and the pass fetches what
     they held again itself (rule 2 of messages.batch_store)."""
-    deleted, _ = (
-        IngestBatch.objects.filter(
-            account_id=account_id, stored_at__isnull=True, folder__isnull=False
-        )
-        .exclude(publisher=keep_publisher)
-        .delete()
-    )
+    left = IngestBatch.objects.filter(
+        account_id=account_id, stored_at__isnull=True, folder__isnull=False
+    ).exclude(publisher=keep_publisher)
+    if not left.exists():  # the usual case: one round trip, not a transaction's three
+        return 0
+    deleted, _ = left.delete()
     return deleted
 
 
@@ -135,7 +134,7 @@ class BatchPublisher:
         epoch = None if inline else _epoch()  # inline: never on a queue Redis could lose
         self.in_flight[row.pk] = _Sent(row.folder_id, row.uids, timezone.now(), epoch)
         if inline:
-            batch_store(payload, notify=False)
+            batch_store(payload, by_producer=True)
             self._collect()
             return
         try:

@@ -187,6 +187,10 @@ def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set
     if not seen:
         return set()
     account = folder.account
+    if not _match_server_ids(account, seen) and not _match_headers(account, seen):
+        # Nothing known (new mail, the usual case): no lock needed. A message an ingestion
+        # stores meanwhile is downloaded once more and stored as the same message.
+        return set()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
