@@ -29,8 +29,8 @@ One run measures:
    must be what it is at 10,000: backpressure bounds it, whatever N.
 4. No-change incremental sync on accounts of 1k, 10k and N (at most 100k) messages, each fully
    synced first through the queue (the N account is the one of step 2): median of 5.
-5. IDLE: an IdleWatcher on the 1k account triggers `imap_sync_account` with the listener's
-   want (an INBOX-only pass), in the bench process; the new mail goes through the pipeline
+5. IDLE: an IdleWatcher on the 1k account triggers `imap_sync_account` (an incremental pass,
+   INBOX first), in the bench process; the new mail goes through the pipeline
    with queue delivery (a batch this small its producer stores itself, INGEST_INLINE_MAX_*;
    larger ones go to the message worker); messages are APPENDed one at a time. The server's
    share: APPEND done -> the IDLE notice reaches the watcher's trigger; the platform's share:
@@ -90,7 +90,6 @@ from bench.procstats import (  # noqa: E402
     machine_cpu_seconds,
     tree_cpu_seconds,
 )
-from emailplatform import syncstate  # noqa: E402
 from messages.batches import BatchPublisher  # noqa: E402
 from messages.models import Account, Message, MessageLocation  # noqa: E402
 from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
@@ -982,8 +981,7 @@ def idle_bench(account: Account, user: DovecotUser, samples: int) -> IdleResult:
 
     def trigger(account_id: int) -> None:
         started.append(time.perf_counter())
-        syncstate.want(account_id, syncstate.INBOX)  # what the listener's trigger asks for
-        imap_sync_account(account_id, request=False)
+        imap_sync_account(account_id)
         finished.append(time.perf_counter())
 
     smtp_sync.sync.BatchPublisher = TimedPublisher  # type: ignore[misc]

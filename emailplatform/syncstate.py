@@ -6,14 +6,11 @@ do) is a *request* for a kind of pass; the state of one account is:
 - ``sync-want:<id>``: a hash ``{kind: first request time}`` of what is owed, one entry per kind
   at most: ``full`` (a full pass), ``incremental``, ``continue`` (the rest of a full pass that
   paused at its checkpoint; run as an incremental pass, which reconciles every folder not yet
-  complete, but queued on the full-sync queue), ``inbox`` (an incremental pass of the INBOX
-  alone: what IMAP IDLE on the INBOX reports; with any other want it is a whole pass).
-  Any number of triggers is one entry.
+  complete, but queued on the full-sync queue). Any number of triggers is one entry.
 - ``sync-lock:<id>``: the one sync of the account that runs (a token with a short expiry, kept
   alive by a heartbeat thread; see ``smtp_sync.locks``).
 - ``sync-queued:<id>:<route>``: a task is on the queue for this route (``full``: the
-  EmailFullSync queue, for ``full`` and ``continue``; ``incremental``: the provider's queue,
-  for ``incremental`` and ``inbox``).
+  EmailFullSync queue, for ``full`` and ``continue``; ``incremental``: the provider's queue).
   It has an expiry (``QUEUED_TTL``): a marker whose task a dead worker swallowed frees itself.
 
 The rules, each one atomic (a Lua script), so that no trigger is lost between two of them:
@@ -43,8 +40,7 @@ from django.conf import settings
 FULL = "full"
 INCREMENTAL = "incremental"
 CONTINUE = "continue"
-INBOX = "inbox"
-KINDS = (FULL, CONTINUE, INCREMENTAL, INBOX)  # strongest first
+KINDS = (FULL, CONTINUE, INCREMENTAL)  # strongest first
 
 ROUTE_FULL = "full"
 ROUTE_INCREMENTAL = "incremental"
@@ -84,7 +80,7 @@ EPOCH_KEY = f"{PREFIX}:sync-epoch"
 
 
 def route_of(kind: str) -> str:
-    return ROUTE_INCREMENTAL if kind in (INCREMENTAL, INBOX) else ROUTE_FULL
+    return ROUTE_INCREMENTAL if kind == INCREMENTAL else ROUTE_FULL
 
 
 def strongest(kinds: Iterable[str]) -> str | None:

@@ -317,7 +317,7 @@ def publish_full_sync(
 def publish_sync(
     account_id: int, provider: str, *, kind: str, options: dict[str, Any] | None = None
 ) -> bool:
-    """The one way to ask for a sync pass (KIND: one of `syncstate.KINDS`).
+    """The one way to ask for a sync pass (KIND: "full", "incremental" or "continue").
 
     For providers whose consumers coalesce (SYNC_COALESCING_PROVIDERS), the request is recorded
     per account in Redis (`emailplatform.syncstate`) after the current transaction commits, and
@@ -327,9 +327,7 @@ def publish_sync(
     """
     from django.db import transaction
 
-    from . import syncstate
-
-    route_full = syncstate.route_of(kind) == syncstate.ROUTE_FULL
+    route_full = kind != "incremental"
     task_name = (FULL_SYNC_TASKS if route_full else INCREMENTAL_SYNC_TASKS).get(provider)
     if task_name is None:
         return False
@@ -358,7 +356,7 @@ def sync_request_now(
     if syncstate.request(account_id, kind, token) != syncstate.REQUEST_ENQUEUE:
         return False
     try:
-        if syncstate.route_of(kind) == syncstate.ROUTE_INCREMENTAL:
+        if kind == "incremental":
             _send(
                 INCREMENTAL_SYNC_TASKS[provider],
                 [account_id, token],

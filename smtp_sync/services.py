@@ -34,8 +34,7 @@ def imap_sync_account(
     request=False and runs only what is still owed, so a duplicate or stale task does nothing
     (and returns a report with `passes == 0`).
 
-    Before each pass the holder takes every want (a full want makes it a full pass, an inbox
-    want alone an INBOX-only pass, `ImapAccountSync.sync`); up to
+    Before each pass the holder takes every want (a full want makes it a full pass); up to
     MAX_COALESCED_PASSES passes run, sharing MAX_SECONDS; a pass that pauses at its checkpoint
     leaves a "continue" want, which the lock's release publishes on the full-sync queue.
     When a pass fails on one of RETRY_ERRORS (the caller will retry), its wants are put back.
@@ -73,9 +72,7 @@ def imap_sync_account(
             )
             try:
                 pass_report = sync.sync(
-                    full=syncstate.FULL in wants,
-                    continuing=syncstate.CONTINUE in wants,
-                    inbox_only=wants == {syncstate.INBOX},
+                    full=syncstate.FULL in wants, continuing=syncstate.CONTINUE in wants
                 )
             except retry_errors:
                 # The caller retries with backoff: keep what was asked for its retry, and do

@@ -203,15 +203,12 @@ class ImapAccountSync:
         )
 
     # Entry point -------------------------------------------------------------------------
-    def sync(
-        self, *, full: bool = False, continuing: bool = False, inbox_only: bool = False
-    ) -> SyncReport:
+    def sync(self, *, full: bool = False, continuing: bool = False) -> SyncReport:
         """One pass: FULL re-reads every folder; otherwise what changed, plus every folder not
         yet complete. CONTINUING (the rest of a full pass that paused at its checkpoint) runs
         as an incremental pass but its run is labelled full, as the progress it shows is.
-        INBOX_ONLY (what IMAP IDLE on the INBOX reports) syncs the INBOX alone, without LIST:
-        a folder created, renamed or deleted meanwhile is seen by the next other pass (the
-        poll). When the INBOX is not in the store, synced complete, it is a plain incremental."""
+        An incremental pass syncs the INBOX first when it is synced complete, before LIST and
+        the other folders: new mail (what IDLE reports) is stored that much sooner."""
         kind = SyncRun.Kind.FULL if full or continuing else SyncRun.Kind.INCREMENTAL
         self.run = sync_run_start(account=self.account, kind=kind)
         self.publisher = BatchPublisher(
@@ -223,16 +220,18 @@ class ImapAccountSync:
                 ImapSettings.objects.filter(account=self.account).update(
                     capabilities=sorted(conn.capabilities)
                 )
-                inbox = self._synced_inbox() if inbox_only and not (full or continuing) else None
+                inbox = None if full or continuing else self._synced_inbox()
                 if inbox is not None:
-                    folders = [inbox]
-                else:
-                    if not full:
-                        self._inbox_status_first(conn)
-                    folders = self._sync_folders(conn)
-                    self._set_total(conn, folders, full)
+                    self._sync_folder(conn, inbox, full=False)
+                    self.report.folders += 1
+                elif not full:
+                    self._inbox_status_first(conn)
+                folders = self._sync_folders(conn)
+                self._set_total(conn, folders, full)
                 for folder in folders:
-                    self._sync_folder(conn, folder, full=full, changed=folder is inbox)
+                    if inbox is not None and folder.pk == inbox.pk:
+                        continue
+                    self._sync_folder(conn, folder, full=full)
                     self.report.folders += 1
                     if self.after_batch:
                         self.after_batch()
@@ -302,18 +301,16 @@ class ImapAccountSync:
         )
 
     def _synced_inbox(self) -> Folder | None:
-        """The INBOX, when an INBOX-only pass can sync it: in the store and synced complete."""
+        """The INBOX, when a pass can sync it before listing the folders: in the store, not
+        skipped, synced complete (its STATUS comes before LIST, see `_inbox_status_first`)."""
         inbox = Folder.objects.filter(account=self.account, role=Folder.Role.INBOX).first()
         if inbox is None or inbox.uidvalidity is None or inbox.name in self.skip_folders:
             return None
         inbox.account = self.account
         return inbox if inbox.sync_state.get("complete") else None
 
-    def _sync_folder(
-        self, conn: ImapConnection, folder: Folder, *, full: bool, changed: bool = False
-    ) -> None:
-        """CHANGED: the server said so (IDLE); SELECT at once rather than ask STATUS first."""
-        if not (full or changed) and self._unchanged(conn, folder):
+    def _sync_folder(self, conn: ImapConnection, folder: Folder, *, full: bool) -> None:
+        if not full and self._unchanged(conn, folder):
             return
         status = conn.select(folder.name)
         if folder.uidvalidity is not None and folder.uidvalidity != status.uidvalidity:

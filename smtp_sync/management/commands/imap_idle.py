@@ -13,10 +13,9 @@ from smtp_sync.idle import REFRESH_SECONDS, IdleSupervisor
 
 
 def idle_trigger(account_id: int) -> None:
-    """The INBOX changed: ask for an incremental sync of the INBOX (the other folders wait for
-    the poll), coalesced: a burst of notices while one is queued or running makes no second
-    task; the running one runs once more at its end."""
-    topics.sync_request_now(account_id, "imap", kind=syncstate.INBOX)
+    """A mailbox changed: ask for an incremental sync, coalesced (a burst of notices while one
+    is queued or running makes no second task; the running one runs once more at its end)."""
+    topics.sync_request_now(account_id, "imap", kind=syncstate.INCREMENTAL)
 
 
 def parse_shard(value: str) -> tuple[int, int]:
