@@ -257,8 +257,9 @@ def stores_inline(items: list[dict[str, Any]]) -> bool:
 
     Its producer would wait for it in `drain` anyway (an incremental pass, the tail of a
     folder), so storing it itself costs the pass no time and saves the queue's round trip: an
-    IDLE-triggered pass's new mail is stored 30-60 ms sooner. It is recorded and stored exactly
-    as a consumer stores it (`batch_store`: the row locked, the rules of that module hold)."""
+    IDLE-triggered pass's new mail is stored 20-40 ms sooner (measured). It is recorded and
+    stored exactly as a consumer stores it (`batch_store`: the row locked, the rules of that
+    module hold)."""
     if not items or len(items) > settings.INGEST_INLINE_MAX_MESSAGES:
         return False
     if any("raw" not in item for item in items):
