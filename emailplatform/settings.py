@@ -166,6 +166,12 @@ AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 6
 # nobody took within INGEST_QUEUE_TIMEOUT_SECONDS (a broker that lost its queue).
 # INGEST_DELIVERY "inline" stores each batch in the producer's own process (scripts, tests).
 INGEST_DELIVERY = env.str("INGEST_DELIVERY", default="queue")
+# With "queue", a batch of at most INGEST_INLINE_MAX_MESSAGES messages and INGEST_INLINE_MAX_BYTES
+# of raw mail is stored by its producer all the same (messages.batches.stores_inline): it would
+# only wait for it, and new mail seen through IDLE is stored without the queue's round trip.
+# INGEST_INLINE_MAX_MESSAGES=0 sends every batch through the queue.
+INGEST_INLINE_MAX_MESSAGES = env.int("INGEST_INLINE_MAX_MESSAGES", default=10)
+INGEST_INLINE_MAX_BYTES = env.int("INGEST_INLINE_MAX_BYTES", default=1024 * 1024)
 INGEST_BATCH_BYTES = env.int("INGEST_BATCH_BYTES", default=4 * 1024 * 1024)
 INGEST_MAX_BATCHES_IN_FLIGHT = env.int("INGEST_MAX_BATCHES_IN_FLIGHT", default=4)
 INGEST_LEASE_SECONDS = env.int("INGEST_LEASE_SECONDS", default=30)

@@ -59,13 +59,17 @@ def notify_key(publisher: str) -> str:
     return f"{syncstate.PREFIX}:ingest-done:{publisher}"
 
 
-def batch_store(payload: Any) -> dict[str, Any]:
+def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
     """Store one EmailNewMessage payload; a payload that breaks the contract is dead-lettered
-    with the reason, and so is a message that cannot be stored even as damaged."""
+    with the reason, and so is a message that cannot be stored even as damaged.
+
+    BY_PRODUCER: the batch's producer stores it itself (inline), so it neither claims it nor
+    takes a lease (those tell the producer that a consumer is alive) nor wakes anyone; rule 1
+    still holds through the row's lock in `_write`."""
     batch_id = _batch_id(payload)
-    if batch_id is not None and not _claim(batch_id):
+    if batch_id is not None and not by_producer and not _claim(batch_id):
         return {"skipped": f"batch {batch_id} is stored already or no longer wanted"}
-    with _lease(batch_id):
+    with _lease(None if by_producer else batch_id):
         try:
             batch = topics.parse_new_message_payload(payload)
         except topics.PayloadError as exc:
@@ -77,7 +81,7 @@ def batch_store(payload: Any) -> dict[str, Any]:
         if account is None:
             return _reject(payload, f"accountId: account {batch.account_id} does not exist")
         with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared)
+            result = _write(account, batch, prepared, notify=not by_producer)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)
@@ -104,7 +108,7 @@ def batch_store(payload: Any) -> dict[str, Any]:
 
 
 def _write(
-    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch
+    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, notify: bool
 ) -> IngestResult | None:
     """One transaction: the batch row (rule 1), what it still wants (rule 2), the write, the
     row marked stored, the run's progress. None: nothing to do (rule 1)."""
@@ -128,7 +132,8 @@ def _write(
             row.problems = result.problems_text()[:2000]
             row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
             publisher = row.publisher
-            transaction.on_commit(lambda: _notify(publisher))
+            if notify:
+                transaction.on_commit(lambda: _notify(publisher))
     return result
 
 

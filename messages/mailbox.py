@@ -65,12 +65,12 @@ def _messages_in(locations) -> set[int]:
     return set(locations.values_list("message_id", flat=True))
 
 
-def folder_uids(folder: Folder) -> set[int]:
-    return set(
-        MessageLocation.objects.filter(folder=folder, uid__isnull=False).values_list(
-            "uid", flat=True
-        )
-    )
+def folder_uids(folder: Folder, *, min_uid: int = 0) -> set[int]:
+    """The UIDs stored in FOLDER (those of at least MIN_UID)."""
+    locations = MessageLocation.objects.filter(folder=folder, uid__isnull=False)
+    if min_uid:
+        locations = locations.filter(uid__gte=min_uid)
+    return set(locations.values_list("uid", flat=True))
 
 
 def folder_reset(folder: Folder, *, uidvalidity: int) -> int:
@@ -187,6 +187,10 @@ def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set
     if not seen:
         return set()
     account = folder.account
+    if not _match_server_ids(account, seen) and not _match_headers(account, seen):
+        # Nothing known (new mail, the usual case): no lock needed. A message an ingestion
+        # stores meanwhile is downloaded once more and stored as the same message.
+        return set()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(

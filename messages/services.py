@@ -101,6 +101,8 @@ def sync_runs_interrupt(
         runs = runs.filter(account_id=account_id)
     if run_ids is not None:
         runs = runs.filter(pk__in=run_ids)
+    if not runs.exists():  # the usual case: one round trip, not a locking transaction's three
+        return []
     with transaction.atomic():
         interrupted = list(runs.select_for_update(skip_locked=True))
         SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(

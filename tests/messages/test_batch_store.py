@@ -308,3 +308,72 @@ def test_a_batch_taken_by_a_worker_that_died_before_claiming_it_is_reported_lost
     assert outcome.lost == {inbox.pk: {1}}
     assert uids_in(inbox) == {2}
     assert not IngestBatch.objects.exists()
+
+
+@pytest.mark.usefixtures("queue_emptied_after")
+def test_a_small_batch_is_stored_by_its_producer_and_only_once(
+    account, inbox, settings, monkeypatch
+):
+    """Queue delivery, no consumer running: a batch within INGEST_INLINE_MAX_* is stored before
+    `publish` returns, nothing goes on the queue, and a copy of it delivered later (a retry, a
+    stale redelivery) changes nothing."""
+    import messages.batches
+
+    settings.INGEST_DELIVERY = "queue"
+    stored = []
+    monkeypatch.setattr(
+        messages.batches,
+        "batch_store",
+        lambda payload, **kw: stored.append(payload) or batch_store(payload, **kw),
+    )
+    publisher = BatchPublisher(account.pk, "imap")
+    item = topics.new_message_item(make_mail("small"), folder="INBOX", uid=5, flags=["\\Seen"])
+    publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[5])
+
+    assert uids_in(inbox) == {5}
+    assert queued_payloads() == []
+    assert publisher.drain().lost == {}
+    assert not IngestBatch.objects.exists()
+    assert [p["batchId"] for p in stored] and "skipped" in batch_store(stored[0])
+    assert Message.objects.filter(account=account).count() == 1
+
+
+@pytest.mark.usefixtures("queue_emptied_after")
+def test_batches_over_the_inline_bounds_go_on_the_queue(account, inbox, settings):
+    settings.INGEST_DELIVERY = "queue"
+    settings.INGEST_QUEUE_TIMEOUT_SECONDS = 3600
+    settings.INGEST_INLINE_MAX_MESSAGES = 2
+    settings.INGEST_INLINE_MAX_BYTES = 5000
+    publisher = BatchPublisher(account.pk, "imap")
+    three = [topics.new_message_item(make_mail(f"n{u}"), folder="INBOX", uid=u) for u in (1, 2, 3)]
+    publisher.publish(three, fetched_at=timezone.now(), folder=inbox, uids=[1, 2, 3])
+    big = make_mail("big", body="x" * 6000)
+    one_big = [topics.new_message_item(big, folder="INBOX", uid=4)]
+    publisher.publish(one_big, fetched_at=timezone.now(), folder=inbox, uids=[4])
+
+    assert uids_in(inbox) == set()
+    payloads = queued_payloads()
+    assert [len(p["messages"]) for p in payloads] == [3, 1]
+    for payload in payloads:
+        batch_store(payload)
+    assert publisher.drain().lost == {}
+    assert uids_in(inbox) == {1, 2, 3, 4}
+
+
+def test_a_small_batch_stored_inline_never_sets_older_flags(account, inbox, settings):
+    """Rule 3 holds for a batch its producer stores: flags read before the user's change do not
+    overwrite it."""
+    settings.INGEST_DELIVERY = "queue"
+    batch_store(published(account, inbox, {1: make_mail("a", message_id="<inline@x>")}))
+    message = Message.objects.get(account=account)
+    fetched_before_the_change = timezone.now()
+    message_change(message=message, is_read=True)
+
+    publisher = BatchPublisher(account.pk, "imap")
+    raw = make_mail("a", message_id="<inline@x>")
+    item = topics.new_message_item(raw, folder="INBOX", uid=1, flags=[])
+    publisher.publish([item], fetched_at=fetched_before_the_change, folder=inbox, uids=[1])
+
+    message.refresh_from_db()
+    assert message.is_read
+    assert publisher.drain().lost == {}

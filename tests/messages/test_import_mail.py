@@ -222,6 +222,7 @@ def test_import_goes_through_the_message_workers(account, settings, tmp_path):
     from tests.worker import start_worker, stop_worker
 
     settings.INGEST_DELIVERY = "queue"
+    settings.INGEST_INLINE_MAX_MESSAGES = 0  # its batches of 10 would be stored by the command
     corpus = CORPUS_DIR / "james-mime4j"
     worker = start_worker([topics.QUEUE_NEW_MESSAGE], tmp_path / "worker.log", pool="solo")
     try:

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def queued(settings):
     settings.INGEST_DELIVERY = "queue"
+    settings.INGEST_INLINE_MAX_MESSAGES = 0  # every batch through the queue, small ones too
     settings.IMAP_FETCH_BATCH = 5
 
 
