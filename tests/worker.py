@@ -155,3 +155,22 @@ class RedisServer:
         self.stop()
         time.sleep(down_seconds)
         self.start()
+
+
+def other_backends() -> set[int]:
+    """Client connections to the test database other than this thread's own."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def terminate_other_backends() -> None:
+    """Cut every other connection to the test database, as a restarted server would."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

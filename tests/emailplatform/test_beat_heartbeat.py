@@ -4,8 +4,7 @@ connections closed by the server, it logs, reconnects and keeps ticking."""
 import pytest
 from django.db import connection
 
-from tests.smtp_sync.test_imap_idle_resilience import terminate_other_backends
-from tests.worker import start_beat, stop_worker, wait_for
+from tests.worker import start_beat, stop_worker, terminate_other_backends, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,19 +10,9 @@ from emailplatform import topics
 from messages.batches import BatchPublisher
 from messages.models import Folder, MessageLocation
 from tests.mailfactory import make_mail
-from tests.worker import start_worker, stop_worker
+from tests.worker import other_backends, start_worker, stop_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def other_backends() -> set[int]:
-    """Client connections to the test database other than this test's own."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        return {pid for (pid,) in cursor.fetchall()}
 
 
 def store_one(publisher: BatchPublisher, folder: Folder, uid: int) -> None:

@@ -8,15 +8,14 @@ serves at `/oauth2/v1/certs` in the same `{key id: PEM certificate}` shape.
 
 from __future__ import annotations
 
-import datetime
 import secrets
 import time
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
+
+from tests.gmail_fake.tls import private_pem, self_signed
 
 ISSUER = "https://accounts.google.com"
 LIFETIME = 3600
@@ -26,24 +25,9 @@ class TokenSigner:
     def __init__(self) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.key_id = secrets.token_hex(20)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gmail-fake-oidc")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .sign(key, hashes.SHA256())
-        )
+        certificate = self_signed(key, "gmail-fake-oidc")
         self._certificate = certificate.public_bytes(serialization.Encoding.PEM).decode()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = private_pem(key)
         self._signer = crypt.RSASigner.from_string(pem, self.key_id)
 
     def certs(self) -> dict[str, str]:

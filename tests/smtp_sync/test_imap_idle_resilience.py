@@ -10,27 +10,9 @@ from django.db import connection, connections
 from smtp_sync.idle import IdleSupervisor
 from smtp_sync.sync import ImapAccountSync
 from tests.mailfactory import make_mail
-from tests.worker import free_port, wait_for
+from tests.worker import free_port, other_backends, terminate_other_backends, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def other_backends() -> list[int]:
-    """The server processes on this test database other than this thread's own connection."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        return [pid for (pid,) in cursor.fetchall()]
-
-
-def terminate_other_backends() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
 
 
 @pytest.fixture
@@ -99,4 +81,4 @@ def test_listener_holds_no_database_connection_while_it_waits(imap_account, list
     wait_for(lambda: triggers and heartbeat.exists(), what="a refresh and the catch-up trigger")
     time.sleep(0.5)  # the watcher is in IDLE, the supervisor waits for its next refresh
     assert supervisor.watchers[imap_account.pk].is_alive()
-    assert other_backends() == []
+    assert other_backends() == set()
