@@ -55,7 +55,7 @@ class KeysetCursorPagination(CursorPagination):
                 page = page.filter(_after(fields, position, reverse))
             return list(page[:limit])
 
-        types = [_field_of(queryset, name) for name, _ in fields]
+        types = [queryset.model._meta.get_field(name) for name, _ in fields]
         return self.paginate(request, fields, types, fetch)
 
     def paginate(
@@ -156,13 +156,6 @@ class KeysetCursorPagination(CursorPagination):
         ):
             raise invalid
         return position, reverse
-
-
-def _field_of(queryset: QuerySet, name: str) -> Any:
-    annotation = queryset.query.annotations.get(name)
-    if annotation is not None:
-        return annotation.output_field
-    return queryset.model._meta.get_field(name)
 
 
 def _value(instance: Model | dict[str, Any], name: str) -> Any:
