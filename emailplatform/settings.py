@@ -190,6 +190,41 @@ IMAP_POOL_IDLE_SECONDS = env.float("IMAP_POOL_IDLE_SECONDS", default=300.0)
 IMAP_POOL_MAX_AGE_SECONDS = env.float("IMAP_POOL_MAX_AGE_SECONDS", default=1800.0)
 IMAP_POOL_CHECKOUT_TIMEOUT_SECONDS = env.float("IMAP_POOL_CHECKOUT_TIMEOUT_SECONDS", default=30.0)
 
+# The Gmail API (gmail_sync). The OAuth client of the platform's Google Cloud project; the
+# endpoints are Google's and change only for the test suite's local Gmail API (and a proxy).
+# Batch requests need their own URI: google-api-python-client builds it from the discovery
+# document, never from the API endpoint. GMAIL_CA_CERTS: a CA bundle to trust instead of the
+# system's (the local server's certificate).
+GMAIL_CLIENT_ID = env("GMAIL_CLIENT_ID", default="")
+GMAIL_CLIENT_SECRET = env("GMAIL_CLIENT_SECRET", default="")
+GMAIL_API_ENDPOINT = env("GMAIL_API_ENDPOINT", default="https://gmail.googleapis.com/")
+GMAIL_BATCH_URI = env("GMAIL_BATCH_URI", default="https://gmail.googleapis.com/batch/gmail/v1")
+GMAIL_TOKEN_URI = env("GMAIL_TOKEN_URI", default="https://oauth2.googleapis.com/token")
+GMAIL_AUTH_URI = env("GMAIL_AUTH_URI", default="https://accounts.google.com/o/oauth2/auth")
+GMAIL_CA_CERTS = env("GMAIL_CA_CERTS", default=None)
+GMAIL_TIMEOUT_SECONDS = env.float("GMAIL_TIMEOUT_SECONDS", default=30.0)
+# Where Google sends the user back after consent (this platform's /gmail/oauth/callback as the
+# browser reaches it); empty: built from the request.
+GMAIL_OAUTH_REDIRECT_URI = env("GMAIL_OAUTH_REDIRECT_URI", default="")
+# Google's published per-user limit is 250 quota units per second; every worker of the
+# platform draws from one bucket per mailbox in Redis (gmail_sync.quota).
+GMAIL_QUOTA_UNITS_PER_SECOND = env.int("GMAIL_QUOTA_UNITS_PER_SECOND", default=250)
+# Retries of one call (or of a batch's failed parts) on 429, rate-limit 403 and 5xx, with
+# exponential backoff and jitter from BASE seconds, honouring Retry-After.
+GMAIL_MAX_RETRIES = env.int("GMAIL_MAX_RETRIES", default=6)
+GMAIL_RETRY_BASE_SECONDS = env.float("GMAIL_RETRY_BASE_SECONDS", default=1.0)
+# Calls per batch request: Gmail allows 100 and recommends 50.
+GMAIL_BATCH_SIZE = env.int("GMAIL_BATCH_SIZE", default=50)
+# Push notifications: the Pub/Sub topic given to users.watch, and what the push endpoint
+# accepts: the OIDC token's audience and its service account, checked against Google's
+# certificates (cached).
+GMAIL_PUBSUB_TOPIC = env("GMAIL_PUBSUB_TOPIC", default="")
+GMAIL_PUSH_AUDIENCE = env("GMAIL_PUSH_AUDIENCE", default="")
+GMAIL_PUSH_SERVICE_ACCOUNT = env("GMAIL_PUSH_SERVICE_ACCOUNT", default="")
+GMAIL_OIDC_CERTS_URL = env(
+    "GMAIL_OIDC_CERTS_URL", default="https://www.googleapis.com/oauth2/v1/certs"
+)
+
 # How often beat publishes a full sync of every active account (django-celery-beat seeds it;
 # operators edit it in the admin afterwards).
 FULL_SYNC_INTERVAL_MINUTES = env.int("FULL_SYNC_INTERVAL_MINUTES", default=360)

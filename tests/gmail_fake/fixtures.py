@@ -67,3 +67,18 @@ def new_batch(fake: GmailFake, callback=None) -> BatchHttpRequest:
     """What `service.new_batch_http_request()` returns, with the fake's batch URI: the
     library builds that URI from the discovery document's rootUrl, not api_endpoint."""
     return BatchHttpRequest(callback=callback, batch_uri=fake.batch_uri)
+
+
+@pytest.fixture
+def gmail_settings(settings, gmail_server: GmailFake) -> GmailFake:
+    """Point the platform's Gmail settings at the fake (production code reads only settings),
+    with retries that wait milliseconds; returns the server."""
+    settings.GMAIL_CLIENT_ID = gmail_server.client_id
+    settings.GMAIL_CLIENT_SECRET = gmail_server.client_secret
+    settings.GMAIL_API_ENDPOINT = gmail_server.base_url + "/"
+    settings.GMAIL_BATCH_URI = gmail_server.batch_uri
+    settings.GMAIL_TOKEN_URI = gmail_server.token_uri
+    settings.GMAIL_CA_CERTS = gmail_server.ca_certs
+    settings.GMAIL_OIDC_CERTS_URL = gmail_server.certs_url
+    settings.GMAIL_RETRY_BASE_SECONDS = 0.01
+    return gmail_server
