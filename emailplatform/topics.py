@@ -48,11 +48,13 @@ FULL_SYNC_TASKS: dict[str, str] = {
 # A client's change to a message (read, flagged, folder), applied on the provider.
 MESSAGE_CHANGE_TASKS: dict[str, str] = {
     "imap": "smtp_sync.apply_message_change",
+    "gmail": "gmail_sync.apply_message_change",
 }
 
 # "Sync now" without a full pass: what changed since the provider's cursor.
 INCREMENTAL_SYNC_TASKS: dict[str, str] = {
     "imap": "smtp_sync.incremental_sync",
+    "gmail": "gmail_sync.incremental_sync",
 }
 
 # Providers whose sync consumers take their work from the per-account requests recorded in
