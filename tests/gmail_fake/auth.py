@@ -74,6 +74,11 @@ class Tokens:
             self._refresh[token] = email
         return token
 
+    def issued(self, email: str) -> list[str]:
+        """The refresh tokens given for EMAIL, oldest first (what a test looks for in logs)."""
+        with self._lock:
+            return [token for token, owner in self._refresh.items() if owner == email]
+
     def knows_client(self, client_id: str) -> bool:
         return client_id in self._clients
 
