@@ -185,7 +185,13 @@ class AccountAuthorizeView(APIView):
     @extend_schema(
         tags=["accounts"],
         request=None,
-        responses={200: s.AuthorizationStarted, 400: PROVIDER_REFUSED},
+        responses={
+            200: s.AuthorizationStarted,
+            400: PROVIDER_REFUSED,
+            404: OpenApiResponse(
+                ErrorResponse, description="No such provider, or it has no consent screen."
+            ),
+        },
         summary="Connect an account on the provider's consent screen (Gmail)",
         description=(
             "Answers the URL of the provider's consent screen for the requesting user. Once "
