@@ -89,7 +89,6 @@ def authorization_start(
         state=state,
         access_type="offline",
         prompt="consent",
-        include_granted_scopes="false",
     )
     state_save(
         state,

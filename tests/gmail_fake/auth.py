@@ -67,11 +67,14 @@ class Tokens:
     def add_client(self, client_id: str, client_secret: str) -> None:
         self._clients[client_id] = client_secret
 
-    def grant(self, email: str) -> str:
-        """A new refresh token for the user, as the consent screen would give."""
+    def grant(self, email: str, scopes: list[str] | None = None) -> str:
+        """A new refresh token for the user, as the consent screen would give; with SCOPES,
+        its refreshes answer those (else the scopes the refresh asks for)."""
         token = "1//" + secrets.token_urlsafe(24)
         with self._lock:
             self._refresh[token] = email
+            if scopes is not None:
+                self._scopes[token] = list(scopes)
         return token
 
     def issued(self, email: str) -> list[str]:
@@ -170,10 +173,7 @@ class Tokens:
             self._access[access] = _Access(grant.email, time.time() + ACCESS_TOKEN_LIFETIME)
             self.exchanges += 1
         if grant.offline and grant.force_refresh_token:
-            refresh = self.grant(grant.email)
-            with self._lock:
-                self._scopes[refresh] = grant.scopes
-            answer["refresh_token"] = refresh
+            answer["refresh_token"] = self.grant(grant.email, grant.scopes)
         return answer
 
     def refresh(self, form: dict[str, str], client_id: str | None = None) -> dict:

@@ -88,6 +88,9 @@ def test_the_web_flow_connects_the_account_with_its_token_encrypted(
     assert page.status_code == 200
     assert ALICE_GMAIL in page.content.decode()
     assert page["Referrer-Policy"] == "no-referrer"
+    # What a connection costs at Google: the code exchange, one refresh and users.getProfile.
+    assert (gmail_settings.tokens.exchanges, gmail_settings.tokens.refreshes) == (1, 1)
+    assert gmail_settings.calls == ["GET profile"]
     account = Account.objects.get(owner=user, provider="gmail")
     assert account.email_address == ALICE_GMAIL and account.status == "active"
     refresh_token = gmail_settings.tokens.issued(ALICE_GMAIL)[-1]

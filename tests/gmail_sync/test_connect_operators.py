@@ -102,6 +102,18 @@ def test_add_account_connects_a_refresh_token_and_reconnects_it(
     assert GmailSettings.objects.get(account=account).history_id == 77
 
 
+def test_add_account_refuses_a_token_without_the_gmail_scopes(user, gmail_settings, monkeypatch):
+    gmail_settings.add_user(ALICE_GMAIL)
+    modify_only = gmail_settings.tokens.grant(
+        ALICE_GMAIL, ["https://www.googleapis.com/auth/gmail.modify"]
+    )
+    monkeypatch.setenv("GMAIL_TOKEN", modify_only)
+    args = ["add_account", "--provider", "gmail", "--owner", user.username]
+    with pytest.raises(CommandError, match=r"scope_missing: .*missing: gmail\.send"):
+        call_command(*args, "--refresh-token-env", "GMAIL_TOKEN")
+    assert not Account.objects.filter(provider="gmail").exists()
+
+
 def test_add_account_for_imap_still_needs_its_host(user):
     with pytest.raises(CommandError, match="--imap-host is required"):
         call_command("add_account", "--owner", user.username, "--email", "x@example.com")
