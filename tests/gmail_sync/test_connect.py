@@ -288,3 +288,24 @@ def test_staff_may_connect_with_a_refresh_token_through_the_api(
     gmail_settings.tokens.revoke(token)
     refused = staff.post(f"/api/accounts/{account.pk}/test-connection/")
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "auth_failed"
+
+
+def test_the_configured_redirect_uri_wins_over_the_request_and_the_body(
+    gmail_settings, api, settings, empty_queues, django_capture_on_commit_callbacks
+):
+    settings.GMAIL_OAUTH_REDIRECT_URI = "https://mail.example.org/gmail/oauth/callback"
+    gmail_settings.add_user(ALICE_GMAIL)
+    response = api.post(
+        "/api/accounts/gmail/authorize/",
+        {"redirect_uri": "https://evil.example/steal"},
+        format="json",
+        HTTP_HOST="testserver",
+    )
+    url = response.json()["authorization_url"]
+    assert query_of(url)["redirect_uri"] == settings.GMAIL_OAUTH_REDIRECT_URI
+    back = urllib.parse.urlsplit(gmail_settings.consent(url, ALICE_GMAIL))
+    assert back.netloc == "mail.example.org"
+    with django_capture_on_commit_callbacks(execute=True):
+        page = Client().get(f"{back.path}?{back.query}")  # the proxy hands it to us
+    assert page.status_code == 200  # the exchange named the same redirect_uri
+    assert Account.objects.filter(provider="gmail", email_address=ALICE_GMAIL).exists()
