@@ -1,0 +1,56 @@
+"""The task that applies a client's change to a Gmail message (topics.MESSAGE_CHANGE_TASKS).
+
+Failures: Gmail unreachable or rate limited after the client's own retries (GmailUnavailable)
+is retried with backoff; a refused authorization parks the account (auth_error) with the
+reason; a message Gmail no longer has (404) leaves the store; a change Gmail refuses (400, an
+unknown label) is shown on the account and not retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from emailplatform import topics
+from messages.mailbox import messages_delete
+from messages.models import Account, Message
+
+from .changes import ChangeError, gmail_message_change
+from .client import GmailAuthError, GmailNotFound, GmailRequestError, GmailUnavailable
+from .connection import account_mark_auth_error, account_note_error
+
+RETRY = {
+    "autoretry_for": (GmailUnavailable,),
+    "retry_backoff": 15,
+    "retry_backoff_max": 5 * 60,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@shared_task(name=topics.MESSAGE_CHANGE_TASKS["gmail"], bind=True, **RETRY)
+def apply_message_change(
+    self: Task, account_id: int, message_id: int, change: dict[str, Any]
+) -> dict[str, Any]:
+    account = Account.objects.filter(pk=account_id).first()
+    if account is None:
+        return {"error": "account no longer exists"}
+    try:
+        labels = gmail_message_change(message_id, change)
+    except Message.DoesNotExist:
+        return {"error": "message no longer exists"}
+    except GmailNotFound:
+        messages_delete(account, [message_id])
+        return {"deleted": message_id}
+    except GmailAuthError as exc:
+        account_mark_auth_error(account, exc.message)
+        return {"error": exc.message}
+    except (ChangeError, GmailRequestError) as exc:
+        account_note_error(account, f"could not apply a change to message {message_id}: {exc}")
+        return {"error": str(exc)}
+    except GmailUnavailable as exc:
+        if self.request.retries >= self.max_retries:
+            account_note_error(account, f"could not apply a change to message {message_id}: {exc}")
+        raise
+    return {"applied": change, "labelIds": labels}
