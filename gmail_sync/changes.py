@@ -5,13 +5,13 @@ them at once (`message_labels_set`, with the changes feed) instead of waiting fo
 history sync, which then finds nothing to change.
 
 The change keys are the store's (`messages.services.message_change`): `read`, `flagged`,
-`folder` (a label id: Gmail's "move" adds it and takes INBOX away), `trash` (true: trash,
-false: untrash), `labels_add` / `labels_remove` (label ids).
+`folder` (a label id: Gmail's "move" adds it and takes INBOX, SPAM and TRASH away), `trash`
+(true: trash, false: untrash), `labels_add` / `labels_remove` (label ids).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,10 @@ class LabelEdit:
     remove: list[str] = field(default_factory=list)
 
 
-def label_edit(change: dict[str, Any]) -> LabelEdit:
+def label_edit(change: dict[str, Any], current: Collection[str] = ()) -> LabelEdit:
+    """CHANGE as Gmail calls, for a message now under the labels CURRENT (as stored). A move
+    takes the message out of the inbox and the spam (modify) and out of the trash (untrash,
+    Gmail's own way out of it) into the folder."""
     unknown = set(change) - KNOWN_KEYS
     if unknown:
         raise ChangeError(f"unknown change field(s): {', '.join(sorted(unknown))}")
@@ -55,8 +58,9 @@ def label_edit(change: dict[str, Any]) -> LabelEdit:
         edit.trash = True
     elif folder:
         add.append(folder)
-        if folder != "INBOX":
-            remove.append("INBOX")
+        remove += [label for label in ("INBOX", "SPAM") if label != folder]
+        if "TRASH" in current:
+            edit.trash = False
     if "trash" in change:
         edit.trash = bool(change["trash"])
     edit.add = list(dict.fromkeys(add))
@@ -78,7 +82,8 @@ def gmail_message_change(
         gmail_id = ids.api_id(message.provider_id)
     except ValueError as exc:
         raise ChangeError(str(exc)) from exc
-    edit = label_edit(change)
+    current = set(message.locations.values_list("folder__name", flat=True))
+    edit = label_edit(change, current)
     client = client_factory(message.account)
     answer: dict[str, Any] | None = None
     if edit.trash is True:

@@ -102,6 +102,18 @@ def test_trash_and_untrash_round_trip(gmail_account, hello, gmail_queue):
     assert ("message", "updated", message.pk) in feed(gmail_account, cursor)
 
 
+def test_moving_a_trashed_message_takes_it_out_of_the_trash(gmail_account, hello, gmail_queue):
+    fake, message = hello
+    work = gmail_account.box.add_label("Work")
+    folders_by_name(gmail_account.account, [work.id])
+    patch(gmail_account, message, {"trash": True})
+
+    patch(gmail_account, message, {"folder": work.id})
+
+    assert set(fake.label_ids) == {"UNREAD", work.id}
+    assert folder_names(message) == [work.id]
+
+
 def test_a_change_the_store_already_shows_changes_nothing(gmail_account, hello):
     fake, message = hello
     gmail_message_change(message.pk, {"read": True})
