@@ -24,12 +24,12 @@ from messages.models import Account, Message
 
 from .changes import ChangeError, gmail_message_change
 from .client import (
-    RATE_LIMIT_REASONS,
     GmailAuthError,
     GmailError,
     GmailNotFound,
     GmailRequestError,
     GmailUnavailable,
+    rate_limited,
 )
 from .connection import account_mark_auth_error, account_note_error
 from .send import SEND_TASK, gmail_send
@@ -94,7 +94,7 @@ def send_message(
         account_mark_auth_error(account, exc.message)
         return {"error": exc.message}
     except GmailUnavailable as exc:
-        if exc.status == 429 or exc.reason in RATE_LIMIT_REASONS:
+        if rate_limited(exc):
             raise self.retry(exc=exc, countdown=min(300, 15 * 2**self.request.retries)) from exc
         account_note_error(account, f"a message may not have been sent: {exc}")
         return {"error": str(exc)}

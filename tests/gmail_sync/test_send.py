@@ -80,10 +80,8 @@ def test_the_send_task_sends_a_queued_reply(gmail_account, gmail_queue):
     assert gmail_account.box.get(outcomes[0]["sent"]).thread_id == first.thread_id
 
 
-def test_a_send_that_keeps_failing_is_not_retried_by_the_task_and_shows_on_the_account(
-    gmail_account,
-):
-    gmail_account.server.backend_error_next(100)
+def test_a_send_that_may_have_gone_is_never_repeated_and_shows_on_the_account(gmail_account):
+    gmail_account.server.backend_error_next(1)
     raw = make_mail("Lost?", to="bob@example.org")
 
     outcome = change_tasks.send_message.apply(
@@ -91,6 +89,17 @@ def test_a_send_that_keeps_failing_is_not_retried_by_the_task_and_shows_on_the_a
     ).get()
 
     assert "error" in outcome
+    assert gmail_account.server.calls == ["POST messages/send"], "one try, no retry"
     account = Account.objects.get(pk=gmail_account.account.pk)
     assert "may not have been sent" in account.last_error
     assert account.status == Account.Status.ACTIVE
+
+
+def test_a_send_refused_for_a_rate_limit_is_tried_again(gmail_account):
+    gmail_account.server.rate_limit_next(2)
+
+    gmail_id, stored = gmail_send(gmail_account.account, make_mail("Hi", to="bob@example.org"))
+
+    sends = [c for c in gmail_account.server.calls if c == "POST messages/send"]
+    assert len(sends) == 3
+    assert len(gmail_account.box.messages) == 1 and stored is not None
