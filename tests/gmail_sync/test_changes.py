@@ -148,6 +148,20 @@ def test_a_message_gmail_no_longer_has_leaves_the_store(gmail_account, hello, gm
     assert ("message", "deleted", message.pk) in feed(gmail_account, cursor)
 
 
+def test_gmail_unavailable_past_the_clients_retries_is_retried_by_the_task(
+    gmail_account, hello, gmail_queue, settings
+):
+    fake, message = hello
+    settings.GMAIL_MAX_RETRIES = 1
+    gmail_account.server.backend_error_next(2)  # the client's try and its one retry
+
+    assert patch(gmail_account, message, {"is_flagged": True})[0]["applied"] == {"flagged": True}
+
+    assert gmail_account.server.calls.count(f"POST messages/{fake.id}/modify") == 3
+    assert "STARRED" in fake.label_ids
+    assert Message.objects.get(pk=message.pk).is_flagged
+
+
 def test_a_revoked_authorization_parks_the_account(gmail_account, hello, gmail_queue):
     fake, message = hello
     gmail_account.server.tokens.revoke(gmail_account.account.get_credentials()["refresh_token"])
