@@ -417,15 +417,12 @@ def _labels_in_store(message: Message, add: list[str], remove: list[str]) -> boo
         removed, _ = MessageLocation.objects.filter(
             message=message, folder__name__in=remove
         ).delete()
-    created = 0
-    for folder in Folder.objects.filter(account=message.account, name__in=add):
-        _, made = MessageLocation.objects.get_or_create(
-            message=message,
-            folder=folder,
-            uid=None,
-            defaults={"sort_date": message.sort_date},
-        )
-        created += made
+    held = set(MessageLocation.objects.filter(message=message).values_list("folder_id", flat=True))
+    missing = Folder.objects.filter(account=message.account, name__in=add).exclude(id__in=held)
+    created = MessageLocation.objects.bulk_create(
+        MessageLocation(message=message, folder=folder, uid=None, sort_date=message.sort_date)
+        for folder in missing
+    )
     return bool(removed or created)
 
 

@@ -377,8 +377,9 @@ def test_restore_from_trash_and_labels_in_a_local_account(api, mailbox):
     restored = api.patch(url, {"trash": False}, format="json")
     assert restored.json()["folders"] == ["INBOX"]
 
-    labelled = api.patch(url, {"labels_add": ["Archive"]}, format="json")
+    labelled = api.patch(url, {"labels_add": ["Archive", "INBOX"]}, format="json")
     assert labelled.json()["folders"] == ["Archive", "INBOX"]
+    assert MessageLocation.objects.filter(message=mailbox.hello).count() == 2
     unlabelled = api.patch(url, {"labels_remove": ["INBOX"]}, format="json")
     assert unlabelled.json()["folders"] == ["Archive"]
     unknown = api.patch(url, {"labels_add": ["Nowhere"]}, format="json")
