@@ -13,7 +13,7 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from tests.gmail_fake import api, discovery
-from tests.gmail_fake.fixtures import credentials, gmail_service, http
+from tests.gmail_fake.fixtures import credentials, gmail_service, http, new_batch
 from tests.mailfactory import make_mail
 
 
@@ -95,6 +95,28 @@ def test_an_access_token_google_stops_accepting_is_refreshed_once(gmail_server, 
     assert gmail._http.credentials.token != old_token
     assert gmail_server.tokens.user_of(f"Bearer {old_token}") is None, "the old token is dead"
     assert gmail_server.calls == ["GET profile", "GET labels", "GET labels"]
+
+
+def test_a_batch_whose_token_dies_midway_is_redone_after_one_refresh(gmail_server, alice):
+    mailbox, gmail = alice
+    ids = [mailbox.add_message(make_mail(f"m{i}")).id for i in range(4)]
+    gmail.users().getProfile(userId="me").execute()
+    gmail_server.unauthorized_next(1)  # the first part; the parts after it carry a dead token
+    found: dict[str, dict] = {}
+
+    def collect(request_id, response, exception):
+        assert exception is None, exception
+        found[request_id] = response
+
+    batch = new_batch(gmail_server, collect)
+    for gid in ids:
+        batch.add(
+            gmail.users().messages().get(userId="me", id=gid, format="minimal"), request_id=gid
+        )
+    batch.execute(http=gmail._http)
+
+    assert set(found) == set(ids)
+    assert gmail_server.tokens.refreshes == 2
 
 
 def test_slow_answers_for_the_next_calls(gmail_server, alice):
