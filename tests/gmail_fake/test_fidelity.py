@@ -13,6 +13,7 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from tests.gmail_fake import api, discovery
+from tests.gmail_fake.errors import ApiError
 from tests.gmail_fake.fixtures import credentials, gmail_service, http, new_batch
 from tests.mailfactory import make_mail
 
@@ -64,6 +65,20 @@ def test_parameters_every_method_takes_and_bad_values(raw_http, gmail_server):
     status, body = raw_http(f"messages/{message.id}?format=html")
     assert status == 400 and "format" in body["error"]["message"]
     assert raw_http(f"messages/{message.id}/modify")[0] == 404, "modify is a POST"
+
+
+def test_a_missing_required_query_parameter_is_refused():
+    """No Gmail method requires a query parameter today; the check is the document's."""
+    method = discovery.Method(
+        id="x.list",
+        http_method="GET",
+        patterns=(),
+        parameters={"q": {"location": "query", "type": "string", "required": True}},
+        placeholders=0,
+    )
+    with pytest.raises(ApiError, match="Required parameter: q"):
+        discovery.check_query(method, {})
+    discovery.check_query(method, {"q": ["x"]})
 
 
 def test_paths_outside_the_api_and_methods_the_fake_lacks(raw_http):
