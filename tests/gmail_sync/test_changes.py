@@ -162,6 +162,19 @@ def test_gmail_unavailable_past_the_clients_retries_is_retried_by_the_task(
     assert Message.objects.get(pk=message.pk).is_flagged
 
 
+def test_an_answer_slower_than_the_timeout_is_tried_again(gmail_account, hello, settings):
+    fake, message = hello
+    gmail_message_change(message.pk, {"flagged": True})  # the access token, once
+    settings.GMAIL_TIMEOUT_SECONDS = 0.5
+    gmail_account.server.slow_next(1, seconds=1.5)
+
+    gmail_message_change(message.pk, {"read": True})
+
+    assert gmail_account.server.calls.count(f"POST messages/{fake.id}/modify") == 3
+    assert "UNREAD" not in fake.label_ids
+    assert Message.objects.get(pk=message.pk).is_read
+
+
 def test_a_revoked_authorization_parks_the_account(gmail_account, hello, gmail_queue):
     fake, message = hello
     gmail_account.server.tokens.revoke(gmail_account.account.get_credentials()["refresh_token"])
