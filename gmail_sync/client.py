@@ -4,7 +4,8 @@ Every call goes through `_call` (or `_batch` for batch requests): the mailbox's 
 drawn first (gmail_sync.quota), then the request runs; 429, rate-limit 403 and 5xx answers and
 network failures are retried with exponential backoff and jitter (Retry-After honoured, and a
 429 pauses every worker of the mailbox), up to GMAIL_MAX_RETRIES; a 401 is refreshed and tried
-once more by google-auth's AuthorizedHttp. What is left becomes one of the errors below, so the
+once more by google-auth's AuthorizedHttp. messages.send is not idempotent: it is retried only
+after a rate limit (nothing was sent then). What is left becomes one of the errors below, so the
 services decide by kind, never by status code.
 
 Batch requests hold at most GMAIL_BATCH_SIZE calls; the parts that fail are retried alone
@@ -338,7 +339,9 @@ class GmailClient:
         body: dict[str, Any] = {"raw": encode_raw(raw)}
         if thread_id:
             body["threadId"] = thread_id
-        return self._call("messages.send", self.messages.send(userId="me", body=body))
+        return self._call(
+            "messages.send", self.messages.send(userId="me", body=body), idempotent=False
+        )
 
     def watch(self, topic: str, *, label_ids: list[str] | None = None) -> dict:
         """{"historyId", "expiration" (ms since the epoch)}."""
@@ -353,7 +356,10 @@ class GmailClient:
 
     # Execution -----------------------------------------------------------------------------
 
-    def _call(self, method: str, request: Any) -> Any:
+    def _call(self, method: str, request: Any, *, idempotent: bool = True) -> Any:
+        """Run REQUEST with retries. Not IDEMPOTENT (a send): only a rate limit is retried,
+        which Gmail answers before doing anything; after a server error or a cut connection
+        the call may have taken effect, and a second one would send the message twice."""
         attempt = 0
         while True:
             self.limiter.acquire(UNITS[method])
@@ -369,6 +375,8 @@ class GmailClient:
                 raise self._refresh_refused(exc) from exc
             except NETWORK_ERRORS as exc:
                 error = GmailUnavailable(f"Gmail could not be reached: {exc}")
+            if not idempotent and not rate_limited(error):
+                raise error
             attempt = self._after_failure(error, attempt)
 
     def _batch(self, method: str, requests: dict[str, Any], result: BatchResult) -> None:
@@ -425,7 +433,7 @@ class GmailClient:
         retry_after = getattr(error, "retry_after", None)
         if retry_after:
             delay = max(delay, retry_after)
-        if error.status == 429 or error.reason in RATE_LIMIT_REASONS:
+        if rate_limited(error):
             self.limiter.penalize(delay)
         logger.info(
             "gmail %s: %s (%s); retry %d in %.1f s",
@@ -483,6 +491,11 @@ def _error_of(exc: HttpError) -> GmailError:
     if status == 404:
         return GmailNotFound(text, status=status, reason=reason)
     return GmailRequestError(text, status=status, reason=reason)
+
+
+def rate_limited(error: GmailError) -> bool:
+    """Gmail refused the call for a rate limit: nothing was done, trying later is safe."""
+    return error.status == 429 or error.reason in RATE_LIMIT_REASONS
 
 
 def _worst(errors: Iterable[GmailError]) -> GmailError:

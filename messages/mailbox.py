@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from .events import events_record, messages_updated
 from .files import files_delete_unused_on_commit, message_files
+from .folders import folders_by_name
 from .ingest import FLAG_FIELDS, INGEST_LOCK_NAMESPACE, flag_values
 from .mime import message_id_from_fields
 from .models import Account, Folder, IngestBatch, Message, MessageLocation, Thread
@@ -135,27 +136,83 @@ def orphans_delete(account: Account) -> int:
     """Messages in no folder any more are gone from the server: delete them and tidy threads."""
     with transaction.atomic():
         orphans = Message.objects.filter(account=account, locations__isnull=True)
-        rows = list(orphans.values_list("id", "thread_id"))
-        if not rows:
-            return 0
-        message_ids = [m for m, _ in rows]
-        thread_ids = {t for _, t in rows}
-        gone = Message.objects.filter(id__in=message_ids)
-        files = message_files(gone)
-        gone.delete()
-        files_delete_unused_on_commit(files)
-        empty = list(
-            Thread.objects.filter(id__in=thread_ids)
-            .annotate(n=Count("messages"))
-            .filter(n=0)
-            .values_list("id", flat=True)
-        )
-        Thread.objects.filter(id__in=empty).delete()
-        refresh_thread_summaries(thread_ids)
-        events_record(account, "message", "deleted", message_ids)
-        events_record(account, "thread", "deleted", empty)
-        events_record(account, "thread", "updated", thread_ids - set(empty))
+        return _delete(account, orphans)
+
+
+def messages_delete(account: Account, message_ids: Iterable[int]) -> int:
+    """The provider says these messages are gone (e.g. Gmail answered 404): delete them, tidy
+    their threads, and tell the changes feed."""
+    with transaction.atomic():
+        return _delete(account, Message.objects.filter(account=account, id__in=set(message_ids)))
+
+
+def _delete(account: Account, messages) -> int:
+    rows = list(messages.values_list("id", "thread_id"))
+    if not rows:
+        return 0
+    message_ids = [m for m, _ in rows]
+    thread_ids = {t for _, t in rows}
+    gone = Message.objects.filter(id__in=message_ids)
+    files = message_files(gone)
+    gone.delete()
+    files_delete_unused_on_commit(files)
+    empty = list(
+        Thread.objects.filter(id__in=thread_ids)
+        .annotate(n=Count("messages"))
+        .filter(n=0)
+        .values_list("id", flat=True)
+    )
+    Thread.objects.filter(id__in=empty).delete()
+    refresh_thread_summaries(thread_ids)
+    events_record(account, "message", "deleted", message_ids)
+    events_record(account, "thread", "deleted", empty)
+    events_record(account, "thread", "updated", thread_ids - set(empty))
     return len(message_ids)
+
+
+def message_labels_set(message: Message, folder_names: Iterable[str], flags: Sequence[str]) -> bool:
+    """Set a message's folders and flags exactly to a provider's current answer (Gmail's
+    labelIds after a change, or as a sync reads them): locations in folders it no longer has
+    go, missing ones are added (folders created as needed), flags set. `flags_at` moves to now,
+    so a batch fetched earlier leaves them alone. Returns True when anything changed (then the
+    message and its thread are in the changes feed)."""
+    account = message.account
+    wanted = set(folder_names)
+    folders = folders_by_name(account, wanted) if wanted else {}
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
+            )
+        current = Message.objects.filter(pk=message.pk).only(
+            "id", "sort_date", *FLAG_FIELDS.values()
+        )
+        current = current.first()
+        if current is None:
+            return False
+        held = MessageLocation.objects.filter(message=current)
+        removed, _ = held.exclude(folder__name__in=wanted).delete()
+        present = set(held.values_list("folder__name", flat=True))
+        MessageLocation.objects.bulk_create(
+            [
+                MessageLocation(
+                    message=current, folder=folders[name], uid=None, sort_date=current.sort_date
+                )
+                for name in sorted(wanted - present)
+            ]
+        )
+        changed = bool(removed) or bool(wanted - present)
+        values = flag_values(flags)
+        if any(getattr(current, name) != value for name, value in values.items()):
+            changed = True
+        now = timezone.now()
+        stamps = {"flags_at": now, **({"updated_at": now} if changed else {})}
+        Message.objects.filter(pk=current.pk).update(**values, **stamps)
+        for name, value in values.items():
+            setattr(message, name, value)
+        if changed:
+            messages_updated(account, [current.pk])
+    return changed
 
 
 @dataclass(frozen=True)

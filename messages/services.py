@@ -287,16 +287,21 @@ def message_change(
     is_read: bool | None = None,
     is_flagged: bool | None = None,
     folder: str | None = None,
-    trash: bool = False,
+    trash: bool | None = None,
+    labels_add: list[str] | None = None,
+    labels_remove: list[str] | None = None,
 ) -> bool:
     """A client's change to a message. Returns True when applied in the store, False when
-    published to the provider app (which applies it on the server, then syncs).
+    published to the provider app (which applies it on the server; the store follows).
 
-    Local accounts (imported mail) have no server: the store is changed directly.
+    TRASH false takes the message out of the trash; LABELS_ADD / LABELS_REMOVE add and remove
+    folders (Gmail labels) without moving it: both only where a message can be in several
+    folders (Gmail and local accounts). Local accounts (imported mail) have no server: the
+    store is changed directly.
     """
     account = message.account
     _refuse_if_deleting(account)
-    if folder and trash:
+    if folder and trash is not None:
         raise ValidationError({"trash": ["Give either a folder or trash, not both."]})
     is_local = account.provider == Account.Provider.LOCAL
     if folder and not Folder.objects.filter(account=account, name=folder).exists():
@@ -304,8 +309,11 @@ def message_change(
     has_trash = Folder.objects.filter(account=account, role=Folder.Role.TRASH).exists
     if trash and not is_local and not has_trash():
         raise ValidationError({"trash": ["This account has no Trash folder."]})
+    _check_labels(account, trash=trash, labels_add=labels_add, labels_remove=labels_remove)
     if is_local:
-        _message_change_in_store(message, is_read, is_flagged, folder, trash)
+        _message_change_in_store(
+            message, is_read, is_flagged, folder, trash, labels_add or [], labels_remove or []
+        )
         return True
     change: dict[str, Any] = {}
     if is_read is not None:
@@ -314,8 +322,12 @@ def message_change(
         change["flagged"] = is_flagged
     if folder:
         change["folder"] = folder
-    if trash:
-        change["trash"] = True
+    if trash is not None:
+        change["trash"] = trash
+    if labels_add:
+        change["labels_add"] = list(labels_add)
+    if labels_remove:
+        change["labels_remove"] = list(labels_remove)
     if not topics.publish_message_change(account.pk, account.provider, message.pk, change):
         raise ConflictError(
             f"Changes to {account.provider} messages are not supported yet.",
@@ -324,8 +336,46 @@ def message_change(
     return False
 
 
+# Providers whose messages can be in several folders at once (labels), and leave the trash.
+LABEL_PROVIDERS = frozenset({Account.Provider.GMAIL, Account.Provider.LOCAL})
+
+
+def _check_labels(
+    account: Account,
+    *,
+    trash: bool | None,
+    labels_add: list[str] | None,
+    labels_remove: list[str] | None,
+) -> None:
+    if account.provider not in LABEL_PROVIDERS:
+        if trash is False:
+            raise ValidationError({"trash": ["Only Gmail and local messages leave the trash."]})
+        for name, labels in (("labels_add", labels_add), ("labels_remove", labels_remove)):
+            if labels:
+                raise ValidationError({name: ["Only Gmail and local accounts have labels."]})
+        return
+    both = set(labels_add or []) & set(labels_remove or [])
+    if both:
+        raise ValidationError({"labels_remove": [f"Also in labels_add: {sorted(both)}."]})
+    for name, labels in (("labels_add", labels_add), ("labels_remove", labels_remove)):
+        if not labels:
+            continue
+        known = set(
+            Folder.objects.filter(account=account, name__in=labels).values_list("name", flat=True)
+        )
+        missing = sorted(set(labels) - known)
+        if missing:
+            raise ValidationError({name: [f"This account has no folder named {missing[0]!r}."]})
+
+
 def _message_change_in_store(
-    message: Message, is_read: bool | None, is_flagged: bool | None, folder: str | None, trash: bool
+    message: Message,
+    is_read: bool | None,
+    is_flagged: bool | None,
+    folder: str | None,
+    trash: bool | None,
+    labels_add: list[str],
+    labels_remove: list[str],
 ) -> None:
     account = message.account
     with transaction.atomic():
@@ -347,11 +397,33 @@ def _message_change_in_store(
             destination = Folder.objects.filter(account=account, role=Folder.Role.TRASH).first()
             if destination is None:
                 destination = folders_by_name(account, ["Trash"])["Trash"]
+        elif trash is False:
+            in_trash = MessageLocation.objects.filter(
+                message=message, folder__role=Folder.Role.TRASH
+            )
+            if in_trash.exists():
+                destination = folders_by_name(account, ["INBOX"])["INBOX"]
         elif folder:
             destination = Folder.objects.get(account=account, name=folder)
         moved = destination is not None and _move_in_store(message, destination)
-        if changed or moved:
+        labelled = _labels_in_store(message, labels_add, labels_remove)
+        if changed or moved or labelled:
             messages_updated(account, [message.pk])
+
+
+def _labels_in_store(message: Message, add: list[str], remove: list[str]) -> bool:
+    removed = 0
+    if remove:
+        removed, _ = MessageLocation.objects.filter(
+            message=message, folder__name__in=remove
+        ).delete()
+    held = set(MessageLocation.objects.filter(message=message).values_list("folder_id", flat=True))
+    missing = Folder.objects.filter(account=message.account, name__in=add).exclude(id__in=held)
+    created = MessageLocation.objects.bulk_create(
+        MessageLocation(message=message, folder=folder, uid=None, sort_date=message.sort_date)
+        for folder in missing
+    )
+    return bool(removed or created)
 
 
 def _move_in_store(message: Message, destination: Folder) -> bool:

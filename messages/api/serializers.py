@@ -421,11 +421,31 @@ class MessageUpdateInput(StrictJsonInput):
     folder = serializers.CharField(
         max_length=1024, required=False, help_text="Move to the folder of this name."
     )
-    trash = serializers.BooleanField(required=False, help_text="true: move to the Trash folder.")
+    trash = serializers.BooleanField(
+        required=False,
+        help_text="true: move to the Trash folder; false: take it out of the trash (Gmail and "
+        "local accounts; Gmail puts it back where it was).",
+    )
+    labels_add = serializers.ListField(
+        child=serializers.CharField(max_length=1024),
+        required=False,
+        max_length=100,
+        help_text="Folders (Gmail label ids) to add the message to, keeping the others "
+        "(Gmail and local accounts).",
+    )
+    labels_remove = serializers.ListField(
+        child=serializers.CharField(max_length=1024),
+        required=False,
+        max_length=100,
+        help_text="Folders (Gmail label ids) to take the message out of (Gmail and local "
+        "accounts).",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
-            raise serializers.ValidationError("Give is_read, is_flagged, folder or trash.")
+            raise serializers.ValidationError(
+                "Give is_read, is_flagged, folder, trash, labels_add or labels_remove."
+            )
         return attrs
 
 

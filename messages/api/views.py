@@ -411,7 +411,7 @@ class MessageDetailView(APIView):
             ),
             409: CONFLICT,
         },
-        summary="Mark read/unread, flag, move to a folder or to the trash",
+        summary="Mark read/unread, flag, move, trash or restore, add or remove labels",
     )
     def patch(self, request: Request, pk: int) -> Response:
         message = _found(selectors.message_get(user=request.user, message_id=pk))

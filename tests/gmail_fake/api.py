@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.utils import formatdate, make_msgid
 
 from tests.gmail_fake import render
-from tests.gmail_fake.errors import ApiError, bad_request, not_found
+from tests.gmail_fake.errors import ApiError, bad_request, not_implemented
 from tests.gmail_fake.mailbox import HISTORY_TYPES, Change, Mailbox, Watch
 from tests.gmail_fake.upload import message_input
 
@@ -60,36 +60,47 @@ class Request:
             raise bad_request("Invalid JSON payload received.") from error
 
 
-Handler = Callable[[Request, re.Match], tuple[int, dict | None]]
+Params = dict[str, str]  # the path's parameters, by the discovery document's names
+Handler = Callable[[Request, Params], tuple[int, dict | None]]
 
 
 @dataclass(frozen=True)
 class Route:
-    method: str
-    pattern: re.Pattern
+    method_id: str
     handler: Handler
     units: int
 
 
-ROUTES: list[Route] = []
+ROUTES: dict[str, Route] = {}
 
 
-def route(method: str, pattern: str, *, units: int) -> Callable[[Handler], Handler]:
-    """Register a method; `units` is its cost in Gmail's published per-method quota table."""
+def route(method_id: str, *, units: int) -> Callable[[Handler], Handler]:
+    """Implement a method of the discovery document (by its id); `units` is its cost in
+    Gmail's published per-method quota table."""
 
     def register(handler: Handler) -> Handler:
-        ROUTES.append(Route(method, re.compile(f"^{pattern}$"), handler, units))
+        ROUTES[method_id] = Route(method_id, handler, units)
         return handler
 
     return register
+
+
+_GMAIL_ID = re.compile(r"[0-9a-f]{1,16}")
+
+
+def message_id(value: str) -> str:
+    """A message id as Gmail takes it: hex; anything else is 400 "Invalid id value"."""
+    if not _GMAIL_ID.fullmatch(value):
+        raise bad_request("Invalid id value")
+    return value
 
 
 def _summary(message) -> dict:
     return {"id": message.id, "threadId": message.thread_id, "labelIds": list(message.label_ids)}
 
 
-@route("GET", "profile", units=1)
-def get_profile(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.getProfile", units=1)
+def get_profile(req: Request, m: Params) -> tuple[int, dict]:
     box = req.mailbox
     with box.lock:
         return 200, {
@@ -107,19 +118,19 @@ def _label(label, counts: dict | None = None) -> dict:
     return out | (counts or {})
 
 
-@route("GET", "labels", units=1)
-def labels_list(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.labels.list", units=1)
+def labels_list(req: Request, m: Params) -> tuple[int, dict]:
     return 200, {"labels": [_label(x) for x in list(req.mailbox.labels.values())]}
 
 
-@route("GET", "labels/(?P<id>[^/]+)", units=1)
-def labels_get(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.labels.get", units=1)
+def labels_get(req: Request, m: Params) -> tuple[int, dict]:
     label = req.mailbox.label(m["id"])
     return 200, _label(label, req.mailbox.counts(label.id))
 
 
-@route("POST", "labels", units=5)
-def labels_create(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.labels.create", units=5)
+def labels_create(req: Request, m: Params) -> tuple[int, dict]:
     name = req.json().get("name")
     if not name:
         raise bad_request("Invalid label name")
@@ -142,8 +153,8 @@ def _decode_token(token: str) -> tuple[int, str]:
         raise bad_request("Invalid pageToken") from error
 
 
-@route("GET", "messages", units=5)
-def messages_list(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.messages.list", units=5)
+def messages_list(req: Request, m: Params) -> tuple[int, dict]:
     if req.param("q"):
         raise bad_request("The fake does not implement search queries (q)")
     wanted = set(req.params("labelIds"))
@@ -176,16 +187,16 @@ def messages_list(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, out
 
 
-@route("GET", "messages/(?P<id>[0-9a-f]+)", units=5)
-def messages_get(req: Request, m: re.Match) -> tuple[int, dict]:
-    message = req.mailbox.get(m["id"])
+@route("gmail.users.messages.get", units=5)
+def messages_get(req: Request, m: Params) -> tuple[int, dict]:
+    message = req.mailbox.get(message_id(m["id"]))
     fmt = req.param("format", "full")
     return 200, render.render(message, fmt, req.params("metadataHeaders") or None)
 
 
-@route("GET", "messages/(?P<mid>[0-9a-f]+)/attachments/(?P<id>[^/]+)", units=5)
-def attachments_get(req: Request, m: re.Match) -> tuple[int, dict]:
-    return 200, render.attachment(req.mailbox.get(m["mid"]), m["id"])
+@route("gmail.users.messages.attachments.get", units=5)
+def attachments_get(req: Request, m: Params) -> tuple[int, dict]:
+    return 200, render.attachment(req.mailbox.get(message_id(m["messageId"])), m["id"])
 
 
 def _insert(req: Request, default_source: str) -> tuple[int, dict]:
@@ -200,18 +211,18 @@ def _insert(req: Request, default_source: str) -> tuple[int, dict]:
     return 200, _summary(message)
 
 
-@route("POST", "messages", units=25)
-def messages_insert(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.messages.insert", units=25)
+def messages_insert(req: Request, m: Params) -> tuple[int, dict]:
     return _insert(req, "receivedTime")
 
 
-@route("POST", "messages/import", units=25)
-def messages_import(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.messages.import", units=25)
+def messages_import(req: Request, m: Params) -> tuple[int, dict]:
     return _insert(req, "dateHeader")
 
 
-@route("POST", "messages/send", units=100)
-def messages_send(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.messages.send", units=100)
+def messages_send(req: Request, m: Params) -> tuple[int, dict]:
     resource, raw = message_input(req)
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
     if not any(parsed.get(h) for h in ("To", "Cc", "Bcc")):
@@ -229,38 +240,38 @@ def messages_send(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, _summary(message)
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/modify", units=5)
-def messages_modify(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.messages.modify", units=5)
+def messages_modify(req: Request, m: Params) -> tuple[int, dict]:
     body = req.json()
     message = req.mailbox.modify(
-        m["id"], body.get("addLabelIds", []), body.get("removeLabelIds", [])
+        message_id(m["id"]), body.get("addLabelIds", []), body.get("removeLabelIds", [])
     )
     return 200, _summary(message)
 
 
-@route("POST", "messages/batchModify", units=50)
-def messages_batch_modify(req: Request, m: re.Match) -> tuple[int, None]:
+@route("gmail.users.messages.batchModify", units=50)
+def messages_batch_modify(req: Request, m: Params) -> tuple[int, None]:
     body = req.json()
     with req.mailbox.lock:
-        for gid in body.get("ids", []):
+        for gid in [message_id(x) for x in body.get("ids", [])]:
             if gid in req.mailbox.messages:
                 req.mailbox.modify(gid, body.get("addLabelIds", []), body.get("removeLabelIds", []))
     return 204, None
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/trash", units=5)
-def messages_trash(req: Request, m: re.Match) -> tuple[int, dict]:
-    return 200, _summary(req.mailbox.trash(m["id"]))
+@route("gmail.users.messages.trash", units=5)
+def messages_trash(req: Request, m: Params) -> tuple[int, dict]:
+    return 200, _summary(req.mailbox.trash(message_id(m["id"])))
 
 
-@route("POST", "messages/(?P<id>[0-9a-f]+)/untrash", units=5)
-def messages_untrash(req: Request, m: re.Match) -> tuple[int, dict]:
-    return 200, _summary(req.mailbox.untrash(m["id"]))
+@route("gmail.users.messages.untrash", units=5)
+def messages_untrash(req: Request, m: Params) -> tuple[int, dict]:
+    return 200, _summary(req.mailbox.untrash(message_id(m["id"])))
 
 
-@route("DELETE", "messages/(?P<id>[0-9a-f]+)", units=10)
-def messages_delete(req: Request, m: re.Match) -> tuple[int, None]:
-    req.mailbox.delete(m["id"])
+@route("gmail.users.messages.delete", units=10)
+def messages_delete(req: Request, m: Params) -> tuple[int, None]:
+    req.mailbox.delete(message_id(m["id"]))
     return 204, None
 
 
@@ -280,8 +291,8 @@ def _record(change: Change) -> dict:
     return {"id": str(change.history_id), "messages": [ref], _RECORD_FIELD[change.type]: [entry]}
 
 
-@route("GET", "history", units=2)
-def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.history.list", units=2)
+def history_list(req: Request, m: Params) -> tuple[int, dict]:
     start = req.param("startHistoryId")
     if not start or not start.isdigit():
         raise bad_request("Invalid startHistoryId")
@@ -314,8 +325,8 @@ def history_list(req: Request, m: re.Match) -> tuple[int, dict]:
     return 200, out
 
 
-@route("POST", "watch", units=100)
-def watch(req: Request, m: re.Match) -> tuple[int, dict]:
+@route("gmail.users.watch", units=100)
+def watch(req: Request, m: Params) -> tuple[int, dict]:
     body = req.json()
     topic = body.get("topicName")
     if not topic or not re.fullmatch(r"projects/[^/]+/topics/[^/]+", topic):
@@ -334,18 +345,17 @@ def watch(req: Request, m: re.Match) -> tuple[int, dict]:
         return 200, {"historyId": str(box.history_id), "expiration": str(box.watch.expiration)}
 
 
-@route("POST", "stop", units=50)
-def stop(req: Request, m: re.Match) -> tuple[int, None]:
+@route("gmail.users.stop", units=50)
+def stop(req: Request, m: Params) -> tuple[int, None]:
     req.mailbox.watch = None
     return 204, None
 
 
-def resolve(method: str, user_path: str) -> tuple[Route, re.Match]:
-    for candidate in ROUTES:
-        match = candidate.pattern.match(user_path)
-        if match and candidate.method == method:
-            return candidate, match
-    raise not_found()
+def handler_of(method_id: str) -> Route:
+    route_ = ROUTES.get(method_id)
+    if route_ is None:
+        raise not_implemented(method_id)
+    return route_
 
 
-__all__ = ["ApiError", "Request", "resolve"]
+__all__ = ["ApiError", "Request", "handler_of"]

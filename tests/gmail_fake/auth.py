@@ -120,6 +120,12 @@ class Tokens:
             for key in [k for k, v in self._access.items() if v.email == email]:
                 del self._access[key]
 
+    def forget(self, authorization: str | None) -> None:
+        """The access token of an `Authorization: Bearer` header is no longer accepted."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        with self._lock:
+            self._access.pop(token, None)
+
     def expire_access_tokens(self) -> None:
         with self._lock:
             for access in self._access.values():

@@ -55,6 +55,8 @@ class Message:
     label_ids: list[str]
     internal_date: int
     history_id: int
+    # What trash took away and untrash gives back (INBOX, if the message was there).
+    before_trash: list[str] = field(default_factory=list)
 
     def ref(self) -> dict:
         return {"id": self.id, "threadId": self.thread_id}
@@ -233,10 +235,20 @@ class Mailbox:
             return message
 
     def trash(self, message_id: str) -> Message:
-        return self.modify(message_id, add=["TRASH"], remove=["INBOX", "SPAM"])
+        with self.lock:
+            message = self.get(message_id)
+            if "TRASH" not in message.label_ids:
+                message.before_trash = [x for x in ("INBOX",) if x in message.label_ids]
+            return self.modify(message_id, add=["TRASH"], remove=["INBOX", "SPAM"])
 
     def untrash(self, message_id: str) -> Message:
-        return self.modify(message_id, remove=["TRASH"])
+        """Out of the trash, and back in the inbox if trash took it from there."""
+        with self.lock:
+            message = self.get(message_id)
+            if "TRASH" not in message.label_ids:
+                return message
+            restore, message.before_trash = message.before_trash, []
+            return self.modify(message_id, add=restore, remove=["TRASH"])
 
     def delete(self, message_id: str) -> None:
         with self.lock:

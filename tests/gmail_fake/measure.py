@@ -3,15 +3,18 @@
     .venv/bin/python -m tests.gmail_fake.measure --messages 2000
 
 Lists every id (pages of 500), then fetches each message `format=raw` in batches of 50 (the
-size Google recommends) and one by one for a sample; prints the rates. A baseline for the
-Gmail sync's own benchmark: time the sync spends beyond these numbers is its own.
+size Google recommends) and one by one for a sample; prints the rates, and what checking a
+request against the discovery document costs per call. A baseline for the Gmail sync's own
+benchmark: time the sync spends beyond these numbers is its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import timeit
 
+from tests.gmail_fake import discovery
 from tests.gmail_fake.fixtures import gmail_service, new_batch
 from tests.gmail_fake.server import GmailFake
 from tests.mailfactory import make_mail
@@ -65,8 +68,19 @@ def main() -> None:
         print(f"batch get raw x{BATCH_SIZE}  {batched:.3f} s  {len(fetched) / batched:,.0f} msg/s")
         print(f"single get raw      {single:.3f} s  {len(sample) / single:,.0f} msg/s")
         print(f"quota units used    {fake.quota.used['bench@gmail.com']:,}")
+        print(f"request check       {check_cost(ids[0]) * 1e6:.1f} us a call (discovery)")
     finally:
         fake.close()
+
+
+def check_cost(gid: str, number: int = 20000) -> float:
+    """Seconds the fake spends finding a messages.get call's method and checking its query."""
+
+    def check() -> None:
+        method, _ = discovery.resolve("GET", f"/gmail/v1/users/me/messages/{gid}")
+        discovery.check_query(method, {"format": ["raw"], "alt": ["json"]})
+
+    return min(timeit.repeat(check, number=number, repeat=3)) / number
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import email
 import email.policy
 import html
 from email.message import Message as MimePart
+from html.parser import HTMLParser
 
 from tests.gmail_fake.errors import bad_request, not_found
 from tests.gmail_fake.mailbox import Message
@@ -36,13 +37,47 @@ def _text(part: MimePart) -> str | None:
     return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
 
 
+class _HtmlText(HTMLParser):
+    """The text a reader sees in HTML: no tags, no <style>/<script>/<head> content."""
+
+    HIDDEN = frozenset({"style", "script", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.words: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs) -> None:
+        if tag in self.HIDDEN:
+            self._hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.HIDDEN and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.words += data.split()
+
+
+def _html_words(markup: str) -> str:
+    parser = _HtmlText()
+    parser.feed(markup)
+    parser.close()
+    return " ".join(parser.words)
+
+
 def snippet(raw: bytes) -> str:
-    """The start of the first text part, whitespace collapsed, HTML-escaped as Gmail does."""
-    for part in _parse(raw).walk():
-        if part.get_content_type() == "text/plain" and not part.get_filename():
-            words = " ".join((_text(part) or "").split())
-            return html.escape(words[:SNIPPET_LENGTH]).replace("&#x27;", "&#39;")
-    return ""
+    """The start of the message's text, whitespace collapsed, HTML-escaped as Gmail does: the
+    first text/plain part, else the text of the first text/html part."""
+    parts = [p for p in _parse(raw).walk() if not p.is_multipart() and not p.get_filename()]
+    plain = next((p for p in parts if p.get_content_type() == "text/plain"), None)
+    if plain is not None:
+        words = " ".join((_text(plain) or "").split())
+    else:
+        markup = next((p for p in parts if p.get_content_type() == "text/html"), None)
+        words = _html_words(_text(markup) or "") if markup is not None else ""
+    return html.escape(words[:SNIPPET_LENGTH]).replace("&#x27;", "&#39;")
 
 
 def _part(part: MimePart, part_id: str, message_id: str) -> dict:

@@ -13,24 +13,23 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.gmail_fake import api, batch, tls
+from tests.gmail_fake import api, batch, discovery, tls
 from tests.gmail_fake.auth import TokenError, Tokens
 from tests.gmail_fake.consent import ConsentRefused, consent
 from tests.gmail_fake.errors import (
     BACKEND_ERROR,
     RATE_LIMIT,
+    UNAUTHORIZED,
     USER_RATE_LIMIT,
     ApiError,
     Fault,
     Faults,
-    not_found,
     unauthenticated,
 )
 from tests.gmail_fake.mailbox import Mailbox
 from tests.gmail_fake.push import Publisher
 from tests.gmail_fake.quota import Quota
 
-API_PREFIXES = ("/gmail/v1/users/", "/upload/gmail/v1/users/")
 BATCH_PATHS = ("/batch", "/batch/gmail/v1")
 AUTH_PATH = "/o/oauth2/auth"
 CLIENT_ID = "fake-client-id.apps.googleusercontent.com"
@@ -124,6 +123,15 @@ class GmailFake:
     def backend_error_next(self, times: int = 1) -> None:
         self.faults.add(BACKEND_ERROR, times)
 
+    def unauthorized_next(self, times: int = 1) -> None:
+        """The next TIMES calls answer 401 and their access token dies (Google stopped
+        accepting it before its expiry): a client refreshes it and tries again."""
+        self.faults.add(UNAUTHORIZED, times)
+
+    def slow_next(self, times: int = 1, seconds: float = 1.0) -> None:
+        """The next TIMES calls answer SECONDS late."""
+        self.faults.add_delay(seconds, times)
+
     def subscribe(self, topic: str, endpoint: str, *, audience: str | None = None) -> str:
         """A push subscription of `topic` to `endpoint`; returns the subscription's name.
         With an `audience`, each push carries an OIDC token verifiable at `certs_url`."""
@@ -171,31 +179,37 @@ class GmailFake:
 
     def _call(self, method: str, target: str, headers: dict[str, str], body: bytes):
         url = urllib.parse.urlsplit(target)
-        prefix = next((p for p in API_PREFIXES if url.path.startswith(p)), None)
-        if prefix is None:
-            raise not_found()
-        email = self.tokens.user_of(headers.get("authorization"))
+        spec, params = discovery.resolve(method, url.path)
+        authorization = headers.get("authorization")
+        email = self.tokens.user_of(authorization)
         if email is None:
             raise unauthenticated()
-        user_id, _, user_path = url.path.removeprefix(prefix).partition("/")
-        user_id = urllib.parse.unquote(user_id)
+        user_id = urllib.parse.unquote(params.pop("userId"))
         if user_id not in ("me", email):
             raise ApiError(403, "Delegation denied for " + email, "forbidden")
+        user_path = url.path.split("/users/", 1)[1].partition("/")[2]
         self.calls.append(f"{method} {user_path}")
+        delay = self.faults.take_delay()
+        if delay:
+            time.sleep(delay)
         fault = self.faults.take()
         if fault is not None:
+            if fault.code == 401:
+                self.tokens.forget(authorization)
             raise fault.error()
-        route, match = api.resolve(method, user_path)
+        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        discovery.check_query(spec, query)
+        route = api.handler_of(spec.id)
         self.quota.spend(email, route.units)
         request = api.Request(
             method=method,
             path=url.path,
-            query=urllib.parse.parse_qs(url.query),
+            query=query,
             headers=headers,
             body=body,
             mailbox=self._mailbox(email),
         )
-        return route.handler(request, match)
+        return route.handler(request, {k: urllib.parse.unquote(v) for k, v in params.items()})
 
 
 class _Handler(BaseHTTPRequestHandler):

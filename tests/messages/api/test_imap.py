@@ -152,6 +152,11 @@ def test_moving_to_trash_reaches_the_server(api, imap_account, imap_user, empty_
     assert unknown.status_code == 400
     assert "folder" in unknown.json()["error"]["fields"]
 
+    for no_labels in ({"labels_add": ["Trash"]}, {"trash": False}):
+        refused = api.patch(f"/api/messages/{message.pk}/", no_labels, format="json")
+        assert refused.status_code == 400, "IMAP messages have folders, not labels"
+        assert set(no_labels) <= set(refused.json()["error"]["fields"])
+
     assert (
         api.patch(f"/api/messages/{message.pk}/", {"trash": True}, format="json").status_code == 202
     )

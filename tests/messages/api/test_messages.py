@@ -370,6 +370,25 @@ def test_mark_read_flag_and_move_in_a_local_account(api, mailbox):
     assert MessageLocation.objects.filter(message=mailbox.hello).count() == 1
 
 
+def test_restore_from_trash_and_labels_in_a_local_account(api, mailbox):
+    url = f"/api/messages/{mailbox.hello.pk}/"
+    api.patch(url, {"trash": True}, format="json")
+
+    restored = api.patch(url, {"trash": False}, format="json")
+    assert restored.json()["folders"] == ["INBOX"]
+
+    labelled = api.patch(url, {"labels_add": ["Archive", "INBOX"]}, format="json")
+    assert labelled.json()["folders"] == ["Archive", "INBOX"]
+    assert MessageLocation.objects.filter(message=mailbox.hello).count() == 2
+    unlabelled = api.patch(url, {"labels_remove": ["INBOX"]}, format="json")
+    assert unlabelled.json()["folders"] == ["Archive"]
+    unknown = api.patch(url, {"labels_add": ["Nowhere"]}, format="json")
+    assert unknown.status_code == 400
+    assert "labels_add" in unknown.json()["error"]["fields"]
+    both = api.patch(url, {"labels_add": ["INBOX"], "labels_remove": ["INBOX"]}, format="json")
+    assert "labels_remove" in both.json()["error"]["fields"]
+
+
 def test_patch_validation(api, mailbox):
     url = f"/api/messages/{mailbox.hello.pk}/"
     empty = api.patch(url, {}, format="json")
