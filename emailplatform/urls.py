@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("messages.api.urls")),
+    path("gmail/", include("gmail_sync.urls")),
 ]
 
 # Errors that never reach DRF (unknown URLs, CSRF failures, crashes): JSON under /api/.

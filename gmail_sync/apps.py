@@ -6,3 +6,22 @@ class GmailSyncConfig(AppConfig):
 
     name = "gmail_sync"
     verbose_name = "Gmail sync"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_save, pre_delete
+
+        from messages.models import Account
+        from messages.signals import account_status_changed
+
+        from . import signals
+        from .models import GmailSettings
+
+        post_save.connect(
+            signals.gmail_settings_saved, sender=GmailSettings, dispatch_uid="gmail-watch-connect"
+        )
+        account_status_changed.connect(
+            signals.account_status_changed, dispatch_uid="gmail-watch-status"
+        )
+        pre_delete.connect(
+            signals.account_deleting, sender=Account, dispatch_uid="gmail-watch-delete"
+        )

@@ -33,6 +33,7 @@ API_PREFIXES = ("/gmail/v1/users/", "/upload/gmail/v1/users/")
 BATCH_PATHS = ("/batch", "/batch/gmail/v1")
 CLIENT_ID = "fake-client-id.apps.googleusercontent.com"
 CLIENT_SECRET = "fake-client-secret"
+CERTS_MAX_AGE = 3600
 
 
 class GmailFake:
@@ -46,6 +47,10 @@ class GmailFake:
         self.publisher = Publisher()
         self.users: dict[str, Mailbox] = {}
         self.calls: list[str] = []
+        # The OIDC certificates: how often they were fetched, and the max-age they are served
+        # with (Google's answer carries Cache-Control: public, max-age=N).
+        self.certs_fetches = 0
+        self.certs_max_age = CERTS_MAX_AGE
         self._lock = threading.Lock()
         fake = self
 
@@ -99,15 +104,31 @@ class GmailFake:
     def backend_error_next(self, times: int = 1) -> None:
         self.faults.add(BACKEND_ERROR, times)
 
-    def subscribe(self, topic: str, endpoint: str, *, audience: str | None = None) -> str:
+    def subscribe(
+        self,
+        topic: str,
+        endpoint: str,
+        *,
+        audience: str | None = None,
+        service_account: str = "",
+    ) -> str:
         """A push subscription of `topic` to `endpoint`; returns the subscription's name.
-        With an `audience`, each push carries an OIDC token verifiable at `certs_url`."""
-        return self.publisher.subscribe(topic, endpoint, audience=audience)
+        With an `audience`, each push carries an OIDC token verifiable at `certs_url`, as
+        SERVICE_ACCOUNT (default gmail-push@<project>.iam.gserviceaccount.com)."""
+        return self.publisher.subscribe(
+            topic, endpoint, audience=audience, service_account=service_account
+        )
+
+    def rotate_oidc_key(self) -> None:
+        """Sign pushes with a new key (new key id), as Google rotates its keys."""
+        self.publisher.rotate_key()
 
     def reset(self) -> None:
         with self._lock:
             self.users.clear()
             self.calls.clear()
+            self.certs_fetches = 0
+            self.certs_max_age = CERTS_MAX_AGE
             self.tokens = Tokens()
             self.tokens.add_client(CLIENT_ID, CLIENT_SECRET)
         self.faults.clear()
@@ -210,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if urllib.parse.urlsplit(self.path).path == "/oauth2/v1/certs":
-            self._send(200, json.dumps(self.gmail.publisher.signer.certs()).encode())
+            self._certs()
         else:
             self._api()
 
@@ -222,6 +243,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._batch()
         else:
             self._api()
+
+    def _certs(self) -> None:
+        self.gmail.certs_fetches += 1
+        body = json.dumps(self.gmail.publisher.signer.certs()).encode()
+        self.send_response(200, "OK")
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Cache-Control", f"public, max-age={self.gmail.certs_max_age}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _token(self) -> None:
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(self._body().decode()).items()}
