@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.db.models import QuerySet
 from django.db.models.functions import Upper
 
 from emailplatform import syncstate, topics
@@ -99,7 +100,11 @@ def push_receive(notice: PushNotice) -> int:
 def gmail_accounts_of_address(email: str) -> list[tuple[int, str, int | None]]:
     """(account id, status, stored historyId) of every Gmail account of the address, whoever
     owns it; one query on the account_email_upper index."""
-    return list(
+    return list(gmail_accounts_of_address_query(email))
+
+
+def gmail_accounts_of_address_query(email: str) -> QuerySet:
+    return (
         Account.objects.annotate(email_upper=Upper("email_address"))
         .filter(email_upper=email.upper(), provider=Account.Provider.GMAIL)
         .values_list("id", "status", "gmail_settings__history_id")
