@@ -22,6 +22,7 @@ class GmailSyncConfig(AppConfig):
         account_status_changed.connect(
             signals.account_status_changed, dispatch_uid="gmail-watch-status"
         )
+        post_save.connect(signals.account_saved, sender=Account, dispatch_uid="gmail-watch-save")
         pre_delete.connect(
             signals.account_deleting, sender=Account, dispatch_uid="gmail-watch-delete"
         )

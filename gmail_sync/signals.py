@@ -26,6 +26,21 @@ def gmail_settings_saved(
 
 def account_status_changed(sender: Any, account_ids: list[int], status: str, **kwargs: Any) -> None:
     """Sent by the store after commit (pause, resume, deletion request)."""
+    follow_status(account_ids, status)
+
+
+def account_saved(sender: type[Account], instance: Account, **kwargs: Any) -> None:
+    """A status saved by name (`save(update_fields=[..., "status"])`: a reconnect, a pause
+    through a service); other saves do not say whether the status changed."""
+    update_fields = kwargs.get("update_fields") or ()
+    if instance.provider == Account.Provider.GMAIL and "status" in update_fields:
+        ids, status = [instance.pk], instance.status
+        transaction.on_commit(lambda: follow_status(ids, status))
+
+
+def follow_status(account_ids: list[int], status: str) -> None:
+    """Watch the Gmail accounts among ACCOUNT_IDS that became active; stop the paused ones
+    and the ones being deleted."""
     from .watch_tasks import stop_watch, watch_account
 
     if status == Account.Status.ACTIVE:

@@ -27,6 +27,7 @@ RENEW_BEFORE = timedelta(days=2)
 UNWATCHED_STATUSES = (Account.Status.PAUSED, Account.Status.DELETING)
 
 WATCHING = "watching"
+FRESH = "fresh"
 NOT_CONFIGURED = "not_configured"
 NOT_ACTIVE = "not_active"
 REFUSED = "refused"
@@ -38,11 +39,13 @@ def watch_label_ids(scope: str) -> list[str] | None:
     return ["INBOX"] if scope == WatchScope.INBOX else None
 
 
-def gmail_watch_start(account: Account) -> str:
+def gmail_watch_start(account: Account, *, force: bool = False) -> str:
     """Watch an active account's mailbox and store when the watch ends; the outcome.
 
-    A refused grant puts the account in auth_error (its owner connects it again); a request
-    Gmail refuses shows on the account. GmailUnavailable is raised: the caller retries later.
+    A watch that runs longer than RENEW_BEFORE is left alone unless FORCE (a watch costs 100
+    quota units, and every trigger may repeat). A refused grant puts the account in
+    auth_error (its owner connects it again); a request Gmail refuses shows on the account.
+    GmailUnavailable is raised: the caller retries later.
     """
     topic = settings.GMAIL_PUBSUB_TOPIC
     if not topic:
@@ -53,6 +56,9 @@ def gmail_watch_start(account: Account) -> str:
     gmail = GmailSettings.objects.filter(account_id=account.pk).first()
     if gmail is None:
         return NOT_ACTIVE
+    renew_after = timezone.now() + RENEW_BEFORE
+    if not force and gmail.watch_expiration and gmail.watch_expiration > renew_after:
+        return FRESH
     try:
         answer = gmail_client_for(account).watch(
             topic, label_ids=watch_label_ids(gmail.watch_scope)

@@ -124,6 +124,29 @@ def test_pausing_in_the_admin_stops_the_watch_and_resuming_watches_again(
     assert mailbox.watch is not None and 6.99 < days_left(account) <= 7
 
 
+def test_a_reconnected_account_is_watched_again_and_a_fresh_watch_is_left_alone(
+    user, watch_settings, django_capture_on_commit_callbacks
+):
+    account, mailbox = connect(user, watch_settings, "dave@gmail.com")
+    watch_settings.tokens.revoke(account.get_credentials()["refresh_token"])
+    gmail_watch_start(account)
+    account.refresh_from_db()
+    assert account.status == Account.Status.AUTH_ERROR
+    clear_queue()
+
+    account.set_credentials({"refresh_token": watch_settings.tokens.grant("dave@gmail.com")})
+    account.status = Account.Status.ACTIVE
+    with django_capture_on_commit_callbacks(execute=True):
+        account.save(update_fields=["credentials_encrypted", "status"])
+    run_queued()
+    assert mailbox.watch is not None and 6.99 < days_left(account) <= 7
+
+    with django_capture_on_commit_callbacks(execute=True):
+        account.save(update_fields=["status"])  # active again: nothing to renew
+    run_queued()
+    assert watch_settings.calls.count("POST watch") == 1
+
+
 def test_a_paused_account_still_watched_is_stopped_by_the_renewal(user, watch_settings):
     """A pause its stop task missed (a queryset update elsewhere, a lost task)."""
     account, mailbox = connect(user, watch_settings, "dave@gmail.com")
