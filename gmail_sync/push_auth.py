@@ -65,7 +65,7 @@ def fetch_certs(url: str) -> FetchedCerts:
     request = google_auth_httplib2.Request(httplib2.Http(timeout=FETCH_TIMEOUT))
     try:
         response = request(url, method="GET")
-    except google_exceptions.TransportError as exc:
+    except (google_exceptions.TransportError, httplib2.HttpLib2Error, OSError) as exc:
         raise CertsUnavailable(f"certificates at {url}: {exc}") from exc
     if response.status != 200:
         raise CertsUnavailable(f"certificates at {url}: HTTP {response.status}")

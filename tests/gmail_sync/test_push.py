@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 
 import pytest
@@ -281,3 +282,17 @@ def test_a_change_in_the_mailbox_is_pushed_through_pubsub_and_requests_a_sync(
         time.sleep(0.02)
     assert [d.status for d in push_settings.publisher.deliveries] == [204]
     assert syncs_requested() == [account.pk]
+
+
+def test_pushes_wait_while_google_certificates_cannot_be_fetched(
+    client, dave, push_settings, settings, django_capture_on_commit_callbacks
+):
+    """503: Pub/Sub keeps the notice and pushes it again later."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings.GMAIL_OIDC_CERTS_URL = f"http://127.0.0.1:{port}/oauth2/v1/certs"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = push(client, notice("dave@gmail.com", 150), f"Bearer {token(push_settings)}")
+    assert response.status_code == 503
+    assert syncs_requested() == []
