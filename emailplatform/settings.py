@@ -206,6 +206,8 @@ GMAIL_TIMEOUT_SECONDS = env.float("GMAIL_TIMEOUT_SECONDS", default=30.0)
 # Where Google sends the user back after consent (this platform's /gmail/oauth/callback as the
 # browser reaches it); empty: built from the request.
 GMAIL_OAUTH_REDIRECT_URI = env("GMAIL_OAUTH_REDIRECT_URI", default="")
+# How long a started connection (its OAuth `state`) may wait for the user to come back.
+GMAIL_OAUTH_STATE_SECONDS = env.int("GMAIL_OAUTH_STATE_SECONDS", default=600)
 # Google's published per-user limit is 250 quota units per second; every worker of the
 # platform draws from one bucket per mailbox in Redis (gmail_sync.quota).
 GMAIL_QUOTA_UNITS_PER_SECOND = env.int("GMAIL_QUOTA_UNITS_PER_SECOND", default=250)

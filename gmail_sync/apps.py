@@ -11,11 +11,17 @@ class GmailSyncConfig(AppConfig):
         from django.db.models.signals import post_save, pre_delete
 
         from messages.models import Account
+        from messages.providers import register
         from messages.signals import account_status_changed
 
         from . import signals
+        from .accounts import GmailProvider
         from .models import GmailSettings
+        from .oauth import quiet_token_logs
 
+        register("gmail", GmailProvider())
+        quiet_token_logs()
+        # The push watch follows the account (gmail_sync.watch).
         post_save.connect(
             signals.gmail_settings_saved, sender=GmailSettings, dispatch_uid="gmail-watch-connect"
         )

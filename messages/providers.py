@@ -61,6 +61,36 @@ class ProviderAdapter(Protocol):
         ...
 
 
+class AuthorizingProvider(Protocol):
+    """What a provider whose accounts are connected on the provider's own consent screen
+    (OAuth) adds: the API's `POST /api/accounts/<provider>/authorize/` calls it."""
+
+    def authorization_start(self, user: AbstractBaseUser, request: Any) -> str:
+        """The consent screen's URL for USER (REQUEST: the HttpRequest, for the callback's
+        address); raises ProviderError."""
+        ...
+
+
+class ProviderCommand(Protocol):
+    """A provider's part of `manage.py add_account --provider <name>` (the adapter's optional
+    `command` attribute): its own options, and how it adds an account from them."""
+
+    def add_arguments(self, group: Any) -> None:
+        """Options of this provider only (an argparse group; names unique across providers)."""
+        ...
+
+    def handle(self, owner: AbstractBaseUser, options: dict[str, Any]) -> Account:
+        """Add the account; raises django.core.management.CommandError with the reason."""
+        ...
+
+
+def authorization_start(provider_name: str, user: AbstractBaseUser, request: Any) -> str | None:
+    """The consent URL of PROVIDER_NAME for USER; None when its accounts are not connected
+    through a consent screen. Raises UnknownProvider and the adapter's ProviderError."""
+    start = getattr(get_adapter(provider_name), "authorization_start", None)
+    return None if start is None else start(user, request)
+
+
 _registry: dict[str, ProviderAdapter] = {}
 
 

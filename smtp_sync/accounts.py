@@ -255,6 +255,13 @@ class ImapProvider:
     requires_credentials = True
     related_names = ("imap_settings",)
 
+    @property
+    def command(self) -> Any:
+        """The IMAP part of `manage.py add_account`."""
+        from .cli import ImapCommand
+
+        return ImapCommand()
+
     def create_account(self, owner: AbstractBaseUser, validated_data: dict[str, Any]) -> Account:
         """The owner is the user who typed the hosts: staff may reach internal addresses
         (may_reach_internal); a refused host is a 400 naming settings.<field>."""

@@ -229,6 +229,13 @@ class SyncQueued(serializers.Serializer):
     full = serializers.BooleanField()
 
 
+class AuthorizationStarted(serializers.Serializer):
+    authorization_url = serializers.URLField(
+        help_text="Open it in the user's browser: the provider's consent screen, which sends "
+        "the browser back to this platform to finish (single use, expires in minutes)."
+    )
+
+
 class ConnectionOk(serializers.Serializer):
     ok = serializers.BooleanField()
 

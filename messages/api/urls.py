@@ -29,6 +29,11 @@ urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("accounts/", views.AccountListView.as_view(), name="account-list"),
     path("accounts/<id:pk>/", views.AccountDetailView.as_view(), name="account-detail"),
+    path(
+        "accounts/<slug:provider>/authorize/",
+        views.AccountAuthorizeView.as_view(),
+        name="account-authorize",
+    ),
     path("accounts/<id:pk>/sync/", views.AccountSyncView.as_view(), name="account-sync"),
     path(
         "accounts/<id:pk>/test-connection/",

@@ -178,6 +178,38 @@ class AccountListView(ListView):
         return Response(s.AccountOutput(account).data, status=status.HTTP_201_CREATED)
 
 
+class AccountAuthorizeView(APIView):
+    # Starting a connection is the first half of creating an account: the same budget.
+    throttle_classes = [UserThrottle, AccountCreateThrottle]
+
+    @extend_schema(
+        tags=["accounts"],
+        request=None,
+        responses={
+            200: s.AuthorizationStarted,
+            400: PROVIDER_REFUSED,
+            404: OpenApiResponse(
+                ErrorResponse, description="No such provider, or it has no consent screen."
+            ),
+        },
+        summary="Connect an account on the provider's consent screen (Gmail)",
+        description=(
+            "Answers the URL of the provider's consent screen for the requesting user. Once "
+            "the user consents, the provider sends the browser back to this platform, which "
+            "stores the account (or reconnects the user's account of that address) and starts "
+            "its sync; the account then shows in GET /api/accounts/."
+        ),
+    )
+    def post(self, request: Request, provider: str) -> Response:
+        try:
+            url = providers.authorization_start(provider, request.user, request._request)
+        except providers.UnknownProvider:
+            raise NotFound(f"No provider named {provider!r}.") from None
+        if url is None:
+            raise NotFound(f"{provider} accounts are not connected on a consent screen.")
+        return Response({"authorization_url": url})
+
+
 class AccountDetailView(APIView):
     # A new password is tried on the provider before it is stored: like a connection test.
     throttle_classes = [UserThrottle, TestConnectionThrottle]

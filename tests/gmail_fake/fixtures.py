@@ -70,14 +70,17 @@ def new_batch(fake: GmailFake, callback=None) -> BatchHttpRequest:
 
 
 @pytest.fixture
-def gmail_settings(settings, gmail_server: GmailFake) -> GmailFake:
+def gmail_settings(settings, monkeypatch, gmail_server: GmailFake) -> GmailFake:
     """Point the platform's Gmail settings at the fake (production code reads only settings),
-    with retries that wait milliseconds; returns the server."""
+    with retries that wait milliseconds; returns the server. The fake's token endpoint is
+    plain http (see server.py), which requests-oauthlib refuses unless told otherwise."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     settings.GMAIL_CLIENT_ID = gmail_server.client_id
     settings.GMAIL_CLIENT_SECRET = gmail_server.client_secret
     settings.GMAIL_API_ENDPOINT = gmail_server.base_url + "/"
     settings.GMAIL_BATCH_URI = gmail_server.batch_uri
     settings.GMAIL_TOKEN_URI = gmail_server.token_uri
+    settings.GMAIL_AUTH_URI = gmail_server.auth_uri
     settings.GMAIL_CA_CERTS = gmail_server.ca_certs
     settings.GMAIL_OIDC_CERTS_URL = gmail_server.certs_url
     settings.GMAIL_RETRY_BASE_SECONDS = 0.01

@@ -90,12 +90,13 @@ class Watch:
         return hit if self.behavior == "include" else not hit
 
 
-def _subject_key(subject: str | None) -> str:
-    return " ".join(_REPLY_PREFIX.sub("", subject or "").split()).casefold()
+def _subject_key(subject: object) -> str:
+    # A header with undecodable bytes comes back as an email.header.Header: str() it.
+    return " ".join(_REPLY_PREFIX.sub("", str(subject or "")).split()).casefold()
 
 
-def _header_ids(value: str | None) -> list[str]:
-    return _MESSAGE_ID.findall(value or "")
+def _header_ids(value: object) -> list[str]:
+    return _MESSAGE_ID.findall(str(value or ""))
 
 
 class Mailbox:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tests.gmail_fake import api, batch, tls
 from tests.gmail_fake.auth import TokenError, Tokens
+from tests.gmail_fake.consent import ConsentRefused, consent
 from tests.gmail_fake.errors import (
     BACKEND_ERROR,
     RATE_LIMIT,
@@ -31,6 +32,7 @@ from tests.gmail_fake.quota import Quota
 
 API_PREFIXES = ("/gmail/v1/users/", "/upload/gmail/v1/users/")
 BATCH_PATHS = ("/batch", "/batch/gmail/v1")
+AUTH_PATH = "/o/oauth2/auth"
 CLIENT_ID = "fake-client-id.apps.googleusercontent.com"
 CLIENT_SECRET = "fake-client-secret"
 CERTS_MAX_AGE = 3600
@@ -76,6 +78,7 @@ class GmailFake:
         # credentials through a bare httplib2.Http(), which trusts no test certificate.
         self.token_uri = f"{self.plain_url}/token"
         self.certs_url = f"{self.plain_url}/oauth2/v1/certs"
+        self.auth_uri = f"{self.base_url}{AUTH_PATH}"
         self.batch_uri = f"{self.base_url}/batch/gmail/v1"
         self.client_id, self.client_secret = CLIENT_ID, CLIENT_SECRET
         for server in self._servers:
@@ -91,6 +94,28 @@ class GmailFake:
                 raise ValueError(f"{email} exists")
             self.users[email] = Mailbox(email, self._changed)
         return self.users[email], self.tokens.grant(email)
+
+    def consent(
+        self,
+        authorization_url: str,
+        email: str,
+        *,
+        granted: list[str] | None = None,
+        deny: bool = False,
+    ) -> str:
+        """EMAIL answers the consent screen of AUTHORIZATION_URL: the redirect URL back to the
+        platform, with `code` and `state` (or `error=access_denied` when DENY). GRANTED: the
+        scopes the user left ticked (default: every one requested). Raises ConsentRefused
+        where Google would show its own error page."""
+        return consent(
+            self.tokens,
+            list(self.users),
+            self.auth_uri,
+            authorization_url,
+            email,
+            granted=granted,
+            deny=deny,
+        )
 
     def fail_next(self, times: int = 1, fault: Fault = RATE_LIMIT) -> None:
         self.faults.add(fault, times)
@@ -230,10 +255,27 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_PUT = do_PATCH = _api
 
     def do_GET(self) -> None:
-        if urllib.parse.urlsplit(self.path).path == "/oauth2/v1/certs":
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/oauth2/v1/certs":
             self._certs()
+        elif path == AUTH_PATH:
+            self._authorize()
         else:
             self._api()
+
+    def _authorize(self) -> None:
+        """A browser at the consent screen: the user named by `login_hint` consents at once."""
+        query = urllib.parse.urlsplit(self.path).query
+        hint = urllib.parse.parse_qs(query).get("login_hint", [""])[-1]
+        try:
+            target = self.gmail.consent(self.gmail.base_url + self.path, hint)
+        except ConsentRefused as refused:
+            self._send(400, str(refused).encode(), "text/plain; charset=utf-8")
+            return
+        self.send_response(302)
+        self.send_header("Location", target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
@@ -257,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _token(self) -> None:
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(self._body().decode()).items()}
         try:
-            status, answer = 200, self.gmail.tokens.refresh(form)
+            answer = self.gmail.tokens.token(form, self.headers.get("Authorization"))
+            status = 200
         except TokenError as error:
             status, answer = error.status, error.body
         self._send(status, json.dumps(answer).encode())

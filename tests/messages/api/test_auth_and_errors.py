@@ -143,6 +143,7 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "/api/auth/token/",
         "/api/accounts/",
         "/api/accounts/{id}/",
+        "/api/accounts/{provider}/authorize/",
         "/api/accounts/{id}/sync/",
         "/api/accounts/{id}/test-connection/",
         "/api/accounts/{id}/folders/",
@@ -162,7 +163,7 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
             assert responses["400"]["content"]["application/json"]["schema"] == error_ref
             if path != "/api/auth/token/":
                 assert {"401", "403"} <= set(responses), (method, path)
-            if "{id}" in path:
+            if "{id}" in path or "{provider}" in path:
                 assert "404" in responses, (method, path)
     message_filters = {p["name"] for p in paths["/api/messages/"]["get"]["parameters"]}
     assert message_filters >= {
@@ -182,7 +183,7 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "page_size",
     }
     create = schema["components"]["schemas"]["AccountCreateInputRequest"]
-    assert set(create["discriminator"]["mapping"]) == {"imap", "local"}
+    assert set(create["discriminator"]["mapping"]) == {"gmail", "imap", "local"}
     account_out = schema["components"]["schemas"]["AccountOutput"]["properties"]
     assert "password" not in account_out and "oauth2_token" not in account_out
     assert "409" in paths["/api/accounts/{id}/sync/"]["post"]["responses"]

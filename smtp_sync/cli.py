@@ -1,39 +1,39 @@
-"""Add an IMAP/SMTP account. The password is read from a prompt, stdin or an environment
-variable, never from the command line (where `ps` would show it)."""
+"""The IMAP part of `manage.py add_account` (messages/management/commands/add_account.py).
+The password is read from a prompt, stdin or an environment variable, never from the command
+line (where `ps` would show it)."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import sys
+from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.management.base import CommandError
 
-from smtp_sync.accounts import ImapAccountInput, ServerSettingRefused, imap_account_create
-from smtp_sync.imap import ImapError
+from messages.models import Account
+
+from .accounts import ImapAccountInput, ServerSettingRefused, imap_account_create
+from .imap import ImapError
 
 
-class Command(BaseCommand):
-    help = "Add an IMAP account (connection tested first), then start its full sync."
-
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--owner", required=True, help="username of the account's owner")
-        parser.add_argument("--email", required=True)
-        parser.add_argument("--imap-host", required=True)
-        parser.add_argument("--imap-port", type=int)
-        parser.add_argument("--security", choices=["ssl", "starttls", "none"], default="ssl")
-        parser.add_argument("--username", help="login name (default: the address)")
-        parser.add_argument("--password-stdin", action="store_true")
-        parser.add_argument(
+class ImapCommand:
+    def add_arguments(self, group: Any) -> None:
+        group.add_argument("--email", help="the account's address (required)")
+        group.add_argument("--imap-host", help="required")
+        group.add_argument("--imap-port", type=int)
+        group.add_argument("--security", choices=["ssl", "starttls", "none"], default="ssl")
+        group.add_argument("--username", help="login name (default: the address)")
+        group.add_argument("--password-stdin", action="store_true")
+        group.add_argument(
             "--password-env", metavar="VAR", help="read the password from this env variable"
         )
-        parser.add_argument("--smtp-host", default="")
-        parser.add_argument("--smtp-port", type=int, default=465)
-        parser.add_argument("--smtp-security", choices=["ssl", "starttls", "none"], default="ssl")
-        parser.add_argument("--no-test", action="store_true", help="skip the connection test")
-        parser.add_argument("--no-sync", action="store_true", help="do not start a full sync")
-        parser.add_argument(
+        group.add_argument("--smtp-host", default="")
+        group.add_argument("--smtp-port", type=int, default=465)
+        group.add_argument("--smtp-security", choices=["ssl", "starttls", "none"], default="ssl")
+        group.add_argument("--no-test", action="store_true", help="skip the connection test")
+        group.add_argument(
             "--allow-internal",
             action="store_true",
             help=(
@@ -43,10 +43,10 @@ class Command(BaseCommand):
             ),
         )
 
-    def handle(self, *args, **options) -> None:
-        owner = get_user_model().objects.filter(username=options["owner"]).first()
-        if owner is None:
-            raise CommandError(f"no user named {options['owner']!r}")
+    def handle(self, owner: AbstractBaseUser, options: dict[str, Any]) -> Account:
+        for required in ("email", "imap_host"):
+            if not options.get(required):
+                raise CommandError(f"--{required.replace('_', '-')} is required for imap accounts")
         if options["password_stdin"]:
             password = sys.stdin.readline().rstrip("\n")
         elif options["password_env"]:
@@ -69,7 +69,7 @@ class Command(BaseCommand):
             allow_internal=options["allow_internal"],
         )
         try:
-            account = imap_account_create(
+            return imap_account_create(
                 owner=owner,
                 data=data,
                 test_connection=not options["no_test"],
@@ -80,4 +80,3 @@ class Command(BaseCommand):
             raise CommandError(f"{option}: {exc}") from exc
         except ImapError as exc:
             raise CommandError(f"connection test failed: {exc}") from exc
-        self.stdout.write(f"Added account {account.email_address} (id {account.pk}).")
