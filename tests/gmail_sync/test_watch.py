@@ -197,6 +197,20 @@ def test_a_revoked_grant_shows_on_the_account(user, watch_settings):
     assert mailbox.watch is None and expiration_of(account) is None
 
 
+def test_a_watch_gmail_refuses_shows_on_the_account_which_stays_active(
+    user, watch_settings, settings
+):
+    settings.GMAIL_PUBSUB_TOPIC = "gmail-push"  # not projects/*/topics/*: Gmail answers 400
+    account, mailbox = connect(user, watch_settings, "dave@gmail.com")
+
+    assert gmail_watch_start(account) == "refused"
+
+    account.refresh_from_db()
+    assert account.status == Account.Status.ACTIVE
+    assert account.last_error.startswith("Gmail refused to push changes")
+    assert mailbox.watch is None
+
+
 def test_gmail_unavailable_is_retried_by_the_task_then_by_the_next_renewal(
     user, watch_settings, settings
 ):
