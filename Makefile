@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-gmail-writeback bench-api audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-gmail-writeback bench-api bench-gmail-push audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -52,6 +52,9 @@ bench-gmail-writeback: bootstrap-test
 
 bench-api: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/api.py $(BENCH_ARGS)
+
+bench-gmail-push: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/gmail_push.py $(BENCH_ARGS)
 
 # Repeats issue 12's attacks against the production server (gunicorn, DEBUG off) on private
 # services and prints a table; exits 1 if any check fails.

@@ -217,9 +217,10 @@ GMAIL_MAX_RETRIES = env.int("GMAIL_MAX_RETRIES", default=6)
 GMAIL_RETRY_BASE_SECONDS = env.float("GMAIL_RETRY_BASE_SECONDS", default=1.0)
 # Calls per batch request: Gmail allows 100 and recommends 50.
 GMAIL_BATCH_SIZE = env.int("GMAIL_BATCH_SIZE", default=50)
-# Push notifications: the Pub/Sub topic given to users.watch, and what the push endpoint
-# accepts: the OIDC token's audience and its service account, checked against Google's
-# certificates (cached).
+# Push notifications: the Pub/Sub topic given to users.watch (empty: no mailbox is watched),
+# and what the push endpoint (/gmail/push) accepts: the OIDC token's audience and its service
+# account, checked against Google's certificates (cached for their max-age). Without both,
+# the endpoint refuses every push.
 GMAIL_PUBSUB_TOPIC = env("GMAIL_PUBSUB_TOPIC", default="")
 GMAIL_PUSH_AUDIENCE = env("GMAIL_PUSH_AUDIENCE", default="")
 GMAIL_PUSH_SERVICE_ACCOUNT = env("GMAIL_PUSH_SERVICE_ACCOUNT", default="")

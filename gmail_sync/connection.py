@@ -1,4 +1,5 @@
-"""A GmailClient for a stored account, and what an account's refused authorization does."""
+"""The GmailClient of a stored account (the adapter itself knows nothing of Django models), and
+what an account's refused authorization does."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from django.utils import timezone
 from messages.events import events_record
 from messages.models import Account
 
-from .client import GmailClient
+from .client import GmailAuthError, GmailClient
 
 
 def gmail_client_for(account: Account) -> GmailClient:
-    """The account's Gmail API, authorized by its decrypted refresh token."""
-    return GmailClient(account.get_credentials()["refresh_token"], account.email_address)
+    """A client authorized by the account's refresh token; GmailAuthError when it has none."""
+    refresh_token = account.get_credentials().get("refresh_token")
+    if not refresh_token:
+        raise GmailAuthError("The account has no Gmail authorization: connect it again")
+    return GmailClient(refresh_token, account.email_address)
 
 
 def account_mark_auth_error(account: Account, reason: str) -> None:

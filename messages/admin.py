@@ -35,6 +35,7 @@ from .models import (
 )
 from .sanitize import sanitize_mail_html
 from .services import attachment_ensure_stored
+from .signals import account_status_changed_send
 
 READ_MAIL_CONTENT = "mailstore.read_mail_content"
 
@@ -89,14 +90,18 @@ class AccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause syncing")
     def pause(self, request: HttpRequest, queryset) -> None:
-        count = queryset.update(status=Account.Status.PAUSED)
+        ids = list(queryset.values_list("pk", flat=True))
+        count = Account.objects.filter(pk__in=ids).update(status=Account.Status.PAUSED)
+        account_status_changed_send(ids, Account.Status.PAUSED)
         self.message_user(request, f"Paused {count} account(s).", messages.WARNING)
 
     @admin.action(description="Resume syncing")
     def resume(self, request: HttpRequest, queryset) -> None:
-        count = queryset.exclude(status=Account.Status.DELETING).update(
+        ids = list(queryset.exclude(status=Account.Status.DELETING).values_list("pk", flat=True))
+        count = Account.objects.filter(pk__in=ids).update(
             status=Account.Status.ACTIVE, last_error=""
         )
+        account_status_changed_send(ids, Account.Status.ACTIVE)
         self.message_user(request, f"Resumed {count} account(s).")
 
 

@@ -13,7 +13,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Left
+from django.db.models.functions import Left, Upper
 
 # A zstd frame starts with these bytes; a zlib stream never does (its first byte is 0x?8).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -78,6 +78,8 @@ class Account(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "provider"]),
+            # A provider's notice names a mailbox by address (Gmail push): any case.
+            models.Index(Upper("email_address"), name="account_email_upper"),
             models.Index(
                 fields=["auth_retest_at"],
                 condition=Q(status="auth_error"),

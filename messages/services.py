@@ -39,6 +39,7 @@ from .models import (
     SyncRun,
     Thread,
 )
+from .signals import account_status_changed_send
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,7 @@ def account_delete_request(*, account: Account) -> None:
         account.status = Account.Status.DELETING
         events_record(account, "account", "updated", [account.pk])
         topics.publish_account_deletion(account.pk)
+        account_status_changed_send([account.pk], Account.Status.DELETING)
 
 
 def account_delete(*, account_id: int, max_seconds: float | None = None) -> bool:

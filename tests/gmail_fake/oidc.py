@@ -22,9 +22,11 @@ LIFETIME = 3600
 
 
 class TokenSigner:
-    def __init__(self) -> None:
+    """A signing key and its certificate; KEY_ID: claim another key's id (a forgery)."""
+
+    def __init__(self, key_id: str | None = None) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.key_id = secrets.token_hex(20)
+        self.key_id = key_id or secrets.token_hex(20)
         certificate = self_signed(key, "gmail-fake-oidc")
         self._certificate = certificate.public_bytes(serialization.Encoding.PEM).decode()
         pem = private_pem(key)
@@ -33,7 +35,8 @@ class TokenSigner:
     def certs(self) -> dict[str, str]:
         return {self.key_id: self._certificate}
 
-    def token(self, audience: str, email: str) -> str:
+    def token(self, audience: str, email: str, **overrides: object) -> str:
+        """A push's token; OVERRIDES replace (or, as None, remove) claims."""
         now = int(time.time())
         claims = {
             "iss": ISSUER,
@@ -45,4 +48,6 @@ class TokenSigner:
             "iat": now,
             "exp": now + LIFETIME,
         }
+        claims.update(overrides)
+        claims = {name: value for name, value in claims.items() if value is not None}
         return jwt.encode(self._signer, claims).decode()

@@ -61,6 +61,9 @@ class Publisher:
         subscriptions.append(Subscription(name, endpoint, audience, account))
         return name
 
+    def rotate_key(self) -> None:
+        self.signer = TokenSigner()
+
     def clear(self) -> None:
         self._subscriptions.clear()
         self.deliveries.clear()

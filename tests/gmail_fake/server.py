@@ -34,6 +34,7 @@ BATCH_PATHS = ("/batch", "/batch/gmail/v1")
 AUTH_PATH = "/o/oauth2/auth"
 CLIENT_ID = "fake-client-id.apps.googleusercontent.com"
 CLIENT_SECRET = "fake-client-secret"
+CERTS_MAX_AGE = 3600
 
 
 class GmailFake:
@@ -47,6 +48,10 @@ class GmailFake:
         self.publisher = Publisher()
         self.users: dict[str, Mailbox] = {}
         self.calls: list[str] = []
+        # The OIDC certificates: how often they were fetched, and the max-age they are served
+        # with (Google's answer carries Cache-Control: public, max-age=N).
+        self.certs_fetches = 0
+        self.certs_max_age = CERTS_MAX_AGE
         self._lock = threading.Lock()
         fake = self
 
@@ -132,15 +137,31 @@ class GmailFake:
         """The next TIMES calls answer SECONDS late."""
         self.faults.add_delay(seconds, times)
 
-    def subscribe(self, topic: str, endpoint: str, *, audience: str | None = None) -> str:
+    def subscribe(
+        self,
+        topic: str,
+        endpoint: str,
+        *,
+        audience: str | None = None,
+        service_account: str = "",
+    ) -> str:
         """A push subscription of `topic` to `endpoint`; returns the subscription's name.
-        With an `audience`, each push carries an OIDC token verifiable at `certs_url`."""
-        return self.publisher.subscribe(topic, endpoint, audience=audience)
+        With an `audience`, each push carries an OIDC token verifiable at `certs_url`, as
+        SERVICE_ACCOUNT (default gmail-push@<project>.iam.gserviceaccount.com)."""
+        return self.publisher.subscribe(
+            topic, endpoint, audience=audience, service_account=service_account
+        )
+
+    def rotate_oidc_key(self) -> None:
+        """Sign pushes with a new key (new key id), as Google rotates its keys."""
+        self.publisher.rotate_key()
 
     def reset(self) -> None:
         with self._lock:
             self.users.clear()
             self.calls.clear()
+            self.certs_fetches = 0
+            self.certs_max_age = CERTS_MAX_AGE
             self.tokens = Tokens()
             self.tokens.add_client(CLIENT_ID, CLIENT_SECRET)
         self.faults.clear()
@@ -250,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path == "/oauth2/v1/certs":
-            self._send(200, json.dumps(self.gmail.publisher.signer.certs()).encode())
+            self._certs()
         elif path == AUTH_PATH:
             self._authorize()
         else:
@@ -278,6 +299,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._batch()
         else:
             self._api()
+
+    def _certs(self) -> None:
+        self.gmail.certs_fetches += 1
+        body = json.dumps(self.gmail.publisher.signer.certs()).encode()
+        self.send_response(200, "OK")
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Cache-Control", f"public, max-age={self.gmail.certs_max_age}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _token(self) -> None:
         form = {k: v[-1] for k, v in urllib.parse.parse_qs(self._body().decode()).items()}
