@@ -14,6 +14,11 @@ consumed out of order and twice, tests/messages/test_batch_store.py):
    each sync pass deletes the rows a dead pass left (`batches.batches_void`), since it fetches
    that mail again itself. A batch stores only the UIDs its row still lists, and only while its
    folder keeps the UIDVALIDITY it was fetched at.
+   Batches of a provider without UIDs (Gmail) list provider ids instead (`IngestBatch.
+   provider_ids`): a deletion seen by a sync strips those ids from the account's batches in
+   flight before it deletes the messages (`mailbox.messages_remove`), and a batch stores only
+   the messages whose ids its row still lists, so a batch consumed after the deletion does not
+   bring the message back.
 3. Flags never go back: a stored message's flags carry the time they were read or changed
    (`Message.flags_at`); a batch fetched before that leaves them alone (`ingest._update_flags`).
 4. Cursors: a producer moves a folder's UIDNEXT / HIGHESTMODSEQ only after every batch it
@@ -139,7 +144,11 @@ def _write(
 
 def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
     """Rule 2: drop the messages of ROW's folder that it no longer lists, or all of them when
-    the folder's UIDVALIDITY is no longer the one they were fetched at."""
+    the folder's UIDVALIDITY is no longer the one they were fetched at; for a batch keyed by
+    provider ids, drop the messages whose id it no longer lists."""
+    if row.provider_ids is not None:
+        listed_ids = set(row.provider_ids)
+        prepared.prepared = [p for p in prepared.prepared if p.item.provider_id in listed_ids]
     if row.folder_id is None:
         return
     folder = Folder.objects.filter(pk=row.folder_id).only("name", "uidvalidity").first()

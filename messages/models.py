@@ -455,6 +455,13 @@ class IngestBatch(models.Model):
     )
     uidvalidity = models.BigIntegerField(null=True, blank=True)
     uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    provider_ids = ArrayField(
+        models.CharField(max_length=255),
+        null=True,
+        blank=True,
+        help_text="A batch keyed by provider ids (Gmail): the ids it may still store. "
+        "None: a folder batch (UIDs) or one nobody removes from (import).",
+    )
     staged = ArrayField(
         models.CharField(max_length=255),
         default=list,
