@@ -133,3 +133,14 @@ def labels_sync(
         include_spam_trash=include_spam_trash,
         all_mail=all_mail,
     )
+
+
+def label_map_stored(account: Account, *, include_spam_trash: bool) -> LabelMap:
+    """The map the account's folders say (as the last `labels_sync` left them): a history
+    sync asks Gmail for its labels only when a change names one the store does not have."""
+    names = set(Folder.objects.filter(account=account).values_list("name", flat=True))
+    return LabelMap(
+        folder_labels=frozenset(names - {ALL_MAIL}),
+        include_spam_trash=include_spam_trash,
+        all_mail=ALL_MAIL in names,
+    )

@@ -54,7 +54,14 @@ from .client import (
     decode_raw,
     message_internal_date,
 )
-from .labels import LabelMap, labels_sync, message_flags, provider_id, thread_id
+from .labels import (
+    LabelMap,
+    label_map_stored,
+    labels_sync,
+    message_flags,
+    provider_id,
+    thread_id,
+)
 from .models import GmailSettings
 
 logger = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ logger = logging.getLogger(__name__)
 REFETCH_ROUNDS = 2
 LABELS_SET_CHUNK = 1000
 FULL = "full"  # GmailSettings.sync_state key of a full sync's checkpoint
+NOT_FOLDERS = frozenset({"UNREAD", "SPAM", "TRASH"})  # SPAM/TRASH: unless the account asks
 
 
 @dataclass
@@ -279,7 +287,7 @@ class GmailAccountSync:
             token = page.next_page_token
             if not token:
                 break
-        if label_ids - self._labels_map().folder_labels - {"UNREAD", "SPAM", "TRASH"}:
+        if label_ids - self._labels_map().folder_labels - self.skip - NOT_FOLDERS:
             self._sync_labels()  # a label this store has not seen
         touched = (added | changed) - deleted
         stored = self._stored({provider_id(gid) for gid in touched})
@@ -310,7 +318,11 @@ class GmailAccountSync:
         return self.labels
 
     def _labels_map(self) -> LabelMap:
-        return self.labels or self._sync_labels()
+        if self.labels is None:
+            self.labels = label_map_stored(
+                self.account, include_spam_trash=self.settings.include_spam_trash
+            )
+        return self.labels
 
     def _labels_set(self, labels_by_id: dict[str, list[str]], as_of: datetime) -> None:
         """Set stored messages' folders and flags to their labels (Gmail ids -> label ids)."""
