@@ -139,7 +139,7 @@ class GmailAccountSync:
         self.skip = set(options.get("skipFolders", []))
         window = options.get("windowDays")
         self.since = datetime.now(UTC) - timedelta(days=int(window)) if window else None
-        self.settings = GmailSettings.objects.get(account=account)
+        self.settings, _ = GmailSettings.objects.get_or_create(account=account)
         self.labels: LabelMap | None = None
 
     # Entry point -------------------------------------------------------------------------
