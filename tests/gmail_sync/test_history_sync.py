@@ -119,3 +119,18 @@ def test_a_revoked_grant_parks_the_account_without_retries(gmail_user, synced):
 
 def test_a_deleted_account_is_nothing_to_do(db):
     assert incremental_sync.apply(args=[987654]).get() == {"error": "account does not exist"}
+
+
+def test_gmail_unavailable_is_retried_by_the_task(gmail_user, synced, settings):
+    settings.GMAIL_MAX_RETRIES = 1
+    gmail_user.box.add_message(make_mail("new", message_id="<new@x>"), ["INBOX"])
+    gmail_user.server.backend_error_next(2)  # the first try, and the client's own retry
+
+    result = incremental_sync.apply(args=[gmail_user.account.pk]).get()
+
+    assert result["done"] and "1 new messages" in result["summary"]
+    assert_store_matches_gmail(gmail_user.account, gmail_user.box)
+    account = Account.objects.get(pk=gmail_user.account.pk)
+    assert account.status == Account.Status.ACTIVE and account.last_error == ""
+    failed = SyncRun.objects.filter(account=account, status=SyncRun.Status.FAILED)
+    assert "500" in failed.get().error
