@@ -51,6 +51,7 @@ from .client import (
     GmailClient,
     GmailError,
     GmailHistoryExpired,
+    GmailRequestError,
     decode_raw,
     message_internal_date,
 )
@@ -69,6 +70,9 @@ logger = logging.getLogger(__name__)
 REFETCH_ROUNDS = 2
 LABELS_SET_CHUNK = 1000
 FULL = "full"  # GmailSettings.sync_state key of a full sync's checkpoint
+# GmailSettings.sync_state key: provider ids of messages dead-lettered (handled: not fetched
+# again by later full syncs; Gmail messages never change).
+DEAD_LETTERS = "deadLetters"
 NOT_FOLDERS = frozenset({"UNREAD", "SPAM", "TRASH"})  # SPAM/TRASH: unless the account asks
 
 
@@ -195,7 +199,7 @@ class GmailAccountSync:
 
     # Full sync ---------------------------------------------------------------------------
     def _restart_full(self) -> None:
-        self._save_state({})
+        self._save_state(None)
         SyncRun.objects.filter(pk=self.run.pk).update(kind=SyncRun.Kind.FULL)
         self._full()
 
@@ -210,25 +214,33 @@ class GmailAccountSync:
                 "phase": "fetch",
                 "total": int(profile.get("messagesTotal", 0)),
             }
-            self._save_state({FULL: state})
+            self._save_state(state)
         self._sync_labels()
         stored = Message.objects.filter(account=self.account).count()
         SyncRun.objects.filter(pk=self.run.pk).update(
             progress_total=state["total"], progress_done=F("progress_done") + stored
         )
         while state["phase"] == "fetch":
-            page = self.client.list_messages(
-                page_token=state["pageToken"],
-                include_spam_trash=self.settings.include_spam_trash,
-            )
-            older = self._fetch_new([m["id"] for m in page.messages])
+            try:
+                page = self.client.list_messages(
+                    page_token=state["pageToken"],
+                    include_spam_trash=self.settings.include_spam_trash,
+                )
+            except GmailRequestError:
+                if not state["pageToken"]:
+                    raise
+                # A page token Gmail no longer takes: list from the start again; what is
+                # stored is not fetched twice.
+                state = {**state, "pageToken": None}
+                continue
+            older = self._fetch_new([m["id"] for m in page.messages], listing=True)
             state = {**state, "pageToken": page.next_page_token}
             if older or not page.next_page_token:
                 state["phase"] = "reconcile"
-            self._save_state({FULL: state})
+            self._save_state(state)
         self._reconcile()
         self.settings.history_id = state["startHistoryId"]
-        self._save_state({}, "history_id")
+        self._save_state(None, "history_id")
         self._history()
 
     def _reconcile(self) -> None:
@@ -347,19 +359,23 @@ class GmailAccountSync:
             ).values_list("provider_id", flat=True)
         )
 
-    def _fetch_new(self, gmail_ids: list[str]) -> bool:
+    def _fetch_new(self, gmail_ids: list[str], *, listing: bool = False) -> bool:
         """Fetch the messages of GMAIL_IDS not in the store and return once they are stored.
         Messages whose batch was lost (its consumer killed) are fetched again, up to
-        REFETCH_ROUNDS times. True when a message older than the date window was met."""
-        stored = self._stored({provider_id(gid) for gid in gmail_ids})
-        wanted = [gid for gid in gmail_ids if provider_id(gid) not in stored]
+        REFETCH_ROUNDS times. LISTING (ids in messages.list's order, newest first): messages
+        older than the date window are left out, and True returned at the first (new mail a
+        history sync names is stored whatever its date, as the IMAP path's new UIDs are)."""
+        handled = self._stored({provider_id(gid) for gid in gmail_ids})
+        handled |= set(self.settings.sync_state.get(DEAD_LETTERS, ()))
+        wanted = [gid for gid in gmail_ids if provider_id(gid) not in handled]
         older = False
         for _round in range(REFETCH_ROUNDS + 1):
             try:
-                older = self._publish(wanted) or older
+                older = self._publish(wanted, listing=listing) or older
             finally:
                 outcome = self.publisher.drain()
                 self.problems += outcome.problems
+                self._remember_dead_letters(outcome.dead_letter_provider_ids)
             if not outcome.lost_provider_ids:
                 return older
             stored = self._stored(outcome.lost_provider_ids)
@@ -369,7 +385,7 @@ class GmailAccountSync:
                 return older
         raise BatchesLost(f"{len(wanted)} messages were fetched but not stored")
 
-    def _publish(self, gmail_ids: list[str]) -> bool:
+    def _publish(self, gmail_ids: list[str], *, listing: bool) -> bool:
         label_map = self._labels_map()
         size = self.client.config.batch_size
         for start in range(0, len(gmail_ids), size):
@@ -384,7 +400,7 @@ class GmailAccountSync:
                 if resource is None:
                     continue
                 internal = message_internal_date(resource)
-                if self.since and internal is not None and internal < self.since:
+                if listing and self.since and internal is not None and internal < self.since:
                     older = True
                     continue
                 folders = label_map.folders(resource.get("labelIds", []))
@@ -437,6 +453,19 @@ class GmailAccountSync:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExhausted
 
-    def _save_state(self, state: dict[str, Any], *fields: str) -> None:
+    def _save_state(self, full: dict[str, Any] | None, *fields: str) -> None:
+        """Store the full sync's checkpoint FULL (None: no full sync under way)."""
+        state = {k: v for k, v in self.settings.sync_state.items() if k != FULL}
+        if full is not None:
+            state[FULL] = full
         self.settings.sync_state = state
         self.settings.save(update_fields=["sync_state", *fields])
+
+    def _remember_dead_letters(self, provider_ids: set[str]) -> None:
+        known = set(self.settings.sync_state.get(DEAD_LETTERS, ()))
+        if provider_ids - known:
+            self.settings.sync_state = {
+                **self.settings.sync_state,
+                DEAD_LETTERS: sorted(known | provider_ids),
+            }
+            self.settings.save(update_fields=["sync_state"])

@@ -135,7 +135,19 @@ def _write(
             )
             row.dead_letters = len(result.dead_letters)
             row.problems = result.problems_text()[:2000]
-            row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
+            if row.provider_ids is not None:
+                row.dead_letter_provider_ids = sorted(
+                    {d.item.provider_id for d in result.dead_letters if d.item.provider_id}
+                )
+            row.save(
+                update_fields=[
+                    "stored_at",
+                    "dead_letters",
+                    "dead_letter_uids",
+                    "dead_letter_provider_ids",
+                    "problems",
+                ]
+            )
             publisher = row.publisher
             if notify:
                 transaction.on_commit(lambda: _notify(publisher))
@@ -241,8 +253,9 @@ def _reject(payload: Any, reason: str, batch_id: int | None = None) -> dict[str,
         # Stored as far as it can be: its producer must neither wait for it nor fetch it again.
         IngestBatch.objects.filter(pk=row.pk, stored_at__isnull=True).update(
             stored_at=timezone.now(),
-            dead_letters=max(1, len(row.uids)),
+            dead_letters=max(1, len(row.uids), len(row.provider_ids or ())),
             dead_letter_uids=F("uids"),
+            dead_letter_provider_ids=row.provider_ids or [],
             problems=f"{len(row.uids)} messages could not be stored: {reason} "
             f"(dead letter #{letter.pk})"[:2000],
         )

@@ -61,6 +61,7 @@ class DrainOutcome:
     lost: dict[int | None, set[int]] = field(default_factory=dict)  # folder id -> UIDs
     lost_provider_ids: set[str] = field(default_factory=set)  # of batches keyed by them
     dead_letter_uids: dict[int | None, set[int]] = field(default_factory=dict)
+    dead_letter_provider_ids: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     dead_letters: int = 0
     lost_batches: int = 0
@@ -194,6 +195,7 @@ class BatchPublisher:
                 "stored_at",
                 "dead_letters",
                 "dead_letter_uids",
+                "dead_letter_provider_ids",
                 "problems",
             )
         }
@@ -231,6 +233,7 @@ class BatchPublisher:
                 self.outcome.dead_letter_uids.setdefault(row.folder_id, set()).update(
                     row.dead_letter_uids
                 )
+            self.outcome.dead_letter_provider_ids.update(row.dead_letter_provider_ids)
             self.outcome.dead_letters += row.dead_letters
             if row.problems:
                 self.outcome.problems.append(row.problems)

@@ -474,6 +474,9 @@ class IngestBatch(models.Model):
     stored_at = models.DateTimeField(null=True, blank=True)
     dead_letters = models.PositiveIntegerField(default=0)
     dead_letter_uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    dead_letter_provider_ids = ArrayField(
+        models.CharField(max_length=255), default=list, blank=True
+    )
     problems = models.TextField(blank=True)
 
     class Meta:

@@ -9,9 +9,10 @@ import pytest
 from gmail_sync.labels import ALL_MAIL, provider_id
 from gmail_sync.models import GmailSettings
 from gmail_sync.services import gmail_sync_account
-from messages.models import Attachment, Folder, Message, SyncRun
+from messages.models import Account, Attachment, DeadLetter, Folder, Message, SyncRun
 from tests.gmail_sync.factories import assert_store_matches_gmail
 from tests.mailfactory import make_mail
+from tests.messages.test_ingest_isolation import batch_with_one_bad, rows_fail_for_bad
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -170,3 +171,42 @@ def test_skipped_labels_and_the_date_window(gmail_user, seeded):
     assert seeded["projects"].id in folders
     answer = Message.objects.get(subject="Re: Plan")
     assert seeded["work"].id not in set(answer.locations.values_list("folder__name", flat=True))
+
+
+def test_a_message_that_cannot_be_stored_is_dead_lettered_once(gmail_user, monkeypatch):
+    box = gmail_user.box
+    for raw in batch_with_one_bad():
+        box.add_message(raw, ["INBOX"])
+    rows_fail_for_bad(monkeypatch)
+
+    report = full(gmail_user)
+
+    assert report.done and report.new == 5
+    letter = DeadLetter.objects.get()
+    assert sorted(letter.payload["folders"]) == ["ALL_MAIL", "INBOX"]
+    account = Account.objects.get(pk=gmail_user.account.pk)
+    assert "1 message could not be stored" in account.last_error
+    bad = next(m for m in box.messages.values() if b"Bad one" in m.raw)
+    assert GmailSettings.objects.get(account=account).sync_state == {
+        "deadLetters": [provider_id(bad.id)]
+    }
+    full(gmail_user)  # a later full sync does not try it again
+    assert DeadLetter.objects.count() == 1
+    assert Message.objects.filter(account=account).count() == 5
+
+
+def test_a_checkpoint_whose_page_token_gmail_refuses_lists_from_the_start(gmail_user):
+    box = gmail_user.box
+    for raw in mails("p", 6):
+        box.add_message(raw, ["INBOX"])
+    checkpoint = {
+        "startHistoryId": box.history_id,
+        "pageToken": "no-longer-valid",
+        "phase": "fetch",
+        "total": 6,
+    }
+    GmailSettings.objects.filter(account=gmail_user.account).update(sync_state={"full": checkpoint})
+
+    assert gmail_sync_account(gmail_user.account.pk).done
+
+    assert_store_matches_gmail(gmail_user.account, box)
