@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Gmail sync benchmark against the local Gmail API (tests/gmail_fake), stored inline.
+"""Gmail sync benchmark against the local Gmail API (tests/gmail_fake).
 
     make bench-gmail
-    python bench/gmail_api.py --messages 1000   (services' env already set)
+    python bench/gmail_api.py --messages 1000 [--queue]   (services' env already set)
 
 A fresh fake mailbox gets N messages (about 2.5 KB each) under a few labels. Measured:
 
 1. baseline: the same mailbox listed (500 ids a page) and fetched raw in batches of 50 through
    GmailClient, nothing stored: what any Gmail sync must spend;
-2. full sync into a fresh account (`gmail_sync_account(full=True)`; INGEST_DELIVERY=inline:
-   this process parses and stores each batch, as a small deployment's producer does);
+2. full sync into a fresh account (`gmail_sync_account(full=True)`); by default
+   INGEST_DELIVERY=inline (this process parses and stores each batch); with --queue through
+   `email_new_message` and one real message worker process (`celery worker`, prefork, 1),
+   as production runs it (batches of at most 10 small messages are still stored inline);
 3. a second full sync with nothing new (the reconcile: ids and label members listed);
 4. a history sync after K changes (a third new messages, a third label changes, a third
    deletions), and a history sync with nothing new (median of 5).
@@ -25,6 +27,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailplatform.settings")
-os.environ["INGEST_DELIVERY"] = "inline"
+DELIVERY = "queue" if "--queue" in sys.argv else "inline"
+os.environ["INGEST_DELIVERY"] = DELIVERY
 
 import django  # noqa: E402
 
@@ -42,6 +46,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
+from emailplatform import topics  # noqa: E402
 from gmail_sync.client import GmailClient  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
 from gmail_sync.services import gmail_sync_account  # noqa: E402
@@ -87,12 +92,20 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=90)
     parser.add_argument("--units-per-second", type=int, default=1_000_000)
+    parser.add_argument("--queue", action="store_true", help="store through a message worker")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     get_user_model().objects.filter(username=BENCH_USERNAME).delete()
     owner = get_user_model().objects.create_user(BENCH_USERNAME, "bench@bench.invalid")
     fake = GmailFake()
     point_settings_at(fake, args.units_per_second)
+    worker = None
+    if args.queue:
+        from tests.worker import start_worker
+
+        log = Path(tempfile.mkdtemp(prefix="bench-gmail-")) / "worker.log"
+        worker = start_worker([topics.QUEUE_NEW_MESSAGE], log)
+        time.sleep(5)  # the worker's start
     email = f"bench-{os.getpid()}@gmail.com"
     try:
         box, token = fake.add_user(email)
@@ -146,7 +159,8 @@ def main() -> int:
             )
         )
         print(
-            f"\nGmail sync of {args.messages} messages ({args.units_per_second:,} quota units/s)\n"
+            f"\nGmail sync of {args.messages} messages ({args.units_per_second:,} quota units/s,"
+            f" {DELIVERY} delivery)\n"
         )
         print(f"{'':42} {'seconds':>8} {'msg/s':>8} {'calls':>7} {'units':>7}")
         for label, seconds, calls, units in rows:
@@ -155,6 +169,10 @@ def main() -> int:
             )
             print(f"{label:42} {seconds:8.2f} {rate:>8} {calls:7,} {units:7,}")
     finally:
+        if worker is not None:
+            from tests.worker import stop_worker
+
+            stop_worker(worker)
         fake.close()
         get_user_model().objects.filter(username=BENCH_USERNAME).delete()
     return 0
