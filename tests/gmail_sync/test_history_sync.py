@@ -134,3 +134,13 @@ def test_gmail_unavailable_is_retried_by_the_task(gmail_user, synced, settings):
     assert account.status == Account.Status.ACTIVE and account.last_error == ""
     failed = SyncRun.objects.filter(account=account, status=SyncRun.Status.FAILED)
     assert "500" in failed.get().error
+
+
+def test_a_history_sync_is_not_cut_into_chunks_nor_turned_into_a_full_sync(gmail_user, synced):
+    for i in range(7):
+        gmail_user.box.add_message(make_mail(f"b{i}", message_id=f"<b{i}@x>"), ["INBOX"])
+
+    report = gmail_sync_account(gmail_user.account.pk, max_messages=2)
+
+    assert report.done and not report.full and report.new == 7
+    assert_store_matches_gmail(gmail_user.account, gmail_user.box)
