@@ -28,7 +28,7 @@ from messages.services import dead_letter_record
 from messages.sync_tasks import (
     INFRA_RETRY,
     SYNC_INFRA_ERRORS,
-    dead_payload_reason,
+    full_sync_payload_read,
     sync_task_retry,
 )
 
@@ -46,7 +46,7 @@ GMAIL_RETRY = {"base": 30, "cap": 10 * 60, "max_retries": 8}
 def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """EmailFullSync consumer for Gmail accounts; a payload that breaks the contract is
     dead-lettered with the reason, not retried."""
-    read = dead_payload_reason(payload)
+    read = full_sync_payload_read(payload)
     if isinstance(read, str):
         letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
         return {"deadLetter": letter.pk, "reason": read}

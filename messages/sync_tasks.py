@@ -113,7 +113,7 @@ def _quietly(function: Callable[..., Any], *args: Any) -> None:
         logger.warning("%s failed: %s", function.__name__, exc)
 
 
-def dead_payload_reason(payload: Any) -> tuple[int, dict[str, Any], str] | str:
+def full_sync_payload_read(payload: Any) -> tuple[int, dict[str, Any], str] | str:
     """(account id, options, kind) of an EmailFullSync payload, or why it is unreadable."""
     try:
         account_id = int(payload["accountId"])

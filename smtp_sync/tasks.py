@@ -29,7 +29,12 @@ from emailplatform import syncstate, topics
 from messages.account_status import account_mark_error, account_reactivate
 from messages.models import Account, Message
 from messages.services import dead_letter_record
-from messages.sync_tasks import INFRA_RETRY, mark_account, sync_task_retry
+from messages.sync_tasks import (
+    INFRA_RETRY,
+    full_sync_payload_read,
+    mark_account,
+    sync_task_retry,
+)
 
 from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
 from .accounts import imap_connection_test
@@ -58,14 +63,11 @@ RETRY = {
 def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """EmailFullSync consumer for IMAP accounts; a payload that breaks the contract is
     dead-lettered with the reason, not retried."""
-    try:
-        account_id = int(payload["accountId"])
-        options = dict(payload.get("options") or {})
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        reason = f"EmailFullSync payload unreadable ({type(exc).__name__}: {exc})"
-        letter = dead_letter_record(task_name=full_sync.name, reason=reason, payload=payload)
-        return {"deadLetter": letter.pk, "reason": reason}
-    kind = syncstate.CONTINUE if payload.get("continuation") else syncstate.FULL
+    read = full_sync_payload_read(payload)
+    if isinstance(read, str):
+        letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
+        return {"deadLetter": letter.pk, "reason": read}
+    account_id, options, kind = read
     return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
 
 

@@ -9,8 +9,8 @@ from django.conf import settings
 from django_celery_beat.models import PeriodicTask
 
 from emailplatform import syncstate, topics
-from gmail_sync.tasks import poll_accounts
-from messages.models import Account
+from gmail_sync.tasks import full_sync, poll_accounts
+from messages.models import Account, DeadLetter
 
 
 @pytest.fixture
@@ -44,3 +44,11 @@ def test_the_poll_skips_parked_accounts(gmail_user, broker):
 def test_beat_polls_gmail_accounts_every_five_minutes():
     job = PeriodicTask.objects.get(task="gmail_sync.poll_accounts")
     assert job.enabled and job.queue == topics.QUEUE_GMAIL and job.interval.every == 5
+
+
+@pytest.mark.django_db
+def test_a_malformed_full_sync_payload_is_dead_lettered():
+    result = full_sync.apply(args=[{"provider": "gmail"}]).get()
+
+    letter = DeadLetter.objects.get(pk=result["deadLetter"])
+    assert letter.task_name == "gmail_sync.full_sync" and "accountId" in letter.reason
