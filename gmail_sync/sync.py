@@ -188,6 +188,7 @@ class GmailAccountSync:
             account_mark_ok(self.account)
             if self.problems:
                 account_mark_error(self.account, "; ".join(self.problems))
+        SyncRun.objects.filter(pk=self.run.pk).update(deleted=self.report.deleted)
         sync_run_finish(run=self.run)
         self.report.new = SyncRun.objects.values_list("created", flat=True).get(pk=self.run.pk)
         return self.report

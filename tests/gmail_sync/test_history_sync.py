@@ -68,6 +68,7 @@ def test_a_stale_history_id_means_a_full_sync_without_duplicates(gmail_user, syn
     report = history(gmail_user)
 
     assert report.done and report.full and report.new == 1 and report.deleted == 1
+    assert SyncRun.objects.filter(account=gmail_user.account).latest("pk").deleted == 1
     assert_store_matches_gmail(gmail_user.account, box)
     for provider_id, pk in Message.objects.values_list("provider_id", "id"):
         assert ids_before.get(provider_id, pk) == pk  # the same rows, no duplicates
