@@ -13,7 +13,7 @@ INGEST_QUEUE_TIMEOUT_SECONDS or before Redis lost its data, or that the queue we
 batch published after it was claimed CLAIM_GRACE ago, but it was not: the queue is first in,
 first out, so a worker took it and died before claiming it, and Redis would give it back only
 after its visibility timeout, hours later) is reported by `drain` (its row deleted, so a late
-copy of it changes nothing) and the sync fetches those UIDs again. A
+copy of it changes nothing) and the sync fetches those UIDs (Gmail: those message ids) again. A
 producer that dies leaves rows that the account's next pass voids (`batches_void`).
 """
 

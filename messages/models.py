@@ -441,10 +441,10 @@ class IngestBatch(models.Model):
     """A batch of new mail on its way through `email_new_message`, from publish until stored.
 
     The row is the batch's right to be written: the consumer stores only a batch whose row
-    exists and is not yet stored, only the UIDs the row still lists, and marks it stored in the
-    same transaction (see messages.batch_store for the rules). Its producer deletes it once it
-    has read the outcome; rows left by a producer that died are voided by the account's next
-    sync pass, and pruned by the storage sweep."""
+    exists and is not yet stored, only the UIDs (Gmail: the provider ids) the row still lists,
+    and marks it stored in the same transaction (see messages.batch_store for the rules). Its
+    producer deletes it once it has read the outcome; rows left by a producer that died are
+    voided by the account's next sync pass, and pruned by the storage sweep."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
     sync_run = models.ForeignKey(
