@@ -20,8 +20,8 @@ History sync: every page of users.history.list after the cursor; the ids it name
 in their current state (raw for those not stored, `minimal` for the labels of stored ones),
 those answered 404 or listed deleted are removed, the others' labels set exactly. Order does not
 matter and running it twice changes nothing; it costs O(changes) requests. The cursor moves
-only after all of that is committed. A cursor Gmail no longer knows (404) means a fresh full
-sync, which reconciles.
+only after all of that is committed. A cursor Gmail no longer knows (404), or a history naming
+more messages than HISTORY_FULL_SYNC_THRESHOLD, means a fresh full sync, which reconciles.
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ FULL = "full"  # GmailSettings.sync_state key of a full sync's checkpoint
 # GmailSettings.sync_state key: provider ids of messages dead-lettered (handled: not fetched
 # again by later full syncs; Gmail messages never change).
 DEAD_LETTERS = "deadLetters"
+# A history naming more messages than this is a full sync instead: one get per message (5
+# units) would outgrow a task, while a full sync is chunked and lists 500 ids a request.
+HISTORY_FULL_SYNC_THRESHOLD = 5000
 NOT_FOLDERS = frozenset({"UNREAD", "SPAM", "TRASH"})  # SPAM/TRASH: unless the account asks
 
 
@@ -107,6 +110,10 @@ class BudgetExhausted(Exception):
 
 class BatchesLost(Exception):
     """Batches were fetched again and again lost: the pass ends unfinished."""
+
+
+class HistoryTooLong(Exception):
+    """The history names more messages than a full sync costs (HISTORY_FULL_SYNC_THRESHOLD)."""
 
 
 def gmail_client_for(account: Account) -> GmailClient:
@@ -163,9 +170,9 @@ class GmailAccountSync:
                 self._full()
             else:
                 try:
-                    self._history()
-                except GmailHistoryExpired:
-                    logger.info("account %s: history expired; full sync", self.account.pk)
+                    self._history(bounded=True)
+                except (GmailHistoryExpired, HistoryTooLong) as exc:
+                    logger.info("account %s: %r; full sync", self.account.pk, exc)
                     self._restart_full()
         except (BudgetExhausted, SyncLockLost, BatchesLost):
             self.report.done = False
@@ -275,7 +282,9 @@ class GmailAccountSync:
                 self.after_batch()
 
     # History sync ------------------------------------------------------------------------
-    def _history(self) -> None:
+    def _history(self, *, bounded: bool = False) -> None:
+        """BOUNDED: raise HistoryTooLong rather than fetch more than the threshold (the
+        history after a full sync is fetched whatever its length: that full sync is done)."""
         start = self.settings.history_id
         added, deleted, changed, label_ids = set(), set(), set(), set()
         token, latest = None, start
@@ -298,6 +307,8 @@ class GmailAccountSync:
         if label_ids - self._labels_map().folder_labels - self.skip - NOT_FOLDERS:
             self._sync_labels()  # a label this store has not seen
         touched = (added | changed) - deleted
+        if bounded and len(touched) > HISTORY_FULL_SYNC_THRESHOLD:
+            raise HistoryTooLong(f"{len(touched)} messages changed since {start}")
         stored = self._stored({provider_id(gid) for gid in touched})
         as_of = timezone.now()
         self._fetch_new(sorted(gid for gid in touched if provider_id(gid) not in stored))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from gmail_sync import sync as sync_module
 from gmail_sync.client import forget_access_token
 from gmail_sync.models import GmailSettings
 from gmail_sync.services import gmail_sync_account
@@ -145,3 +146,20 @@ def test_a_history_sync_is_not_cut_into_chunks_nor_turned_into_a_full_sync(gmail
 
     assert report.done and not report.full and report.new == 7
     assert_store_matches_gmail(gmail_user.account, gmail_user.box)
+
+
+def test_a_history_naming_more_than_a_full_sync_costs_is_a_full_sync(
+    gmail_user, synced, monkeypatch
+):
+    monkeypatch.setattr(sync_module, "HISTORY_FULL_SYNC_THRESHOLD", 3)
+    for message in synced[:5]:
+        gmail_user.box.modify(message.id, remove=["UNREAD"])
+    gmail_user.box.delete(synced[6].id)
+    gmail_user.server.calls.clear()
+
+    report = history(gmail_user)
+
+    assert report.done and report.full and report.label_changes == 5 and report.deleted == 1
+    assert_store_matches_gmail(gmail_user.account, gmail_user.box)
+    # Listed, not fetched one by one: the full sync's reconcile reads labels from id lists.
+    assert not [c for c in gmail_user.server.calls if c.startswith("GET messages/")]
