@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-gmail-writeback bench-api bench-gmail-push audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -45,6 +45,10 @@ bench-imap-pool: bootstrap-test
 # server's ids (X-GUID), with headers only, and a plain re-download as the baseline.
 bench-imap-identity: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_identity.py $(BENCH_ARGS)
+
+# Gmail full and history sync against the local Gmail API, next to a bare list + batched get.
+bench-gmail: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/gmail_api.py $(BENCH_ARGS)
 
 # Gmail write-back against the local Gmail API: a change's and a send's latency, and their parts.
 bench-gmail-writeback: bootstrap-test

@@ -9,7 +9,7 @@ A mailbox of --messages messages (INBOX, UNREAD) is stored as a sync stores it. 
 one by one: --rounds Gmail modify calls alone (GmailClient.modify, marking read and unread in
 turn: the API's share), --rounds changes through the service the change task runs
 (`gmail_message_change`: modify, then the store set to Gmail's answer with its change events),
-with its parts alone (the account's GmailClient built, `message_labels_set`),
+with its parts alone (the account's GmailClient built, `labels_store`),
 and --rounds // 4 sends (`gmail_send`: send, get raw, store through the ingestion pipeline).
 Sends are paced, 0.5 s apart (untimed), so that the mailbox's quota bucket is full for each:
 Gmail allows 250 units a second per mailbox and a send costs 100 (its get 5), so back to
@@ -44,14 +44,12 @@ from django.core.management import call_command  # noqa: E402
 
 from bench.benchdata import bench_user_remove  # noqa: E402
 from emailplatform.topics import IncomingMessage  # noqa: E402
-from gmail_sync.changes import gmail_message_change  # noqa: E402
+from gmail_sync.changes import gmail_message_change, labels_store  # noqa: E402
 from gmail_sync.connection import gmail_client_for  # noqa: E402
 from gmail_sync.ids import store_id  # noqa: E402
-from gmail_sync.label_map import flags_of, folders_of  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
 from gmail_sync.send import gmail_send  # noqa: E402
 from messages.ingest import messages_upsert  # noqa: E402
-from messages.mailbox import message_labels_set  # noqa: E402
 from messages.models import Account, Message  # noqa: E402
 from tests.gmail_fake.server import GmailFake  # noqa: E402
 from tests.mailfactory import make_mail  # noqa: E402
@@ -135,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def store_alone(i: int) -> None:
             read = (i // len(stored)) % 2 == 0
             labels = ["INBOX"] if read else ["INBOX", "UNREAD"]
-            message_labels_set(stored[i % len(stored)], folders_of(labels), flags_of(labels))
+            labels_store(stored[i % len(stored)], labels)
 
         def send(i: int) -> None:
             gmail_send(account, make_mail(f"sent {i}", to="bob@example.org"))
@@ -157,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(row("Gmail modify alone (client)", modify_ms))
     print(row("GmailClient for the account", client_ms))
-    print(row("store alone (message_labels_set)", store_ms))
+    print(row("store alone (labels_store)", store_ms))
     print(row("change: modify + store + events", change_ms))
     print(row("send: send + get raw + store (paced)", send_ms))
     return 0

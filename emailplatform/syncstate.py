@@ -8,7 +8,7 @@ do) is a *request* for a kind of pass; the state of one account is:
   paused at its checkpoint; run as an incremental pass, which reconciles every folder not yet
   complete, but queued on the full-sync queue). Any number of triggers is one entry.
 - ``sync-lock:<id>``: the one sync of the account that runs (a token with a short expiry, kept
-  alive by a heartbeat thread; see ``smtp_sync.locks``).
+  alive by a heartbeat thread; see ``emailplatform.synclock``).
 - ``sync-queued:<id>:<route>``: a task is on the queue for this route (``full``: the
   EmailFullSync queue, for ``full`` and ``continue``; ``incremental``: the provider's queue).
   It has an expiry (``QUEUED_TTL``): a marker whose task a dead worker swallowed frees itself.

@@ -60,7 +60,7 @@ INCREMENTAL_SYNC_TASKS: dict[str, str] = {
 # Providers whose sync consumers take their work from the per-account requests recorded in
 # Redis (emailplatform.syncstate): their triggers coalesce, a dead worker's work is resumed by
 # the watchdog, and a stale re-delivered task does nothing.
-SYNC_COALESCING_PROVIDERS = frozenset({"imap"})
+SYNC_COALESCING_PROVIDERS = frozenset({"imap", "gmail"})
 
 # The provider topic (queue) of each provider app.
 PROVIDER_QUEUES: dict[str, str] = {

@@ -19,7 +19,8 @@ from typing import Any
 from celery import Task, shared_task
 
 from emailplatform import topics
-from messages.mailbox import messages_delete
+from messages.account_status import account_mark_error
+from messages.mailbox import messages_remove
 from messages.models import Account, Message
 
 from .changes import ChangeError, gmail_message_change
@@ -31,7 +32,6 @@ from .client import (
     GmailUnavailable,
     rate_limited,
 )
-from .connection import account_mark_auth_error, account_note_error
 from .send import SEND_TASK, gmail_send
 
 RETRY = {
@@ -55,17 +55,18 @@ def apply_message_change(
     except Message.DoesNotExist:
         return {"error": "message no longer exists"}
     except GmailNotFound:
-        messages_delete(account, [message_id])
+        gone = Message.objects.filter(pk=message_id).values_list("provider_id", flat=True)
+        messages_remove(account, list(gone))
         return {"deleted": message_id}
     except GmailAuthError as exc:
-        account_mark_auth_error(account, exc.message)
+        account_mark_error(account, exc.message, auth=True)
         return {"error": exc.message}
     except (ChangeError, GmailRequestError) as exc:
-        account_note_error(account, f"could not apply a change to message {message_id}: {exc}")
+        account_mark_error(account, f"could not apply a change to message {message_id}: {exc}")
         return {"error": str(exc)}
     except GmailUnavailable as exc:
         if self.request.retries >= self.max_retries:
-            account_note_error(account, f"could not apply a change to message {message_id}: {exc}")
+            account_mark_error(account, f"could not apply a change to message {message_id}: {exc}")
         raise
     return {"applied": change, "labelIds": labels}
 
@@ -91,14 +92,14 @@ def send_message(
     try:
         gmail_id, stored = gmail_send(account, base64.b64decode(raw_b64), reply_to=reply_to)
     except GmailAuthError as exc:
-        account_mark_auth_error(account, exc.message)
+        account_mark_error(account, exc.message, auth=True)
         return {"error": exc.message}
     except GmailUnavailable as exc:
         if rate_limited(exc):
             raise self.retry(exc=exc, countdown=min(300, 15 * 2**self.request.retries)) from exc
-        account_note_error(account, f"a message may not have been sent: {exc}")
+        account_mark_error(account, f"a message may not have been sent: {exc}")
         return {"error": str(exc)}
     except GmailError as exc:
-        account_note_error(account, f"a message could not be sent: {exc}")
+        account_mark_error(account, f"a message could not be sent: {exc}")
         return {"error": str(exc)}
     return {"sent": gmail_id, "messageId": stored.pk if stored else None}

@@ -1,7 +1,7 @@
 """Two-way: a client's change to a message applied on Gmail, and the store set to Gmail's answer.
 
 Gmail answers modify, trash and untrash with the message's new labelIds, so the store takes
-them at once (`message_labels_set`, with the changes feed) instead of waiting for the next
+them at once (`mailbox.message_folders_set`, with the changes feed) instead of waiting for the next
 history sync, which then finds nothing to change.
 
 The change keys are the store's (`messages.services.message_change`): `read`, `flagged`,
@@ -15,13 +15,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from messages.mailbox import message_labels_set
+from messages.mailbox import message_folders_set
 from messages.models import Message
 
 from . import ids
 from .client import GmailClient
 from .connection import gmail_client_for
-from .label_map import flags_of, folders_of
+from .labels import account_label_map, message_flags
 
 KNOWN_KEYS = frozenset({"read", "flagged", "folder", "trash", "labels_add", "labels_remove"})
 
@@ -95,5 +95,17 @@ def gmail_message_change(
     if answer is None:
         answer = client.get_message(gmail_id, fmt="minimal")
     labels = list(answer.get("labelIds") or [])
-    message_labels_set(message, folders_of(labels), flags_of(labels))
+    labels_store(message, labels)
     return labels
+
+
+def labels_store(message: Message, labels: list[str]) -> None:
+    """The store takes Gmail's answer as a sync would (the account's label map: skipped labels,
+    SPAM and TRASH as its settings say, All Mail)."""
+    account = message.account
+    label_map = account_label_map(account)
+    message_folders_set(
+        account,
+        {message.provider_id: label_map.folders(labels)},
+        flags={message.provider_id: message_flags(labels)},
+    )

@@ -26,9 +26,9 @@ from messages.batches import BatchPublisher
 from messages.models import Account, Message
 
 from . import ids
-from .client import GmailClient, GmailError, decode_raw, message_internal_date
+from .client import GmailClient, GmailError
 from .connection import gmail_client_for
-from .label_map import flags_of, folders_of
+from .labels import account_label_map, message_item
 
 logger = logging.getLogger(__name__)
 
@@ -93,19 +93,16 @@ def gmail_send(
 
 def store_sent(account: Account, client: GmailClient, gmail_id: str) -> Message:
     """Fetch the sent message (format raw) and store it as a sync would."""
+    fetched_at = timezone.now()
     resource = client.get_message(gmail_id, fmt="raw")
     labels = list(resource.get("labelIds") or [])
-    internal = message_internal_date(resource)
-    item = topics.new_message_item(
-        decode_raw(resource["raw"]),
-        provider_id=ids.store_id(resource["id"]),
-        thread_id=ids.store_id(resource["threadId"]),
-        labels=folders_of(labels),
-        flags=flags_of(labels),
-        internal_date=internal.isoformat() if internal else None,
-        server_id=ids.store_id(resource["id"]),
-    )
+    label_map = account_label_map(account)
+    provider_id = ids.store_id(resource["id"])
     publisher = BatchPublisher(account.pk, account.provider, inline=True)
-    publisher.publish([item], fetched_at=timezone.now())
+    publisher.publish(
+        [message_item(resource, label_map.folders(labels) or ["SENT"])],
+        fetched_at=fetched_at,
+        provider_ids=[provider_id],
+    )
     publisher.drain()
-    return Message.objects.get(account=account, provider_id=ids.store_id(resource["id"]))
+    return Message.objects.get(account=account, provider_id=provider_id)

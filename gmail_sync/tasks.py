@@ -1,6 +1,119 @@
-"""Celery tasks of the Gmail provider (autodiscovered)."""
+"""Thin Gmail sync tasks: ids in, call the sync service; retries by kind of failure.
 
-from . import (
+As smtp_sync's: sync tasks carry a trigger token (`topics.sync_request_now`) and run what the
+account's wants say once they hold its lock, so pushes and polls coalesce and a stale
+re-delivered task does nothing.
+
+Failures:
+- GmailAuthError (the grant revoked or expired): the account is parked (auth_error) with a
+  readable reason and nothing is retried: its owner must connect it again.
+- GmailUnavailable (rate limits, 5xx, the network, after the client's own retries): the task
+  is retried after 30 s, doubling up to 10 minutes, 8 times; then the account shows the error
+  and waits for its next trigger (a push, the poll).
+- GmailRequestError (Gmail refused the request): shown on the account, not retried.
+- our own infrastructure (PostgreSQL, Redis, the broker): retried soon (`messages.sync_tasks`).
+- the account deleted: nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from emailplatform import syncstate, topics
+from messages.models import Account
+from messages.services import dead_letter_record
+from messages.sync_tasks import (
+    INFRA_RETRY,
+    SYNC_INFRA_ERRORS,
+    full_sync_payload_read,
+    sync_task_retry,
+)
+
+from . import (  # noqa: E402  (autodiscovered with this module)
     change_tasks,  # noqa: F401  (write-back and sending)
     watch_tasks,  # noqa: F401  (users.watch renewal and stop)
 )
+from .client import GmailAuthError, GmailError, GmailUnavailable
+from .services import gmail_sync_account
+
+logger = logging.getLogger(__name__)
+
+# A full sync is many bounded tasks: each chunk runs at most this long, then hands over.
+CHUNK_SECONDS = 240
+GMAIL_RETRY = {"base": 30, "cap": 10 * 60, "max_retries": 8}
+
+
+@shared_task(name=topics.FULL_SYNC_TASKS["gmail"], bind=True, max_retries=None)
+def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    """EmailFullSync consumer for Gmail accounts; a payload that breaks the contract is
+    dead-lettered with the reason, not retried."""
+    read = full_sync_payload_read(payload)
+    if isinstance(read, str):
+        letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
+        return {"deadLetter": letter.pk, "reason": read}
+    account_id, options, kind = read
+    return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
+
+
+@shared_task(name=topics.INCREMENTAL_SYNC_TASKS["gmail"], bind=True, max_retries=None)
+def incremental_sync(self: Task, account_id: int, trigger: str | None = None) -> dict[str, Any]:
+    """History sync (or the full sync an account without a cursor needs)."""
+    return _run(self, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger)
+
+
+@shared_task(name="gmail_sync.poll_accounts")
+def poll_accounts() -> int:
+    """Beat job: a history sync of every active Gmail account, since pushes can be dropped.
+    Coalesced: an account already syncing or queued gets no second task."""
+    ids = list(
+        Account.objects.filter(
+            provider=Account.Provider.GMAIL, status=Account.Status.ACTIVE
+        ).values_list("id", flat=True)
+    )
+    for account_id in ids:
+        topics.sync_request_now(account_id, Account.Provider.GMAIL, kind=syncstate.INCREMENTAL)
+    return len(ids)
+
+
+def _run(
+    task: Task, account_id: int, *, kind: str, options: dict[str, Any], trigger: str | None
+) -> dict[str, Any]:
+    retrying = task.request.retries > 0
+    retry = {
+        "account_id": account_id,
+        "provider": "gmail",
+        "kind": kind,
+        "options": options,
+        "trigger": trigger,
+    }
+    try:
+        if trigger:
+            syncstate.queued_clear(account_id, syncstate.route_of(kind), trigger)
+        report = gmail_sync_account(
+            account_id,
+            full=kind == syncstate.FULL,
+            max_seconds=CHUNK_SECONDS,
+            options=options,
+            request=trigger is None or retrying,
+            retry_errors=(GmailUnavailable, *SYNC_INFRA_ERRORS),
+        )
+    except GmailAuthError as exc:
+        logger.warning("account %s: %s (parked until it is connected again)", account_id, exc)
+        return {"error": "auth_error"}
+    except Account.DoesNotExist:
+        return {"error": "account does not exist"}
+    except SYNC_INFRA_ERRORS as exc:
+        sync_task_retry(task, exc, **retry, policy=INFRA_RETRY, infra=True)
+    except GmailUnavailable as exc:
+        sync_task_retry(task, exc, **retry, policy=GMAIL_RETRY, infra=False)
+    except GmailError as exc:
+        logger.warning("account %s: %s", account_id, exc)
+        return {"error": exc.message}
+    if report is None:
+        return {"coalesced": True}
+    if report.passes == 0:
+        return {"nothing to do": True}
+    return {"done": report.done, "passes": report.passes, "summary": report.summary()}

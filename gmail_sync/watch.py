@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from messages.account_status import account_mark_error
 from messages.models import Account
 
-from .account_state import account_show_error
 from .client import GmailAuthError, GmailError, GmailUnavailable
 from .connection import gmail_client_for
 from .models import GmailSettings, WatchScope
@@ -65,12 +65,12 @@ def gmail_watch_start(account: Account, *, force: bool = False) -> str:
         )
     except GmailAuthError as exc:
         GmailSettings.objects.filter(account_id=account.pk).update(watch_expiration=None)
-        account_show_error(account, exc.message, auth=True)
+        account_mark_error(account, exc.message, auth=True)
         return REFUSED
     except GmailUnavailable:
         raise
     except GmailError as exc:
-        account_show_error(account, f"Gmail refused to push changes: {exc.message}")
+        account_mark_error(account, f"Gmail refused to push changes: {exc.message}")
         return REFUSED
     expiration = datetime.fromtimestamp(int(answer["expiration"]) / 1000, tz=UTC)
     GmailSettings.objects.filter(account_id=account.pk).update(watch_expiration=expiration)

@@ -14,6 +14,11 @@ consumed out of order and twice, tests/messages/test_batch_store.py):
    each sync pass deletes the rows a dead pass left (`batches.batches_void`), since it fetches
    that mail again itself. A batch stores only the UIDs its row still lists, and only while its
    folder keeps the UIDVALIDITY it was fetched at.
+   Batches of a provider without UIDs (Gmail) list provider ids instead (`IngestBatch.
+   provider_ids`): a deletion seen by a sync strips those ids from the account's batches in
+   flight before it deletes the messages (`mailbox.messages_remove`), and a batch stores only
+   the messages whose ids its row still lists, so a batch consumed after the deletion does not
+   bring the message back.
 3. Flags never go back: a stored message's flags carry the time they were read or changed
    (`Message.flags_at`); a batch fetched before that leaves them alone (`ingest._update_flags`).
 4. Cursors: a producer moves a folder's UIDNEXT / HIGHESTMODSEQ only after every batch it
@@ -130,7 +135,19 @@ def _write(
             )
             row.dead_letters = len(result.dead_letters)
             row.problems = result.problems_text()[:2000]
-            row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
+            if row.provider_ids is not None:
+                row.dead_letter_provider_ids = sorted(
+                    {d.item.provider_id for d in result.dead_letters if d.item.provider_id}
+                )
+            row.save(
+                update_fields=[
+                    "stored_at",
+                    "dead_letters",
+                    "dead_letter_uids",
+                    "dead_letter_provider_ids",
+                    "problems",
+                ]
+            )
             publisher = row.publisher
             if notify:
                 transaction.on_commit(lambda: _notify(publisher))
@@ -139,7 +156,11 @@ def _write(
 
 def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
     """Rule 2: drop the messages of ROW's folder that it no longer lists, or all of them when
-    the folder's UIDVALIDITY is no longer the one they were fetched at."""
+    the folder's UIDVALIDITY is no longer the one they were fetched at; for a batch keyed by
+    provider ids, drop the messages whose id it no longer lists."""
+    if row.provider_ids is not None:
+        listed_ids = set(row.provider_ids)
+        prepared.prepared = [p for p in prepared.prepared if p.item.provider_id in listed_ids]
     if row.folder_id is None:
         return
     folder = Folder.objects.filter(pk=row.folder_id).only("name", "uidvalidity").first()
@@ -232,8 +253,9 @@ def _reject(payload: Any, reason: str, batch_id: int | None = None) -> dict[str,
         # Stored as far as it can be: its producer must neither wait for it nor fetch it again.
         IngestBatch.objects.filter(pk=row.pk, stored_at__isnull=True).update(
             stored_at=timezone.now(),
-            dead_letters=max(1, len(row.uids)),
+            dead_letters=max(1, len(row.uids), len(row.provider_ids or ())),
             dead_letter_uids=F("uids"),
+            dead_letter_provider_ids=row.provider_ids or [],
             problems=f"{len(row.uids)} messages could not be stored: {reason} "
             f"(dead letter #{letter.pk})"[:2000],
         )

@@ -13,7 +13,7 @@ INGEST_QUEUE_TIMEOUT_SECONDS or before Redis lost its data, or that the queue we
 batch published after it was claimed CLAIM_GRACE ago, but it was not: the queue is first in,
 first out, so a worker took it and died before claiming it, and Redis would give it back only
 after its visibility timeout, hours later) is reported by `drain` (its row deleted, so a late
-copy of it changes nothing) and the sync fetches those UIDs again. A
+copy of it changes nothing) and the sync fetches those UIDs (Gmail: those message ids) again. A
 producer that dies leaves rows that the account's next pass voids (`batches_void`).
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from emailplatform import syncstate, topics
@@ -50,6 +51,7 @@ class _Sent:
     uids: list[int]
     sent_at: datetime
     epoch: str | None
+    provider_ids: list[str] | None = None
 
 
 @dataclass
@@ -57,19 +59,24 @@ class DrainOutcome:
     """What became of the batches since the last drain."""
 
     lost: dict[int | None, set[int]] = field(default_factory=dict)  # folder id -> UIDs
+    lost_provider_ids: set[str] = field(default_factory=set)  # of batches keyed by them
     dead_letter_uids: dict[int | None, set[int]] = field(default_factory=dict)
+    dead_letter_provider_ids: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     dead_letters: int = 0
     lost_batches: int = 0
 
 
 def batches_void(account_id: int, *, keep_publisher: str = "") -> int:
-    """Delete the account's folder batches not yet stored (but KEEP_PUBLISHER's): called by a
-    sync pass under the account's lock, so their producer is dead, and the pass fetches what
-    they held again itself (rule 2 of messages.batch_store)."""
-    left = IngestBatch.objects.filter(
-        account_id=account_id, stored_at__isnull=True, folder__isnull=False
-    ).exclude(publisher=keep_publisher)
+    """Delete the account's sync batches (a folder's, or keyed by provider ids) not yet stored
+    (but KEEP_PUBLISHER's): called by a sync pass under the account's lock, so their producer
+    is dead, and the pass fetches what they held again itself (rule 2 of
+    messages.batch_store)."""
+    left = (
+        IngestBatch.objects.filter(account_id=account_id, stored_at__isnull=True)
+        .filter(Q(folder__isnull=False) | Q(provider_ids__isnull=False))
+        .exclude(publisher=keep_publisher)
+    )
     if not left.exists():  # the usual case: one round trip, not a transaction's three
         return 0
     deleted, _ = left.delete()
@@ -113,9 +120,11 @@ class BatchPublisher:
         fetched_at: datetime,
         folder: Folder | None = None,
         uids: list[int] | None = None,
+        provider_ids: list[str] | None = None,
     ) -> None:
         """Publish one batch (payload items from `topics.new_message_item`); waits first while
-        the account has max_in_flight batches not stored."""
+        the account has max_in_flight batches not stored. A batch of a FOLDER lists its UIDS;
+        one of a provider without UIDs (Gmail) lists its PROVIDER_IDS instead (rule 2)."""
         self._wait_until(lambda: len(self.in_flight) < self.max_in_flight)
         row = IngestBatch.objects.create(
             account_id=self.account_id,
@@ -123,6 +132,7 @@ class BatchPublisher:
             folder=folder,
             uidvalidity=folder.uidvalidity if folder is not None else None,
             uids=sorted(set(uids or [])),
+            provider_ids=sorted(set(provider_ids)) if provider_ids is not None else None,
             staged=[item["rawRef"] for item in items if "rawRef" in item],
             publisher=self.publisher,
             fetched_at=fetched_at,
@@ -132,7 +142,9 @@ class BatchPublisher:
         )
         inline = self.inline or (self.inline_small and stores_inline(items))
         epoch = None if inline else _epoch()  # inline: never on a queue Redis could lose
-        self.in_flight[row.pk] = _Sent(row.folder_id, row.uids, timezone.now(), epoch)
+        self.in_flight[row.pk] = _Sent(
+            row.folder_id, row.uids, timezone.now(), epoch, row.provider_ids
+        )
         if inline:
             batch_store(payload, by_producer=True)
             self._collect()
@@ -177,11 +189,13 @@ class BatchPublisher:
                 "id",
                 "folder_id",
                 "uids",
+                "provider_ids",
                 "staged",
                 "claimed_at",
                 "stored_at",
                 "dead_letters",
                 "dead_letter_uids",
+                "dead_letter_provider_ids",
                 "problems",
             )
         }
@@ -199,6 +213,7 @@ class BatchPublisher:
                 # deletion): not stored, so fetched again if still there, never counted done.
                 self.in_flight.pop(batch_id)
                 self.outcome.lost.setdefault(sent.folder_id, set()).update(sent.uids)
+                self.outcome.lost_provider_ids.update(sent.provider_ids or ())
                 self.outcome.lost_batches += 1
                 continue
             if row.stored_at is not None:
@@ -218,6 +233,7 @@ class BatchPublisher:
                 self.outcome.dead_letter_uids.setdefault(row.folder_id, set()).update(
                     row.dead_letter_uids
                 )
+            self.outcome.dead_letter_provider_ids.update(row.dead_letter_provider_ids)
             self.outcome.dead_letters += row.dead_letters
             if row.problems:
                 self.outcome.problems.append(row.problems)
@@ -225,13 +241,14 @@ class BatchPublisher:
             self.in_flight.pop(row.pk)
             topics.delete_staged(row.staged)  # a consumer still reading finds its row gone
             self.outcome.lost.setdefault(row.folder_id, set()).update(row.uids)
+            self.outcome.lost_provider_ids.update(row.provider_ids or ())
             self.outcome.lost_batches += 1
             logger.warning(
                 "account %s: batch %s was not stored (its consumer stopped, or the queue lost "
                 "it); its %d messages are fetched again",
                 self.account_id,
                 row.pk,
-                len(row.uids),
+                len(row.uids) or len(row.provider_ids or ()),
             )
         oldest = min(self.in_flight, default=None)
         self.claims = {pk: at for pk, at in self.claims.items() if oldest and pk > oldest}

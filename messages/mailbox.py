@@ -6,7 +6,7 @@ Sync apps call these after they decided what changed; they hold no protocol know
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,9 +26,18 @@ FLAG_COLUMNS = [*FLAG_FIELDS.values(), "flags_at"]
 
 
 def folder_upsert(
-    account: Account, *, name: str, delimiter: str, role: str, parent: Folder | None
+    account: Account,
+    *,
+    name: str,
+    delimiter: str,
+    role: str,
+    parent: Folder | None,
+    display_name: str | None = None,
 ) -> Folder:
-    display_name = name.rsplit(delimiter, 1)[-1] if delimiter else name
+    """The folder NAME with these attributes (DISPLAY_NAME: by default the last part of the
+    name)."""
+    if display_name is None:
+        display_name = name.rsplit(delimiter, 1)[-1] if delimiter else name
     wanted = {
         "delimiter": delimiter,
         "role": role,
@@ -132,87 +141,147 @@ def flags_apply(folder: Folder, flags_by_uid: Mapping[int, Sequence[str]]) -> in
     return len(changed)
 
 
-def orphans_delete(account: Account) -> int:
-    """Messages in no folder any more are gone from the server: delete them and tidy threads."""
+def orphans_delete(account: Account, *, among: Iterable[int] | None = None) -> int:
+    """Messages in no folder any more are gone from the server: delete them and tidy threads.
+    AMONG: look only at these messages (a sync that knows which ones it touched)."""
     with transaction.atomic():
         orphans = Message.objects.filter(account=account, locations__isnull=True)
-        return _delete(account, orphans)
-
-
-def messages_delete(account: Account, message_ids: Iterable[int]) -> int:
-    """The provider says these messages are gone (e.g. Gmail answered 404): delete them, tidy
-    their threads, and tell the changes feed."""
-    with transaction.atomic():
-        return _delete(account, Message.objects.filter(account=account, id__in=set(message_ids)))
-
-
-def _delete(account: Account, messages) -> int:
-    rows = list(messages.values_list("id", "thread_id"))
-    if not rows:
-        return 0
-    message_ids = [m for m, _ in rows]
-    thread_ids = {t for _, t in rows}
-    gone = Message.objects.filter(id__in=message_ids)
-    files = message_files(gone)
-    gone.delete()
-    files_delete_unused_on_commit(files)
-    empty = list(
-        Thread.objects.filter(id__in=thread_ids)
-        .annotate(n=Count("messages"))
-        .filter(n=0)
-        .values_list("id", flat=True)
-    )
-    Thread.objects.filter(id__in=empty).delete()
-    refresh_thread_summaries(thread_ids)
-    events_record(account, "message", "deleted", message_ids)
-    events_record(account, "thread", "deleted", empty)
-    events_record(account, "thread", "updated", thread_ids - set(empty))
+        if among is not None:
+            orphans = orphans.filter(id__in=sorted(set(among)))
+        rows = list(orphans.values_list("id", "thread_id"))
+        if not rows:
+            return 0
+        message_ids = [m for m, _ in rows]
+        thread_ids = {t for _, t in rows}
+        gone = Message.objects.filter(id__in=message_ids)
+        files = message_files(gone)
+        gone.delete()
+        files_delete_unused_on_commit(files)
+        empty = list(
+            Thread.objects.filter(id__in=thread_ids)
+            .annotate(n=Count("messages"))
+            .filter(n=0)
+            .values_list("id", flat=True)
+        )
+        Thread.objects.filter(id__in=empty).delete()
+        refresh_thread_summaries(thread_ids)
+        events_record(account, "message", "deleted", message_ids)
+        events_record(account, "thread", "deleted", empty)
+        events_record(account, "thread", "updated", thread_ids - set(empty))
     return len(message_ids)
 
 
-def message_labels_set(message: Message, folder_names: Iterable[str], flags: Sequence[str]) -> bool:
-    """Set a message's folders and flags exactly to a provider's current answer (Gmail's
-    labelIds after a change, or as a sync reads them): locations in folders it no longer has
-    go, missing ones are added (folders created as needed), flags set. `flags_at` moves to now,
-    so a batch fetched earlier leaves them alone. Returns True when anything changed (then the
-    message and its thread are in the changes feed)."""
-    account = message.account
-    wanted = set(folder_names)
-    folders = folders_by_name(account, wanted) if wanted else {}
+def messages_remove(account: Account, provider_ids: Iterable[str]) -> int:
+    """The provider no longer has these messages (by provider id): they go from every batch
+    still on its way to the store (rule 2 of messages.batch_store), then from the store.
+
+    The batches first, as in `locations_remove`: a consumer writing one holds its row until it
+    commits, so once the UPDATE has passed, what that batch wrote is visible to the DELETE."""
+    ids = sorted(set(provider_ids))
+    if not ids:
+        return 0
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE mailstore_ingestbatch
+                   SET provider_ids = ARRAY(
+                           SELECT p FROM unnest(provider_ids) AS p
+                            WHERE NOT (p::text = ANY(%s::text[])))
+                 WHERE account_id = %s AND stored_at IS NULL
+                   AND provider_ids::text[] && %s::text[]
+                """,
+                [ids, account.pk, ids],
+            )
+        message_ids = list(
+            Message.objects.filter(account=account, provider_id__in=ids).values_list(
+                "id", flat=True
+            )
+        )
+        if not message_ids:
+            return 0
+        MessageLocation.objects.filter(message_id__in=message_ids).delete()
+        return orphans_delete(account, among=message_ids)
+
+
+def message_folders_set(
+    account: Account,
+    folders_by_provider_id: Mapping[str, Collection[str]],
+    *,
+    flags: Mapping[str, Sequence[str]] | None = None,
+    as_of: datetime | None = None,
+) -> tuple[int, int]:
+    """Put each stored message (by provider id) in exactly the folders named for it, and give
+    it FLAGS: the provider's current state (Gmail's labels), read at AS_OF. Ingestion only
+    adds locations; this also takes them away. Locations are without UID. Flags read or
+    changed after AS_OF (Message.flags_at) stay. A message left in no folder is deleted.
+    Returns (messages changed, messages deleted); ids not in the store are ignored."""
+    if not folders_by_provider_id:
+        return 0, 0
+    as_of = as_of or timezone.now()
+    names = {name for wanted in folders_by_provider_id.values() for name in wanted}
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
             )
-        current = Message.objects.filter(pk=message.pk).only(
-            "id", "sort_date", *FLAG_FIELDS.values()
+        folders = folders_by_name(account, names)
+        messages = list(
+            Message.objects.filter(
+                account=account, provider_id__in=list(folders_by_provider_id)
+            ).only("id", "provider_id", "sort_date", "flags_at", *FLAG_FIELDS.values())
         )
-        current = current.first()
-        if current is None:
-            return False
-        held = MessageLocation.objects.filter(message=current)
-        removed, _ = held.exclude(folder__name__in=wanted).delete()
-        present = set(held.values_list("folder__name", flat=True))
-        MessageLocation.objects.bulk_create(
-            [
-                MessageLocation(
-                    message=current, folder=folders[name], uid=None, sort_date=current.sort_date
+        if not messages:
+            return 0, 0
+        held: dict[int, dict[int, list[MessageLocation]]] = {}
+        for loc in MessageLocation.objects.filter(message__in=messages):
+            held.setdefault(loc.message_id, {}).setdefault(loc.folder_id, []).append(loc)
+        to_create, to_delete, changed, emptied = [], [], set(), []
+        flagged = []
+        for message in messages:
+            wanted = {folders[n].id for n in folders_by_provider_id[message.provider_id]}
+            here = held.get(message.id, {})
+            for folder_id, locations in here.items():
+                if folder_id not in wanted:
+                    to_delete += [loc.pk for loc in locations]
+                    changed.add(message.id)
+            for folder_id in wanted - here.keys():
+                to_create.append(
+                    MessageLocation(
+                        message_id=message.id,
+                        folder_id=folder_id,
+                        uid=None,
+                        sort_date=message.sort_date,
+                    )
                 )
-                for name in sorted(wanted - present)
-            ]
-        )
-        changed = bool(removed) or bool(wanted - present)
-        values = flag_values(flags)
-        if any(getattr(current, name) != value for name, value in values.items()):
-            changed = True
-        now = timezone.now()
-        stamps = {"flags_at": now, **({"updated_at": now} if changed else {})}
-        Message.objects.filter(pk=current.pk).update(**values, **stamps)
-        for name, value in values.items():
-            setattr(message, name, value)
-        if changed:
-            messages_updated(account, [current.pk])
-    return changed
+                changed.add(message.id)
+            if not wanted:
+                emptied.append(message.id)
+            wanted_flags = (flags or {}).get(message.provider_id)
+            if wanted_flags is not None and _flags_set(message, wanted_flags, as_of):
+                flagged.append(message)
+                changed.add(message.id)
+        MessageLocation.objects.filter(pk__in=to_delete).delete()
+        MessageLocation.objects.bulk_create(to_create, batch_size=1000)
+        if flagged:
+            Message.objects.bulk_update(flagged, FLAG_COLUMNS, batch_size=1000)
+        deleted = orphans_delete(account, among=emptied) if emptied else 0
+        messages_updated(account, changed - set(emptied))
+    return len(changed), deleted
+
+
+def _flags_set(message: Message, flags: Sequence[str], as_of: datetime) -> bool:
+    """Give MESSAGE (not saved) the FLAGS read at AS_OF unless its own are newer; True when
+    they changed."""
+    if message.flags_at is not None and message.flags_at >= as_of:
+        return False
+    values = flag_values(flags)
+    if all(getattr(message, key) == value for key, value in values.items()):
+        return False
+    for key, value in values.items():
+        setattr(message, key, value)
+    message.flags_at = as_of
+    return True
 
 
 @dataclass(frozen=True)

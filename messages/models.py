@@ -443,10 +443,10 @@ class IngestBatch(models.Model):
     """A batch of new mail on its way through `email_new_message`, from publish until stored.
 
     The row is the batch's right to be written: the consumer stores only a batch whose row
-    exists and is not yet stored, only the UIDs the row still lists, and marks it stored in the
-    same transaction (see messages.batch_store for the rules). Its producer deletes it once it
-    has read the outcome; rows left by a producer that died are voided by the account's next
-    sync pass, and pruned by the storage sweep."""
+    exists and is not yet stored, only the UIDs (Gmail: the provider ids) the row still lists,
+    and marks it stored in the same transaction (see messages.batch_store for the rules). Its
+    producer deletes it once it has read the outcome; rows left by a producer that died are
+    voided by the account's next sync pass, and pruned by the storage sweep."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
     sync_run = models.ForeignKey(
@@ -457,6 +457,13 @@ class IngestBatch(models.Model):
     )
     uidvalidity = models.BigIntegerField(null=True, blank=True)
     uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    provider_ids = ArrayField(
+        models.CharField(max_length=255),
+        null=True,
+        blank=True,
+        help_text="A batch keyed by provider ids (Gmail): the ids it may still store. "
+        "None: a folder batch (UIDs) or one nobody removes from (import).",
+    )
     staged = ArrayField(
         models.CharField(max_length=255),
         default=list,
@@ -469,6 +476,9 @@ class IngestBatch(models.Model):
     stored_at = models.DateTimeField(null=True, blank=True)
     dead_letters = models.PositiveIntegerField(default=0)
     dead_letter_uids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    dead_letter_provider_ids = ArrayField(
+        models.CharField(max_length=255), default=list, blank=True
+    )
     problems = models.TextField(blank=True)
 
     class Meta:

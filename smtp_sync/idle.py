@@ -22,10 +22,11 @@ from pathlib import Path
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, close_old_connections, connection
 
+from messages.account_status import account_mark_error
 from messages.models import Account
 
 from .imap import ImapAuthError, ImapConnection, ImapError
-from .sync import account_mark_error, server_for
+from .sync import server_for
 
 logger = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 
 from emailplatform import syncstate
+from emailplatform.synclock import account_sync_lock
 from messages.models import Account, SyncRun
 from messages.services import sync_runs_interrupt
 
-from .locks import account_sync_lock
 from .sync import ImapAccountSync, SyncReport
 
 MAX_COALESCED_PASSES = 3

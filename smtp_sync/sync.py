@@ -16,21 +16,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import kombu.exceptions
-import redis
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from emailplatform import topics
+from emailplatform.synclock import SyncLockLost
 from emailplatform.tempdirs import process_temp_dir
 from messages import mailbox
+from messages.account_status import account_mark_error, account_mark_ok
 from messages.batches import BatchPublisher, batches_void
-from messages.events import events_record
 from messages.folders import guess_role
 from messages.models import Account, Folder, MessageLocation, SyncRun
 from messages.services import sync_run_finish, sync_run_start
+from messages.sync_tasks import SYNC_INFRA_ERRORS
 
 from .identity import known_locations
 from .imap import (
@@ -41,21 +40,13 @@ from .imap import (
     ImapError,
     ImapServer,
 )
-from .locks import SyncLockLost
 from .models import ImapSettings
 from .pool import pooled_connection
 from .prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
-# Failures of the platform's own infrastructure, not of the account: retried soon.
-INFRA_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    kombu.exceptions.OperationalError,
-)
+INFRA_ERRORS = SYNC_INFRA_ERRORS
 
 REFETCH_ROUNDS = 2
 FLAG_BATCH = 2000
@@ -111,58 +102,6 @@ def server_for(account: Account) -> ImapServer:
         oauth2_token=credentials.get("oauth2_token", ""),
         allow_internal=settings.allow_internal,
     )
-
-
-def account_mark_error(account: Account, message: str, *, auth: bool = False) -> None:
-    """Show a failure on the account. With AUTH, park it (status auth_error) and schedule a
-    re-test of its login with backoff (`auth_retest_delay`), so that a server that accepts the
-    password again brings it back without a human (smtp_sync.watchdog runs the re-tests)."""
-    now = timezone.now()
-    fields: dict = {"last_error": message, "last_error_at": now}
-    with transaction.atomic():
-        if auth:
-            stored = Account.objects.filter(pk=account.pk).values_list("auth_failures", flat=True)
-            failures = (stored.first() or 0) + 1
-            fields.update(
-                status=Account.Status.AUTH_ERROR,
-                auth_failures=failures,
-                auth_retest_at=now + auth_retest_delay(failures),
-            )
-        Account.objects.filter(pk=account.pk).update(**fields)
-        events_record(account, "account", "updated", [account.pk])
-
-
-def auth_retest_delay(failures: int) -> timedelta:
-    """AUTH_RETEST_SECONDS (1 minute) after the first refusal, doubling up to
-    AUTH_RETEST_MAX_SECONDS (24 h): a server fixed soon brings the account back soon, and a
-    password that stays wrong costs about ten logins the first day, then one a day."""
-    delay = settings.AUTH_RETEST_SECONDS * 2 ** max(0, failures - 1)
-    return timedelta(seconds=min(settings.AUTH_RETEST_MAX_SECONDS, delay))
-
-
-def account_reactivate(account: Account) -> bool:
-    """A parked (auth_error) account whose login works again: active, error cleared."""
-    with transaction.atomic():
-        changed = Account.objects.filter(pk=account.pk, status=Account.Status.AUTH_ERROR).update(
-            status=Account.Status.ACTIVE,
-            last_error="",
-            auth_failures=0,
-            auth_retest_at=None,
-        )
-        if changed:
-            events_record(account, "account", "updated", [account.pk])
-    return bool(changed)
-
-
-def account_mark_ok(account: Account) -> None:
-    with transaction.atomic():
-        Account.objects.filter(
-            pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
-        ).update(status=Account.Status.ACTIVE)
-        Account.objects.filter(pk=account.pk).update(
-            last_error="", last_sync_at=timezone.now(), auth_failures=0, auth_retest_at=None
-        )
-        events_record(account, "account", "updated", [account.pk])
 
 
 class ImapAccountSync:

@@ -20,30 +20,34 @@ Failures:
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
-import redis
 from celery import Task, shared_task
-from django.db import close_old_connections, transaction
+from django.db import transaction
 
 from emailplatform import syncstate, topics
+from messages.account_status import account_mark_error, account_reactivate
 from messages.models import Account, Message
 from messages.services import dead_letter_record
+from messages.sync_tasks import (
+    INFRA_RETRY,
+    full_sync_payload_read,
+    mark_account,
+    sync_task_retry,
+)
 
 from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
 from .accounts import imap_connection_test
 from .changes import ChangeError, imap_message_change
 from .imap import ImapAuthError, ImapConnectError, ImapError, ImapRefusedError
 from .services import imap_sync_account
-from .sync import INFRA_ERRORS, account_mark_error, account_reactivate, server_for
+from .sync import INFRA_ERRORS, server_for
 
 logger = logging.getLogger(__name__)
 
 # A full sync is many bounded tasks: each chunk runs at most this long, then hands over.
 CHUNK_SECONDS = 240
 
-INFRA_RETRY = {"base": 5, "cap": 60, "max_retries": 30}
 IMAP_RETRY = {"base": 15, "cap": 5 * 60, "max_retries": 10}
 
 RETRY = {
@@ -59,14 +63,11 @@ RETRY = {
 def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """EmailFullSync consumer for IMAP accounts; a payload that breaks the contract is
     dead-lettered with the reason, not retried."""
-    try:
-        account_id = int(payload["accountId"])
-        options = dict(payload.get("options") or {})
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        reason = f"EmailFullSync payload unreadable ({type(exc).__name__}: {exc})"
-        letter = dead_letter_record(task_name=full_sync.name, reason=reason, payload=payload)
-        return {"deadLetter": letter.pk, "reason": reason}
-    kind = syncstate.CONTINUE if payload.get("continuation") else syncstate.FULL
+    read = full_sync_payload_read(payload)
+    if isinstance(read, str):
+        letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
+        return {"deadLetter": letter.pk, "reason": read}
+    account_id, options, kind = read
     return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
 
 
@@ -83,14 +84,14 @@ def apply_message_change(self, account_id: int, message_id: int, change: dict) -
     except Message.DoesNotExist:
         return {"error": "message no longer exists"}
     except ChangeError as exc:
-        _mark(account_id, f"could not apply a change to message {message_id}: {exc}")
+        mark_account(account_id, f"could not apply a change to message {message_id}: {exc}")
         return {"error": str(exc)}
     except ImapConnectError as exc:
         if self.request.retries >= self.max_retries:
-            _mark(account_id, f"could not apply a change to message {message_id}: {exc}")
+            mark_account(account_id, f"could not apply a change to message {message_id}: {exc}")
         raise
     except ImapAuthError as exc:
-        _mark(account_id, str(exc), auth=True)
+        mark_account(account_id, str(exc), auth=True)
         return {"error": str(exc)}
     return {"applied": change}
 
@@ -116,12 +117,6 @@ def auth_retest(account_id: int) -> dict[str, Any]:
     return {"reactivated": True}
 
 
-def _mark(account_id: int, reason: str, *, auth: bool = False) -> None:
-    account = Account.objects.filter(pk=account_id).first()
-    if account is not None:
-        account_mark_error(account, reason, auth=auth)
-
-
 @shared_task(name="smtp_sync.poll_accounts")
 def poll_accounts() -> int:
     """Beat job: an incremental sync of every active IMAP account (IDLE covers the rest).
@@ -141,6 +136,13 @@ def _run(
 ) -> dict[str, Any]:
     route = syncstate.route_of(kind)
     retrying = task.request.retries > 0
+    retry = {
+        "account_id": account_id,
+        "provider": "imap",
+        "kind": kind,
+        "options": options,
+        "trigger": trigger,
+    }
     try:
         if trigger:
             syncstate.queued_clear(account_id, route, trigger)  # running now: not queued
@@ -161,75 +163,11 @@ def _run(
     except Account.DoesNotExist:
         return {"error": "account does not exist"}
     except INFRA_ERRORS as exc:
-        close_old_connections()
-        _retry(task, exc, account_id, kind, options, trigger, INFRA_RETRY, infra=True)
+        sync_task_retry(task, exc, **retry, policy=INFRA_RETRY, infra=True)
     except ImapConnectError as exc:
-        _retry(task, exc, account_id, kind, options, trigger, IMAP_RETRY, infra=False)
+        sync_task_retry(task, exc, **retry, policy=IMAP_RETRY, infra=False)
     if report is None:
         return {"coalesced": True}  # another sync runs: it runs what was asked at its end
     if report.passes == 0:
         return {"nothing to do": True}
     return {"done": report.done, "passes": report.passes, "summary": report.summary()}
-
-
-def _retry(
-    task: Task,
-    exc: BaseException,
-    account_id: int,
-    kind: str,
-    options: dict[str, Any],
-    trigger: str | None,
-    policy: dict[str, int],
-    *,
-    infra: bool,
-) -> None:
-    retries = task.request.retries
-    if retries >= policy["max_retries"]:
-        _mark_quietly(account_id, f"sync failed after {retries} retries: {exc}")
-        if not infra:  # a broken server: wait for the next trigger rather than spin
-            _quietly(syncstate.forget_account, account_id)
-        raise exc
-    countdown = max(1.0, min(policy["cap"], policy["base"] * 2**retries) * random.uniform(0.7, 1))
-    if infra:
-        _mark_quietly(
-            account_id,
-            f"sync interrupted ({type(exc).__name__}: {exc}); retrying in {countdown:.0f} s",
-        )
-    token = trigger or syncstate.new_token()
-    # The retry is this route's queued task: the watchdog does not enqueue another meanwhile.
-    _quietly(
-        syncstate.queued_set,
-        account_id,
-        syncstate.route_of(kind),
-        token,
-        int(countdown) + syncstate.QUEUED_TTL,
-    )
-    if kind == syncstate.INCREMENTAL:
-        args: list[Any] = [account_id, token]
-    else:
-        payload = {
-            "accountId": account_id,
-            "provider": "imap",
-            "options": options,
-            "trigger": token,
-            "continuation": kind == syncstate.CONTINUE,
-        }
-        args = [payload]
-    logger.warning("account %s: %s; retry %s in %.0f s", account_id, exc, retries + 1, countdown)
-    raise task.retry(exc=exc, countdown=countdown, args=args, kwargs={})
-
-
-def _mark_quietly(account_id: int, reason: str) -> None:
-    """Show the error on the account unless the database is what fails."""
-    try:
-        _mark(account_id, reason)
-    except INFRA_ERRORS as exc:
-        close_old_connections()
-        logger.warning("account %s: could not record %r: %s", account_id, reason, exc)
-
-
-def _quietly(function, *args) -> None:
-    try:
-        function(*args)
-    except redis.RedisError as exc:
-        logger.warning("%s failed: %s", function.__name__, exc)

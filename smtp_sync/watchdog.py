@@ -10,8 +10,12 @@ Every `SYNC_WATCHDOG_SECONDS` (15 s) one tick runs, across all workers (`watchdo
 2. Requests nobody runs (an account with wants, no lock, and no task queued for them: the task
    was swallowed by a dead worker, or its queued marker expired) are enqueued again.
 3. After Redis started empty (a restart without persistence lost its queues and wants), an
-   incremental sync of every active IMAP account is requested once (the `sync-epoch` sentinel).
-4. Parked (auth_error) accounts whose login re-test is due get an `auth_retest` task.
+   incremental sync of every active account is requested once (the `sync-epoch` sentinel).
+4. Parked (auth_error) IMAP accounts whose login re-test is due get an `auth_retest` task
+   (a Gmail grant refused stays parked until its owner connects it again).
+
+Steps 1-3 cover every provider whose syncs coalesce (`topics.SYNC_COALESCING_PROVIDERS`:
+IMAP and Gmail); the watchdog runs in every worker that loads smtp_sync's tasks.
 
 Why a thread in the workers rather than a beat entry: the watchdog is needed exactly when
 something died, and beat is one more process that may be down (or stuck on a database that
@@ -36,10 +40,9 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from emailplatform import syncstate, topics
+from messages.account_status import auth_retest_delay
 from messages.models import Account, SyncRun
 from messages.services import sync_runs_interrupt
-
-from .sync import auth_retest_delay
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +70,12 @@ def watchdog_tick() -> dict[str, Any]:
 
 
 def _request_all_active() -> int:
-    ids = Account.objects.filter(
-        provider=Account.Provider.IMAP, status=Account.Status.ACTIVE
-    ).values_list("id", flat=True)
+    accounts = Account.objects.filter(
+        provider__in=topics.SYNC_COALESCING_PROVIDERS, status=Account.Status.ACTIVE
+    ).values_list("id", "provider")
     count = 0
-    for account_id in ids:
-        topics.sync_request_now(account_id, Account.Provider.IMAP, kind=syncstate.INCREMENTAL)
+    for account_id, provider in accounts:
+        topics.sync_request_now(account_id, provider, kind=syncstate.INCREMENTAL)
         count += 1
     return count
 
@@ -82,7 +85,7 @@ def _reap_dead_runs() -> list[int]:
         SyncRun.objects.filter(
             status=SyncRun.Status.RUNNING,
             kind__in=SYNC_KINDS,
-            account__provider=Account.Provider.IMAP,
+            account__provider__in=topics.SYNC_COALESCING_PROVIDERS,
         ).values_list("id", "account_id")
     )
     if not runs:
@@ -103,17 +106,17 @@ def _reap_dead_runs() -> list[int]:
     if not dead:
         return []
     reaped = sync_runs_interrupt(run_ids=dead, kinds=SYNC_KINDS)
-    active = set(
+    active = dict(
         Account.objects.filter(
             pk__in={run.account_id for run in reaped},
             status__in=[Account.Status.ACTIVE, Account.Status.ERROR],
-        ).values_list("id", flat=True)
+        ).values_list("id", "provider")
     )
     for run in reaped:
         redis.delete(_suspect_key(run.pk))
         if run.account_id in active:
             kind = syncstate.CONTINUE if run.kind == SyncRun.Kind.FULL else syncstate.INCREMENTAL
-            topics.sync_request_now(run.account_id, Account.Provider.IMAP, kind=kind)
+            topics.sync_request_now(run.account_id, active[run.account_id], kind=kind)
         logger.warning(
             "sync watchdog: %s sync run %s of account %s had no lock: interrupted, resumed",
             run.kind,

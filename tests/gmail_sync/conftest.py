@@ -3,6 +3,7 @@ local Gmail API's, and messages of that mailbox stored as a sync would store the
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -11,8 +12,7 @@ from rest_framework.test import APIClient
 from emailplatform import topics
 from emailplatform.topics import IncomingMessage
 from gmail_sync.ids import store_id
-from gmail_sync.label_map import flags_of, folders_of
-from gmail_sync.models import GmailSettings
+from gmail_sync.labels import message_flags
 from messages.folders import folders_by_name
 from messages.ingest import messages_upsert
 from messages.models import Account, Message
@@ -20,6 +20,7 @@ from tests.conftest import token_client
 from tests.gmail_fake.mailbox import Mailbox
 from tests.gmail_fake.mailbox import Message as FakeMessage
 from tests.gmail_fake.server import GmailFake
+from tests.gmail_sync.factories import gmail_account_create
 from tests.messages.api.conftest import broker
 
 
@@ -34,10 +35,7 @@ class GmailAccount:
 @pytest.fixture
 def gmail_account(gmail_settings, user) -> GmailAccount:
     box, refresh_token = gmail_settings.add_user("alice@gmail.com")
-    account = Account.objects.create(owner=user, provider="gmail", email_address=box.email)
-    account.set_credentials({"refresh_token": refresh_token})
-    account.save()
-    GmailSettings.objects.create(account=account)
+    account = gmail_account_create(user, refresh_token, box.email)
     folders_by_name(account, ["INBOX", "SENT", "TRASH", "SPAM", "STARRED"])
     return GmailAccount(account=account, box=box, api=token_client(user), server=gmail_settings)
 
@@ -48,8 +46,8 @@ def store(account: Account, message: FakeMessage) -> Message:
         raw=message.raw,
         provider_id=store_id(message.id),
         provider_thread_id=store_id(message.thread_id),
-        folders=folders_of(message.label_ids),
-        flags=flags_of(message.label_ids),
+        folders=sorted(set(message.label_ids) - {"UNREAD"}),
+        flags=message_flags(message.label_ids),
     )
     result = messages_upsert(account=account, items=[item])
     return Message.objects.get(pk=result.message_ids[0])
@@ -66,3 +64,21 @@ def gmail_queue():
     connection.delete(topics.QUEUE_GMAIL)
     yield topics.QUEUE_GMAIL
     connection.delete(topics.QUEUE_GMAIL)
+
+
+@dataclass
+class GmailUser:
+    account: Account
+    box: Mailbox
+    server: GmailFake
+    refresh_token: str
+
+
+@pytest.fixture
+def gmail_user(user, gmail_settings, settings) -> GmailUser:
+    """A Gmail account in the store, and its mailbox on the fake Gmail API (an address of its
+    own: parallel test processes share Redis, where each mailbox's quota bucket is)."""
+    settings.GMAIL_QUOTA_UNITS_PER_SECOND = 100_000
+    box, token = gmail_settings.add_user(f"alice-{uuid.uuid4().hex[:8]}@gmail.com")
+    account = gmail_account_create(user, token, box.email)
+    return GmailUser(account, box, gmail_settings, token)

@@ -377,3 +377,57 @@ def test_a_small_batch_stored_inline_never_sets_older_flags(account, inbox, sett
     message.refresh_from_db()
     assert message.is_read
     assert publisher.drain().lost == {}
+
+
+# Batches keyed by provider ids (Gmail: no UIDs) -----------------------------------------
+
+
+def published_by_ids(account, mails, *, labels=("INBOX",)):
+    """A batch as the Gmail sync publishes it. MAILS: {provider id: raw}."""
+    row = IngestBatch.objects.create(
+        account=account,
+        provider_ids=sorted(mails),
+        publisher="test",
+        fetched_at=timezone.now(),
+    )
+    items = [
+        topics.new_message_item(raw, provider_id=pid, labels=list(labels))
+        for pid, raw in mails.items()
+    ]
+    return topics.new_message_payload(account.pk, "gmail", items, None, row.pk)
+
+
+def test_a_deletion_seen_before_a_gmail_batch_is_consumed_is_not_undone(account):
+    payload = published_by_ids(account, {"gm:1": make_mail("gone"), "gm:2": make_mail("kept")})
+    assert mailbox.messages_remove(account, ["gm:1"]) == 0  # a history sync saw it deleted
+    batch_store(payload)
+    batch_store(payload)
+    assert set(Message.objects.values_list("provider_id", flat=True)) == {"gm:2"}
+
+
+def test_a_deletion_after_the_gmail_batch_is_stored_removes_it(account):
+    payload = published_by_ids(account, {"gm:1": make_mail("gone")})
+    batch_store(payload)
+    assert mailbox.messages_remove(account, ["gm:1"]) == 1
+    batch_store(payload)  # a redelivery after the deletion
+    assert not Message.objects.filter(account=account).exists()
+    assert not Folder.objects.get(name="INBOX").locations.exists()
+
+
+def test_the_next_pass_voids_a_dead_gmail_producers_batches_not_imports(account):
+    gmail = published_by_ids(account, {"gm:1": make_mail("of a dead pass")})
+    imported = IngestBatch.objects.create(
+        account=account, publisher="import", fetched_at=timezone.now()
+    )
+    assert batches_void(account.pk) == 1
+    assert "skipped" in batch_store(gmail)
+    assert IngestBatch.objects.filter(pk=imported.pk).exists()
+
+
+def test_a_lost_gmail_batch_reports_its_provider_ids(account, settings, queue_emptied_after):
+    settings.INGEST_QUEUE_TIMEOUT_SECONDS = 0
+    publisher = BatchPublisher(account.pk, "gmail", inline=False)
+    items = [topics.new_message_item(make_mail("m"), provider_id="gm:7", labels=["INBOX"])]
+    publisher.publish(items, fetched_at=timezone.now(), provider_ids=["gm:7"])
+    outcome = publisher.drain()  # nobody consumed it within the (zero) timeout
+    assert outcome.lost_provider_ids == {"gm:7"} and outcome.lost_batches == 1

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from emailplatform import syncstate
-from smtp_sync.locks import SyncLockLost, account_sync_lock
+from emailplatform.synclock import SyncLockLost, account_sync_lock
 
 
 @pytest.fixture

@@ -401,6 +401,6 @@ def test_a_fixed_password_brings_a_parked_account_back(imap_account, seeded, dov
     ("failures", "seconds"), [(1, 60), (2, 120), (3, 240), (10, 30720), (11, 61440), (12, 86400)]
 )
 def test_auth_retests_back_off_to_one_a_day(failures, seconds):
-    from smtp_sync.sync import auth_retest_delay
+    from messages.account_status import auth_retest_delay
 
     assert auth_retest_delay(failures).total_seconds() == seconds
