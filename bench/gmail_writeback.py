@@ -47,6 +47,7 @@ from emailplatform.topics import IncomingMessage  # noqa: E402
 from gmail_sync.changes import gmail_message_change, labels_store  # noqa: E402
 from gmail_sync.connection import gmail_client_for  # noqa: E402
 from gmail_sync.ids import store_id  # noqa: E402
+from gmail_sync.labels import message_flags  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
 from gmail_sync.send import gmail_send  # noqa: E402
 from messages.ingest import messages_upsert  # noqa: E402
@@ -110,8 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raw=m.raw,
                 provider_id=store_id(m.id),
                 provider_thread_id=store_id(m.thread_id),
-                folders=folders_of(m.label_ids),
-                flags=flags_of(m.label_ids),
+                folders=sorted(set(m.label_ids) - {"UNREAD"}),
+                flags=message_flags(m.label_ids),
             )
             for m in fakes
         ]
