@@ -34,8 +34,10 @@ class GmailAccount:
 
 @pytest.fixture
 def gmail_account(gmail_settings, user) -> GmailAccount:
+    """An account that keeps SPAM and TRASH (as its IMAP path would: a trashed message stays,
+    in the Trash folder), with the folders a full sync would have made."""
     box, refresh_token = gmail_settings.add_user("alice@gmail.com")
-    account = gmail_account_create(user, refresh_token, box.email)
+    account = gmail_account_create(user, refresh_token, box.email, include_spam_trash=True)
     folders_by_name(account, ["INBOX", "SENT", "TRASH", "SPAM", "STARRED"])
     return GmailAccount(account=account, box=box, api=token_client(user), server=gmail_settings)
 

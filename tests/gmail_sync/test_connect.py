@@ -232,8 +232,9 @@ def test_reconnecting_an_account_refused_by_google_resumes_it(
     assert GmailSettings.objects.get(account=account).history_id == 4242
     assert queued(topics.QUEUE_FULL_SYNC) == []  # no full sync: it resumes from its history id
     gmail_tasks = queued(topics.QUEUE_GMAIL)  # and the push watch's (gmail_sync.signals)
-    syncs = [(name, args) for name, args in gmail_tasks if name != "gmail_sync.watch_account"]
-    assert syncs == [("gmail_sync.incremental_sync", [account.pk])]
+    # (a coalesced sync request: the account's id and its trigger token)
+    syncs = [(name, args[0]) for name, args in gmail_tasks if name != "gmail_sync.watch_account"]
+    assert syncs == [("gmail_sync.incremental_sync", account.pk)]
     assert ChangeEvent.objects.filter(account_id=account.pk, kind="created").count() == 1
     assert ChangeEvent.objects.filter(account_id=account.pk, kind="updated").count() == 1
 
