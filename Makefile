@@ -46,9 +46,10 @@ bench-imap-pool: bootstrap-test
 bench-imap-identity: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_identity.py $(BENCH_ARGS)
 
-# Gmail full and history sync against the local Gmail API, next to a bare list + batched get.
+# Gmail full and history sync of 10,000 messages against the local Gmail API (a process of its
+# own), next to a bare google-api-python-client list + batched get; requests vs the minimum.
 bench-gmail: bootstrap-test
-	$(SERVICES) exec --temp -- $(PY) bench/gmail_api.py $(BENCH_ARGS)
+	$(SERVICES) exec --temp -- $(PY) bench/gmail_sync.py $(BENCH_ARGS)
 
 # Gmail write-back against the local Gmail API: a change's and a send's latency, and their parts.
 bench-gmail-writeback: bootstrap-test
