@@ -11,7 +11,9 @@ Full sync (`GmailSettings.sync_state["full"]` is its checkpoint):
    inside a page: a chunk that stops (its time budget, a killed worker) resumes at the stored
    page and fetches only what is still missing. With a date window (`windowDays`) fetching
    stops at the first message older than it (the list is newest first).
-3. Reconcile: every id Gmail has now, and the members of each label that matters, are listed
+3. Reconcile, when the store held messages of the account as the full sync began (a first
+   sync skips it: all it stores was fetched after step 1, and step 4 brings what changed
+   since): every id Gmail has now, and the members of each label that matters, are listed
    (ids only, 500 a request); stored messages Gmail no longer has are deleted, and every stored
    message's folders and flags are set to its labels exactly.
 4. The history id of step 1 becomes the cursor; a history sync runs at once from it.
@@ -208,6 +210,9 @@ class GmailAccountSync:
                 "pageToken": None,
                 "phase": "fetch",
                 "total": int(profile.get("messagesTotal", 0)),
+                # An empty store has nothing to reconcile: every message it gets is fetched
+                # after startHistoryId, and the history sync from there brings what changed.
+                "reconcile": Message.objects.filter(account=self.account).exists(),
             }
             self._save_state(state)
         self._sync_labels()
@@ -233,7 +238,8 @@ class GmailAccountSync:
             if older or not page.next_page_token:
                 state["phase"] = "reconcile"
             self._save_state(state)
-        self._reconcile()
+        if state.get("reconcile", True):
+            self._reconcile()
         self.settings.history_id = state["startHistoryId"]
         self._save_state(None, "history_id")
         self._history()
