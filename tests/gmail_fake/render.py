@@ -34,7 +34,10 @@ def _headers(part: MimePart, wanted: list[str] | None = None) -> list[dict]:
 
 def _text(part: MimePart) -> str | None:
     payload = part.get_payload(decode=True) or b""
-    return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know (x-unknown, ...): as Gmail, go on
+        return payload.decode("utf-8", errors="replace")
 
 
 class _HtmlText(HTMLParser):
