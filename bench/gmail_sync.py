@@ -31,6 +31,7 @@ import argparse
 import base64
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -59,6 +60,7 @@ from bench.benchdata import bench_user_remove  # noqa: E402
 from bench.gmail_fake_process import FakeInfo, FakeProcess  # noqa: E402
 from bench.imap_sync import BASE_TIMESTAMP, MailMaker, corpus_messages  # noqa: E402
 from bench.message_workers import MessageWorker  # noqa: E402
+from bench.procstats import tree_cpu_seconds  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
 from messages.models import Account, Message  # noqa: E402
 
@@ -80,6 +82,34 @@ class Run:
     requests: int
     units: int
     messages: int
+    server_cpu: float = 0.0  # CPU seconds of the local Gmail API's process
+    client_cpu: float = 0.0  # ours: this process, plus the message worker's tree for a sync
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds the fake server and the client side (this process and WORKER) spend."""
+
+    def __init__(self, fake: FakeProcess, worker: MessageWorker | None = None) -> None:
+        self.fake, self.worker = fake, worker
+
+    def _now(self) -> tuple[float, float]:
+        client = own_cpu_seconds()
+        if self.worker is not None and self.worker.proc is not None:
+            client += tree_cpu_seconds(self.worker.proc.pid)
+        return tree_cpu_seconds(self.fake.pid), client
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.server, self.client = end[0] - self.start[0], end[1] - self.start[1]
 
 
 def configure(info: FakeInfo, units_per_second: int) -> None:
@@ -117,6 +147,7 @@ def bare_loop(fake: FakeProcess, refresh_token: str) -> Run:
     messages = service.users().messages()
     fake.ask("reset_calls")
     units_before = fake.ask("units", EMAIL)
+    meter = CpuMeter(fake).__enter__()
     started = time.perf_counter()
     ids: list[str] = []
     token = None
@@ -143,8 +174,10 @@ def bare_loop(fake: FakeProcess, refresh_token: str) -> Run:
             raw = response["raw"]
             decoded += len(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))) > 0
     seconds = time.perf_counter() - started
+    meter.__exit__()
     assert fake.ask("calls")["requests"] == requests
-    return Run(seconds, requests, fake.ask("units", EMAIL) - units_before, decoded)
+    units = fake.ask("units", EMAIL) - units_before
+    return Run(seconds, requests, units, decoded, meter.server, meter.client)
 
 
 def new_account(owner, refresh_token: str) -> Account:
@@ -157,30 +190,34 @@ def new_account(owner, refresh_token: str) -> Account:
     return account
 
 
-def platform_full_sync(fake: FakeProcess, account: Account) -> Run:
+def platform_full_sync(fake: FakeProcess, account: Account, worker: MessageWorker) -> Run:
     from gmail_sync.services import gmail_sync_account
 
     fake.ask("reset_calls")
     units_before = fake.ask("units", EMAIL)
-    started = time.perf_counter()
-    gmail_sync_account(account.pk, full=True)
-    seconds = time.perf_counter() - started
+    with CpuMeter(fake, worker) as meter:
+        started = time.perf_counter()
+        gmail_sync_account(account.pk, full=True)
+        seconds = time.perf_counter() - started
     calls = fake.ask("calls")
     stored = Message.objects.filter(account=account).count()
-    return Run(seconds, _http_requests(calls), fake.ask("units", EMAIL) - units_before, stored)
+    units = fake.ask("units", EMAIL) - units_before
+    return Run(seconds, _http_requests(calls), units, stored, meter.server, meter.client)
 
 
-def platform_history_sync(fake: FakeProcess, account: Account) -> Run:
+def platform_history_sync(fake: FakeProcess, account: Account, worker: MessageWorker) -> Run:
     from gmail_sync.services import gmail_sync_account
 
     fake.ask("reset_calls")
     units_before = fake.ask("units", EMAIL)
-    started = time.perf_counter()
-    gmail_sync_account(account.pk, full=False)
-    seconds = time.perf_counter() - started
+    with CpuMeter(fake, worker) as meter:
+        started = time.perf_counter()
+        gmail_sync_account(account.pk, full=False)
+        seconds = time.perf_counter() - started
     calls = fake.ask("calls")
     stored = Message.objects.filter(account=account).count()
-    return Run(seconds, _http_requests(calls), fake.ask("units", EMAIL) - units_before, stored)
+    units = fake.ask("units", EMAIL) - units_before
+    return Run(seconds, _http_requests(calls), units, stored, meter.server, meter.client)
 
 
 def _http_requests(calls: dict[str, int]) -> int:
@@ -229,10 +266,10 @@ def main() -> None:
                 bare.append(bare_loop(fake, refresh_token))
                 log(f"round {round_no}: platform full sync")
                 accounts.append(new_account(owner, refresh_token))
-                full.append(platform_full_sync(fake, accounts[-1]))
+                full.append(platform_full_sync(fake, accounts[-1], worker))
             account = accounts[-1]
             log("full sync with nothing new (the reconcile)")
-            again = platform_full_sync(fake, account)
+            again = platform_full_sync(fake, account, worker)
             new = max(1, args.changes * 4 // 10)
             modified = args.changes * 3 // 10
             deleted = args.changes - new - modified
@@ -241,8 +278,8 @@ def main() -> None:
                 for i in range(args.messages, args.messages + new)
             ]
             fake.ask("changes", EMAIL, raws, modified, deleted)
-            history = platform_history_sync(fake, account)
-            unchanged = platform_history_sync(fake, account)
+            history = platform_history_sync(fake, account, worker)
+            unchanged = platform_history_sync(fake, account, worker)
             expected = fake.ask("message_count", EMAIL)
         finally:
             worker.stop()
@@ -256,13 +293,16 @@ def report(args, bare, full, again, history, unchanged, expected, wall) -> None:
     n = args.messages
     minimum = math.ceil(n / LIST_PAGE) + math.ceil(n / BATCH)
     print(f"Gmail sync benchmark: {n} messages, {args.rounds} rounds, {wall:.0f} s in all")
-    print(f"{'':34} {'seconds':>8} {'msg/s':>8} {'requests':>9} {'units':>8} {'stored':>7}")
+    print(
+        f"{'':34} {'seconds':>8} {'msg/s':>8} {'requests':>9} {'units':>8} {'stored':>7}"
+        f" {'server CPU s':>12} {'client CPU s':>12}"
+    )
     for i, (b, f) in enumerate(zip(bare, full, strict=True), 1):
         for name, run in ((f"bare loop, round {i}", b), (f"platform full sync, round {i}", f)):
             rate = run.messages / run.seconds if run.seconds else 0
             print(
                 f"{name:34} {run.seconds:8.1f} {rate:8.0f} {run.requests:9d} {run.units:8d}"
-                f" {run.messages:7d}"
+                f" {run.messages:7d} {run.server_cpu:12.1f} {run.client_cpu:12.1f}"
             )
     print(f"{'minimum requests (list + batches)':34} {'':8} {'':8} {minimum:9d}")
     syncs = (
@@ -291,6 +331,15 @@ def report(args, bare, full, again, history, unchanged, expected, wall) -> None:
     print(
         f"history sync requests:  {history.requests} for {args.changes} changes,"
         f" {unchanged.requests} for none"
+    )
+    cores = os.cpu_count() or 1
+    client = statistics.median(f.client_cpu for f in full) / n * 1000
+    bare_client = statistics.median(b.client_cpu for b in bare) / n * 1000
+    server = statistics.median(b.server_cpu for b in bare) / n * 1000
+    print(
+        f"CPU per message:        platform {client:.1f} ms (bare loop {bare_client:.1f} ms), "
+        f"the local Gmail API {server:.1f} ms, on {cores} cores (Google's CPU is not ours in "
+        "production; here it shares the machine)"
     )
     print(
         f"store equals mailbox:   {'yes' if complete else 'NO'}"
