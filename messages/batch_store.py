@@ -5,7 +5,8 @@ that fetched them moved on. What keeps the store right (each rule is tested with
 consumed out of order and twice, tests/messages/test_batch_store.py):
 
 1. Written once. A batch's `IngestBatch` row is locked (SELECT ... FOR UPDATE) in the
-   transaction that writes it and marked stored there; a batch whose row is stored or gone
+   transaction that writes it and marked stored there (deleted there when its producer stores
+   it itself, as nobody else waits for it); a batch whose row is stored or gone
    changes nothing (a redelivery, a copy consumed beside it, a batch its producer gave up on
    and published again, or one voided by the rules below).
 2. Nothing resurrected. A removal seen by a sync (expunge, move away) strips its UIDs from the
@@ -81,7 +82,7 @@ def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
         if account is None:
             return _reject(payload, f"accountId: account {batch.account_id} does not exist")
         with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared, notify=not by_producer)
+            result = _write(account, batch, prepared, by_producer=by_producer)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)
@@ -98,43 +99,65 @@ def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
         result.damaged,
         len(result.dead_letters),
     )
-    return {
+    outcome: dict[str, Any] = {
         "created": result.created,
         "updated": result.updated,
         "unchanged": result.unchanged,
         "damaged": result.damaged,
         "deadLetters": [d.letter_id for d in result.dead_letters],
     }
+    if by_producer and batch_id is not None:
+        # Its row went in the write's transaction: what the producer would have read there.
+        outcome["rowDeleted"] = {
+            "deadLetters": len(result.dead_letters),
+            "deadLetterUids": _dead_letter_uids(result),
+            "problems": result.problems_text()[:2000],
+        }
+    return outcome
 
 
 def _write(
-    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, notify: bool
+    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, by_producer: bool
 ) -> IngestResult | None:
     """One transaction: the batch row (rule 1), what it still wants (rule 2), the write, the
-    row marked stored, the run's progress. None: nothing to do (rule 1)."""
+    row marked stored (deleted, BY_PRODUCER: its producer has the outcome already), the run's
+    progress. None: nothing to do (rule 1)."""
     with transaction.atomic():
         row = None
+        folders: list[Folder] = []
         if batch.batch_id is not None:
-            row = IngestBatch.objects.select_for_update().filter(pk=batch.batch_id).first()
+            row = (
+                IngestBatch.objects.select_for_update(of=("self",))
+                .select_related("folder")
+                .filter(pk=batch.batch_id)
+                .first()
+            )
             if row is None or row.stored_at is not None:
                 return None
             _keep_wanted(row, prepared)
+            if row.folder is not None:
+                folders.append(row.folder)
         as_of = row.fetched_at if row is not None else None
-        result = messages_write(account=account, batch=prepared, flags_as_of=as_of)
+        result = messages_write(
+            account=account, batch=prepared, flags_as_of=as_of, known_folders=folders
+        )
         if batch.sync_run_id:
             sync_run_add(run_id=batch.sync_run_id, result=result)
-        if row is not None:
+        if row is not None and by_producer:
+            row.delete()
+        elif row is not None:
             row.stored_at = timezone.now()
-            row.dead_letter_uids = sorted(
-                {d.item.uid for d in result.dead_letters if d.item.uid is not None}
-            )
+            row.dead_letter_uids = _dead_letter_uids(result)
             row.dead_letters = len(result.dead_letters)
             row.problems = result.problems_text()[:2000]
             row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
             publisher = row.publisher
-            if notify:
-                transaction.on_commit(lambda: _notify(publisher))
+            transaction.on_commit(lambda: _notify(publisher))
     return result
+
+
+def _dead_letter_uids(result: IngestResult) -> list[int]:
+    return sorted({d.item.uid for d in result.dead_letters if d.item.uid is not None})
 
 
 def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
@@ -142,7 +165,7 @@ def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
     the folder's UIDVALIDITY is no longer the one they were fetched at."""
     if row.folder_id is None:
         return
-    folder = Folder.objects.filter(pk=row.folder_id).only("name", "uidvalidity").first()
+    folder = row.folder
     if folder is None:
         prepared.prepared = []
         return
