@@ -37,14 +37,13 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from emailplatform import topics  # noqa: E402
 from messages.batches import BatchPublisher  # noqa: E402
 from messages.models import Account, Folder, Message, SyncRun  # noqa: E402
 from tests.mailfactory import make_mail  # noqa: E402
+from tests.sql_sent import Sent, statements_sent  # noqa: E402
 
 BENCH_USERNAME = "bench-ingest-one"
 
@@ -75,18 +74,18 @@ def _item(raw: bytes, uid: int, tag: str) -> dict:
 
 
 def publish_one(publisher: BatchPublisher, inbox: Folder, raw: bytes, uid: int, tag: str):
-    """One batch as an IDLE-triggered pass publishes it; returns (seconds, captured queries)."""
+    """One batch as an IDLE-triggered pass publishes it; returns (seconds, statements sent)."""
     item = _item(raw, uid, tag)
-    with CaptureQueriesContext(connection) as queries:
+    with statements_sent() as sent:
         start = time.perf_counter()
         publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[uid])
         publisher.drain()
         seconds = time.perf_counter() - start
-    return seconds, list(queries.captured_queries)
+    return seconds, sent
 
 
 def timed_publish(publisher: BatchPublisher, inbox: Folder, raw: bytes, uid: int, tag: str):
-    """The same without the query log (whose bookkeeping would skew the time)."""
+    """The same without counting."""
     item = _item(raw, uid, tag)
     start = time.perf_counter()
     publisher.publish([item], fetched_at=timezone.now(), folder=inbox, uids=[uid])
@@ -94,12 +93,14 @@ def timed_publish(publisher: BatchPublisher, inbox: Folder, raw: bytes, uid: int
     return time.perf_counter() - start
 
 
-def print_statements(title: str, queries: list[dict]) -> None:
-    total = sum(float(q["time"]) for q in queries) * 1000
-    print(f"\n{title}: {len(queries)} statements, {total:.1f} ms")
-    for n, q in enumerate(queries, 1):
-        sql = " ".join(q["sql"].split())
-        print(f"  {n:2d} {float(q['time']) * 1000:6.2f} ms  {sql[:150]}")
+def print_statements(title: str, sent: list[Sent]) -> None:
+    total = sum(s.seconds for s in sent) * 1000
+    print(f"\n{title}: {len(sent)} statement strings sent, {total:.1f} ms")
+    for n, s in enumerate(sent, 1):
+        parts = [" ".join(part.split())[:110] for part in s.sql.split(";\n")]
+        print(f"  {n:2d} {s.seconds * 1000:6.2f} ms  {parts[0]}")
+        for part in parts[1:]:
+            print(f"              + {part}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             uid += 1
             timed_publish(publisher, inbox, _mail(k, tag)[0], uid, tag)
         counts: dict[str, list[int]] = {"new": [], "reply": []}
-        last: dict[str, list[dict]] = {}
+        last: dict[str, list[Sent]] = {}
         for k in range(args.preload, args.preload + 6):
             uid += 1
             kind = "reply" if k % 3 == 2 else "new"
@@ -152,8 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" samples after {args.preload} stored; {stored} messages stored"
         )
         print(
-            f"  SQL statements: new message {max(counts['new'])}, reply {max(counts['reply'])}"
-            " (plus BEGIN/COMMIT of each transaction)"
+            f"  statement strings sent (round trips): new message {max(counts['new'])},"
+            f" reply {max(counts['reply'])}, plus BEGIN and COMMIT of each transaction"
         )
         print(
             f"  wall time: median {statistics.median(times) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"

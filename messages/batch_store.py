@@ -45,6 +45,7 @@ from django.utils import timezone
 
 from emailplatform import syncstate, topics
 
+from .held_writes import hold, writes_held
 from .ingest import IngestResult, PreparedBatch, messages_write
 from .models import Account, Folder, IngestBatch
 from .services import dead_letter_record, sync_run_add
@@ -138,22 +139,31 @@ def _write(
             if row.folder is not None:
                 folders.append(row.folder)
         as_of = row.fetched_at if row is not None else None
-        result = messages_write(
-            account=account, batch=prepared, flags_as_of=as_of, known_folders=folders
-        )
-        if batch.sync_run_id:
-            sync_run_add(run_id=batch.sync_run_id, result=result)
-        if row is not None and by_producer:
-            row.delete()
-        elif row is not None:
-            row.stored_at = timezone.now()
-            row.dead_letter_uids = _dead_letter_uids(result)
-            row.dead_letters = len(result.dead_letters)
-            row.problems = result.problems_text()[:2000]
-            row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
-            publisher = row.publisher
-            transaction.on_commit(lambda: _notify(publisher))
+        with writes_held():  # fewer round trips: see messages.held_writes
+            result = messages_write(
+                account=account, batch=prepared, flags_as_of=as_of, known_folders=folders
+            )
+            if batch.sync_run_id:
+                with hold():
+                    sync_run_add(run_id=batch.sync_run_id, result=result)
+            _row_done(row, result, by_producer)
     return result
+
+
+def _row_done(row: IngestBatch | None, result: IngestResult, by_producer: bool) -> None:
+    """Rule 1: the row marked stored (deleted when its producer stores it)."""
+    if row is None:
+        return
+    if by_producer:
+        row.delete()
+        return
+    row.stored_at = timezone.now()
+    row.dead_letter_uids = _dead_letter_uids(result)
+    row.dead_letters = len(result.dead_letters)
+    row.problems = result.problems_text()[:2000]
+    row.save(update_fields=["stored_at", "dead_letters", "dead_letter_uids", "problems"])
+    publisher = row.publisher
+    transaction.on_commit(lambda: _notify(publisher))
 
 
 def _dead_letter_uids(result: IngestResult) -> list[int]:

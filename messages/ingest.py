@@ -38,8 +38,10 @@ from emailplatform import topics
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
+from .bulk_insert import bulk_insert
 from .events import events_record, events_record_many, messages_updated_events
 from .folders import folders_by_name
+from .held_writes import hold, writes_held
 from .mime import ParsedAttachment, ParsedMessage, conversion_failed
 from .mime_stream import file_conversion_failed, parse_message_bytes, parse_message_file
 from .models import Account, Attachment, Folder, Message, MessageLocation, RawMessage, Thread
@@ -299,8 +301,8 @@ def _write(
     result = IngestResult()
     written: list[str] = []  # raw files of this batch: removed if it rolls back
     try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
+        with transaction.atomic(), writes_held():
+            with hold(), connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
                 )
@@ -570,11 +572,7 @@ def _create_messages(
         _message_row(account, p, thread_id, as_of)
         for p, thread_id in zip(new, threads.thread_ids, strict=True)
     ]
-    Message.objects.bulk_create(rows, batch_size=1000)
-    RawMessage.objects.bulk_create(
-        [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)],
-        batch_size=500,
-    )
+    bulk_insert(rows)
     Attachment.objects.bulk_create(
         [
             _attachment_row(row, attachment, stored_files)
@@ -583,7 +581,12 @@ def _create_messages(
         ],
         batch_size=1000,
     )
-    refresh_thread_summaries(set(threads.thread_ids) - threads.summarized)
+    with hold():
+        RawMessage.objects.bulk_create(
+            [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)],
+            batch_size=500,
+        )
+        refresh_thread_summaries(set(threads.thread_ids) - threads.summarized)
     return {row.provider_id: row for row in rows}, threads
 
 
@@ -610,7 +613,7 @@ def _create_minimal(
     rows = [_message_row(account, p, t.id, as_of) for p, t in zip(new, threads, strict=True)]
     for row in rows:
         row.has_attachments = False
-    Message.objects.bulk_create(rows)
+    bulk_insert(rows)
     RawMessage.objects.bulk_create(
         [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)]
     )
@@ -787,7 +790,7 @@ def _insert_locations(locations: list[MessageLocation]) -> None:
     `_release_stale_uids` does, in the same statement)."""
     if not locations:
         return
-    with connection.cursor() as cursor:
+    with hold(), connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {MessageLocation._meta.db_table} (message_id, folder_id, uid, sort_date)

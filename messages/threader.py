@@ -14,6 +14,7 @@ from typing import cast
 
 from django.db import connection
 
+from .held_writes import hold
 from .models import Account, Message, Thread, ThreadReference
 
 
@@ -169,13 +170,14 @@ def _assign_reference_threads(
         for mid in (item.own_id, *item.referenced_ids):
             if mid not in known:
                 new_refs[mid] = result[index]
-    ThreadReference.objects.bulk_create(
-        [
-            ThreadReference(account=account, message_id_header=mid, thread_id=thread_id)
-            for mid, thread_id in new_refs.items()
-        ],
-        ignore_conflicts=True,
-    )
+    with hold():  # sent with the next statement (see messages.held_writes)
+        ThreadReference.objects.bulk_create(
+            [
+                ThreadReference(account=account, message_id_header=mid, thread_id=thread_id)
+                for mid, thread_id in new_refs.items()
+            ],
+            ignore_conflicts=True,
+        )
 
 
 def _merge_threads(target: int, others: list[int]) -> None:
