@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -33,6 +33,10 @@ chaos: bootstrap
 
 bench-ingest: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)
+
+# Storing the one message an IDLE notice brings: statements sent (round trips) and time.
+bench-ingest-one: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/ingest_one.py $(BENCH_ARGS)
 
 bench-imap: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/imap_sync.py $(BENCH_ARGS)

@@ -5,7 +5,8 @@ that fetched them moved on. What keeps the store right (each rule is tested with
 consumed out of order and twice, tests/messages/test_batch_store.py):
 
 1. Written once. A batch's `IngestBatch` row is locked (SELECT ... FOR UPDATE) in the
-   transaction that writes it and marked stored there; a batch whose row is stored or gone
+   transaction that writes it and marked stored there (deleted there when its producer stores
+   it itself, as nobody else waits for it); a batch whose row is stored or gone
    changes nothing (a redelivery, a copy consumed beside it, a batch its producer gave up on
    and published again, or one voided by the rules below).
 2. Nothing resurrected. A removal seen by a sync (expunge, move away) strips its UIDs from the
@@ -43,12 +44,13 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from emailplatform import syncstate, topics
 
+from .held_writes import hold, writes_held
 from .ingest import IngestResult, PreparedBatch, messages_write
 from .models import Account, Folder, IngestBatch
 from .services import dead_letter_record, sync_run_add
@@ -86,7 +88,7 @@ def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
         if account is None:
             return _reject(payload, f"accountId: account {batch.account_id} does not exist")
         with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared, notify=not by_producer)
+            result = _write(account, batch, prepared, by_producer=by_producer)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)
@@ -103,55 +105,90 @@ def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
         result.damaged,
         len(result.dead_letters),
     )
-    return {
+    outcome: dict[str, Any] = {
         "created": result.created,
         "updated": result.updated,
         "unchanged": result.unchanged,
         "damaged": result.damaged,
         "deadLetters": [d.letter_id for d in result.dead_letters],
     }
+    if by_producer and batch_id is not None:
+        # Its row went in the write's transaction: what the producer would have read there.
+        outcome["rowDeleted"] = {
+            "deadLetters": len(result.dead_letters),
+            "deadLetterUids": _dead_letter_uids(result),
+            "deadLetterProviderIds": _dead_letter_provider_ids(result),
+            "problems": result.problems_text()[:2000],
+        }
+    return outcome
 
 
 def _write(
-    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, notify: bool
+    account: Account, batch: topics.NewMessageBatch, prepared: PreparedBatch, *, by_producer: bool
 ) -> IngestResult | None:
     """One transaction: the batch row (rule 1), what it still wants (rule 2), the write, the
-    row marked stored, the run's progress. None: nothing to do (rule 1)."""
+    row marked stored (deleted, BY_PRODUCER: its producer has the outcome already), the run's
+    progress. None: nothing to do (rule 1)."""
     with transaction.atomic():
         row = None
+        folders: list[Folder] = []
         if batch.batch_id is not None:
-            row = IngestBatch.objects.select_for_update().filter(pk=batch.batch_id).first()
+            row = (
+                IngestBatch.objects.select_for_update(of=("self",))
+                .select_related("folder")
+                .filter(pk=batch.batch_id)
+                .first()
+            )
             if row is None or row.stored_at is not None:
                 return None
             _keep_wanted(row, prepared)
+            if row.folder is not None:
+                folders.append(row.folder)
         as_of = row.fetched_at if row is not None else None
-        result = messages_write(account=account, batch=prepared, flags_as_of=as_of)
-        if batch.sync_run_id:
-            sync_run_add(run_id=batch.sync_run_id, result=result)
-        if row is not None:
-            row.stored_at = timezone.now()
-            row.dead_letter_uids = sorted(
-                {d.item.uid for d in result.dead_letters if d.item.uid is not None}
+        with writes_held():  # fewer round trips: see messages.held_writes
+            result = messages_write(
+                account=account, batch=prepared, flags_as_of=as_of, known_folders=folders
             )
-            row.dead_letters = len(result.dead_letters)
-            row.problems = result.problems_text()[:2000]
-            if row.provider_ids is not None:
-                row.dead_letter_provider_ids = sorted(
-                    {d.item.provider_id for d in result.dead_letters if d.item.provider_id}
-                )
-            row.save(
-                update_fields=[
-                    "stored_at",
-                    "dead_letters",
-                    "dead_letter_uids",
-                    "dead_letter_provider_ids",
-                    "problems",
-                ]
-            )
-            publisher = row.publisher
-            if notify:
-                transaction.on_commit(lambda: _notify(publisher))
+            if batch.sync_run_id:
+                with hold():
+                    sync_run_add(run_id=batch.sync_run_id, result=result)
+            _row_done(row, result, by_producer)
     return result
+
+
+def _row_done(row: IngestBatch | None, result: IngestResult, by_producer: bool) -> None:
+    """Rule 1: the row marked stored (deleted when its producer stores it)."""
+    if row is None:
+        return
+    if by_producer:
+        with connection.cursor() as cursor:  # no Collector: nothing refers to the row
+            cursor.execute(f"DELETE FROM {IngestBatch._meta.db_table} WHERE id = %s", [row.pk])
+        return
+    row.stored_at = timezone.now()
+    row.dead_letter_uids = _dead_letter_uids(result)
+    if row.provider_ids is not None:
+        row.dead_letter_provider_ids = _dead_letter_provider_ids(result)
+    row.dead_letters = len(result.dead_letters)
+    row.problems = result.problems_text()[:2000]
+    row.save(
+        update_fields=[
+            "stored_at",
+            "dead_letters",
+            "dead_letter_uids",
+            "dead_letter_provider_ids",
+            "problems",
+        ]
+    )
+    publisher = row.publisher
+    transaction.on_commit(lambda: _notify(publisher))
+
+
+def _dead_letter_uids(result: IngestResult) -> list[int]:
+    return sorted({d.item.uid for d in result.dead_letters if d.item.uid is not None})
+
+
+def _dead_letter_provider_ids(result: IngestResult) -> list[str]:
+    return sorted({d.item.provider_id for d in result.dead_letters if d.item.provider_id})
 
 
 def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
@@ -163,7 +200,7 @@ def _keep_wanted(row: IngestBatch, prepared: PreparedBatch) -> None:
         prepared.prepared = [p for p in prepared.prepared if p.item.provider_id in listed_ids]
     if row.folder_id is None:
         return
-    folder = Folder.objects.filter(pk=row.folder_id).only("name", "uidvalidity").first()
+    folder = row.folder
     if folder is None:
         prepared.prepared = []
         return

@@ -146,7 +146,9 @@ class BatchPublisher:
             row.folder_id, row.uids, timezone.now(), epoch, row.provider_ids
         )
         if inline:
-            batch_store(payload, by_producer=True)
+            stored = batch_store(payload, by_producer=True).get("rowDeleted")
+            if stored is not None:
+                self._stored_here(row.pk, stored)
             self._collect()
             return
         try:
@@ -256,6 +258,18 @@ class BatchPublisher:
         if finished:
             # Stored rows have told us all; lost ones go so that a late copy changes nothing.
             IngestBatch.objects.filter(pk__in=finished).delete()
+
+    def _stored_here(self, batch_id: int, stored: dict[str, Any]) -> None:
+        """A batch this producer stored itself: its outcome, without reading its row back."""
+        sent = self.in_flight.pop(batch_id)
+        if stored["deadLetterUids"]:
+            self.outcome.dead_letter_uids.setdefault(sent.folder_id, set()).update(
+                stored["deadLetterUids"]
+            )
+        self.outcome.dead_letter_provider_ids.update(stored["deadLetterProviderIds"])
+        self.outcome.dead_letters += stored["deadLetters"]
+        if stored["problems"]:
+            self.outcome.problems.append(stored["problems"])
 
     def _live_leases(self, rows: list[IngestBatch]) -> set[int]:
         claimed = [row.pk for row in rows if row.claimed_at is not None]

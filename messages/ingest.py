@@ -38,11 +38,13 @@ from emailplatform import topics
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
-from .events import events_record, messages_updated
+from .bulk_insert import bulk_insert
+from .events import events_record, events_record_many, messages_updated_events
 from .folders import folders_by_name
+from .held_writes import hold, writes_held
 from .mime import ParsedAttachment, ParsedMessage, conversion_failed
 from .mime_stream import file_conversion_failed, parse_message_bytes, parse_message_file
-from .models import Account, Attachment, Message, MessageLocation, RawMessage, Thread
+from .models import Account, Attachment, Folder, Message, MessageLocation, RawMessage, Thread
 from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
 
 logger = logging.getLogger(__name__)
@@ -156,6 +158,7 @@ class PreparedBatch:
     def __init__(self, items: Sequence[IncomingMessage]) -> None:
         self._work_dir = tempfile.TemporaryDirectory(prefix="ingest-", dir=process_temp_dir())
         self.work_dir = Path(self._work_dir.name)
+        self.known_folders: dict[str, Folder] = {}
         try:
             self.prepared = _prepare(items, self.work_dir)
             self.stored_files = _store_attachment_files(self.prepared)
@@ -187,6 +190,7 @@ def messages_write(
     batch: PreparedBatch,
     isolate: bool = True,
     flags_as_of: datetime | None = None,
+    known_folders: Sequence[Folder] = (),
 ) -> IngestResult:
     """The database half of `messages_upsert`, for a batch prepared beforehand.
 
@@ -194,8 +198,10 @@ def messages_write(
     docstring) and the account's last_error says what happened to it; INFRA_ERRORS still
     propagate. Without, the batch is one transaction that succeeds or raises.
     FLAGS_AS_OF: when the batch's flags were read from the provider; a stored message whose
-    flags were read or changed later (Message.flags_at) keeps them. None: now."""
+    flags were read or changed later (Message.flags_at) keeps them. None: now.
+    KNOWN_FOLDERS: folders of the account the caller has read already (not read again)."""
     as_of = flags_as_of or timezone.now()
+    batch.known_folders = {f.name: f for f in known_folders if f.account_id == account.pk}
     if not isolate:
         return _write(account, batch.prepared, batch, as_of=as_of)
     result = _write_isolating(account, batch.prepared, batch, as_of)
@@ -295,13 +301,12 @@ def _write(
     result = IngestResult()
     written: list[str] = []  # raw files of this batch: removed if it rolls back
     try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
+        with transaction.atomic(), writes_held():
+            with hold(), connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(%s, %s)", [INGEST_LOCK_NAMESPACE, account.pk]
                 )
-            folder_names = {name for p in prepared for name in p.item.folders}
-            folders = folders_by_name(account, folder_names)
+            folders = _folders(account, prepared, batch.known_folders)
             existing = {
                 m.provider_id: m
                 for m in Message.objects.filter(
@@ -338,23 +343,37 @@ def _write(
 
             changed_ids = _update_flags(existing, prepared, as_of)
             all_messages = {**existing, **created}
-            changed_ids |= _upsert_locations(all_messages, prepared, folders)
-            result.updated = len(changed_ids - {m.id for m in created.values()})
+            created_ids = {m.id for m in created.values()}
+            changed_ids |= _upsert_locations(all_messages, prepared, folders, created_ids)
+            result.updated = len(changed_ids - created_ids)
             result.unchanged = len(existing) - result.updated
             result.message_ids = sorted(m.id for m in all_messages.values())
-            created_ids = {m.id for m in created.values()}
-            events_record(account, "message", "created", created_ids)
+            events: list[tuple[str, str, set[int]]] = [("message", "created", created_ids)]
             if threads is not None:
                 touched = set(threads.thread_ids)
-                events_record(account, "thread", "created", threads.created)
-                events_record(account, "thread", "updated", touched - threads.created)
-                events_record(account, "thread", "deleted", threads.merged_away)
-            messages_updated(account, changed_ids - created_ids)
+                events += [
+                    ("thread", "created", threads.created),
+                    ("thread", "updated", touched - threads.created),
+                    ("thread", "deleted", threads.merged_away),
+                ]
+            events += messages_updated_events(changed_ids - created_ids)
+            events_record_many(account, events)
     except BaseException:
         for name in written:
             default_storage.delete(name)
         raise
     return result
+
+
+def _folders(
+    account: Account, prepared: list[_Prepared], known: dict[str, Folder]
+) -> dict[str, Folder]:
+    """The folders the batch names, by name: those the caller knows, the others looked up."""
+    names = {name for p in prepared for name in p.item.folders}
+    found = {name: known[name] for name in names if name in known}
+    if names - found.keys():
+        found.update(folders_by_name(account, names - found.keys()))
+    return found
 
 
 # ANALYZE after bulk loads: a first sync into young tables runs on statistics that say they
@@ -542,6 +561,9 @@ def _create_messages(
                 own_id=p.parsed.message_id or f"<{p.provider_id}@no-message-id>",
                 referenced_ids=_referenced_ids(p.parsed),
                 provider_thread_id=p.item.provider_thread_id,
+                sort_date=p.sort_date,
+                subject=p.parsed.subject,
+                snippet=p.parsed.snippet,
             )
             for p in new
         ],
@@ -550,11 +572,7 @@ def _create_messages(
         _message_row(account, p, thread_id, as_of)
         for p, thread_id in zip(new, threads.thread_ids, strict=True)
     ]
-    Message.objects.bulk_create(rows, batch_size=1000)
-    RawMessage.objects.bulk_create(
-        [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)],
-        batch_size=500,
-    )
+    bulk_insert(rows)
     Attachment.objects.bulk_create(
         [
             _attachment_row(row, attachment, stored_files)
@@ -563,7 +581,12 @@ def _create_messages(
         ],
         batch_size=1000,
     )
-    refresh_thread_summaries(set(threads.thread_ids))
+    with hold():
+        RawMessage.objects.bulk_create(
+            [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)],
+            batch_size=500,
+        )
+        refresh_thread_summaries(set(threads.thread_ids) - threads.summarized)
     return {row.provider_id: row for row in rows}, threads
 
 
@@ -590,7 +613,7 @@ def _create_minimal(
     rows = [_message_row(account, p, t.id, as_of) for p, t in zip(new, threads, strict=True)]
     for row in rows:
         row.has_attachments = False
-    Message.objects.bulk_create(rows)
+    bulk_insert(rows)
     RawMessage.objects.bulk_create(
         [_raw_row(row, p, raw_files) for p, row in zip(new, rows, strict=True)]
     )
@@ -713,12 +736,14 @@ def _update_flags(
 
 
 def _upsert_locations(
-    messages: dict[str, Message], prepared: list[_Prepared], folders: dict
+    messages: dict[str, Message], prepared: list[_Prepared], folders: dict, created_ids: set[int]
 ) -> set[int]:
     """Add each message to the folders named for it, at its UID; return changed message ids.
 
     A folder may hold two identical copies (two UIDs, one message): locations are keyed by
-    (folder, UID), or by (message, folder) where there is no UID.
+    (folder, UID), or by (message, folder) where there is no UID. A (folder, UID) that names
+    another message now is taken from it (that location is gone). CREATED_IDS: messages
+    created in this transaction (they have no locations yet).
     """
     wanted: set[tuple[int, int, int | None]] = set()
     for p in prepared:
@@ -729,8 +754,9 @@ def _upsert_locations(
         return set()
     message_ids = {m for m, _, _ in wanted}
     current: dict[tuple[int, int], dict[int | None, MessageLocation]] = {}
-    for loc in MessageLocation.objects.filter(message_id__in=message_ids):
-        current.setdefault((loc.message_id, loc.folder_id), {})[loc.uid] = loc
+    if message_ids - created_ids:
+        for loc in MessageLocation.objects.filter(message_id__in=message_ids - created_ids):
+            current.setdefault((loc.message_id, loc.folder_id), {})[loc.uid] = loc
     sort_dates = {m.id: m.sort_date for m in messages.values()}
     changed: set[int] = set()
     to_create, to_update = [], []
@@ -752,13 +778,33 @@ def _upsert_locations(
             to_create.append(location)
         held[uid] = location
         changed.add(message_id)
-    uid_claims = [(loc.folder_id, loc.uid) for loc in (*to_create, *to_update) if loc.uid]
-    if uid_claims:
-        _release_stale_uids(uid_claims, message_ids)
     if to_update:
+        _release_stale_uids([(loc.folder_id, loc.uid) for loc in to_update], message_ids)
         MessageLocation.objects.bulk_update(to_update, ["uid"])
-    MessageLocation.objects.bulk_create(to_create, batch_size=1000)
+    _insert_locations(to_create)
     return changed
+
+
+def _insert_locations(locations: list[MessageLocation]) -> None:
+    """Insert LOCATIONS; one at a (folder, UID) another message holds takes it over (what
+    `_release_stale_uids` does, in the same statement)."""
+    if not locations:
+        return
+    with hold(), connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {MessageLocation._meta.db_table} (message_id, folder_id, uid, sort_date)
+            SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::timestamptz[])
+            ON CONFLICT (folder_id, uid) WHERE uid IS NOT NULL
+            DO UPDATE SET message_id = EXCLUDED.message_id, sort_date = EXCLUDED.sort_date
+            """,
+            [
+                [loc.message_id for loc in locations],
+                [loc.folder_id for loc in locations],
+                [loc.uid for loc in locations],
+                [loc.sort_date for loc in locations],
+            ],
+        )
 
 
 def _release_stale_uids(claims: list[tuple[int, int]], message_ids: set[int]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
 from .events import events_record, messages_updated
@@ -296,8 +296,15 @@ class ServerMessage:
     message_id_fields: bytes  # the server's BODY[HEADER.FIELDS (MESSAGE-ID)]
 
 
-def account_has_messages_without_server_ids(account: Account) -> bool:
-    return Message.objects.filter(account=account, server_ids=[]).exists()
+def account_messages_present(account_id: int) -> tuple[bool, bool]:
+    """Whether the account has messages, and whether some have no server id: one query."""
+    of_account = Message.objects.filter(account_id=OuterRef("pk"))
+    row = (
+        Account.objects.filter(pk=account_id)
+        .values_list(Exists(of_account), Exists(of_account.filter(server_ids=[])))
+        .first()
+    )
+    return (row[0], row[1]) if row is not None else (False, False)
 
 
 def locations_attach_known(folder: Folder, seen: Sequence[ServerMessage]) -> set[int]:

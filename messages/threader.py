@@ -9,10 +9,12 @@ threads its replies started. Callers hold the account's ingest lock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import cast
 
 from django.db import connection
 
+from .held_writes import hold
 from .models import Account, Message, Thread, ThreadReference
 
 
@@ -21,6 +23,10 @@ class ThreadInput:
     own_id: str
     referenced_ids: list[str] = field(default_factory=list)
     provider_thread_id: str | None = None
+    # The message's, when given: a thread it starts is created with its summary (no refresh).
+    sort_date: datetime | None = None
+    subject: str = ""
+    snippet: str = ""
 
 
 class _UnionFind:
@@ -47,6 +53,27 @@ class ThreadAssignment:
     thread_ids: list[int]
     created: set[int] = field(default_factory=set)
     merged_away: set[int] = field(default_factory=set)
+    summarized: set[int] = field(default_factory=set)  # created with their summary
+
+
+def _new_thread(account: Account, members: list[ThreadInput], **fields: object) -> Thread:
+    """A thread for MEMBERS (in the order their messages are inserted), with its summary when
+    they all carry theirs (see `refresh_thread_summaries` for what it is)."""
+    if not members or any(m.sort_date is None for m in members):
+        return Thread(account=account, **fields)
+    order = sorted(range(len(members)), key=lambda i: (members[i].sort_date, i))
+    return Thread(
+        account=account,
+        message_count=len(members),
+        last_message_at=members[order[-1]].sort_date,
+        snippet=members[order[-1]].snippet,
+        subject=members[order[0]].subject,
+        **fields,
+    )
+
+
+def _summarized(thread: Thread) -> bool:
+    return thread.message_count > 0
 
 
 def assign_threads(account: Account, inputs: list[ThreadInput]) -> ThreadAssignment:
@@ -74,10 +101,18 @@ def _assign_provider_threads(
         )
     )
     created = Thread.objects.bulk_create(
-        [Thread(account=account, provider_thread_id=p) for p in sorted(wanted - existing.keys())]
+        [
+            _new_thread(
+                account,
+                [i for i in inputs if i.provider_thread_id == p],
+                provider_thread_id=p,
+            )
+            for p in sorted(wanted - existing.keys())
+        ]
     )
     existing.update({t.provider_thread_id: t.id for t in created})
     assignment.created.update(t.id for t in created)
+    assignment.summarized.update(t.id for t in created if _summarized(t))
     for index, item in enumerate(inputs):
         if item.provider_thread_id:
             result[index] = existing[item.provider_thread_id]
@@ -111,12 +146,15 @@ def _assign_reference_threads(
     for mid, thread_id in known.items():
         threads_of_root.setdefault(groups.find(mid), set()).add(thread_id)
 
-    roots = {groups.find(inputs[i].own_id) for i in pending}
-    new_roots = sorted(root for root in roots if root not in threads_of_root)
-    created = Thread.objects.bulk_create([Thread(account=account) for _ in new_roots])
+    members: dict[str, list[ThreadInput]] = {}
+    for index in pending:
+        members.setdefault(groups.find(inputs[index].own_id), []).append(inputs[index])
+    new_roots = sorted(root for root in members if root not in threads_of_root)
+    created = Thread.objects.bulk_create([_new_thread(account, members[r]) for r in new_roots])
     thread_of_root = {root: thread.id for root, thread in zip(new_roots, created, strict=True)}
     assignment.created.update(thread_of_root.values())
-    for root in roots & threads_of_root.keys():
+    assignment.summarized.update(t.id for t in created if _summarized(t))
+    for root in members.keys() & threads_of_root.keys():
         target, *others = sorted(threads_of_root[root])
         if others:
             _merge_threads(target, others)
@@ -132,13 +170,14 @@ def _assign_reference_threads(
         for mid in (item.own_id, *item.referenced_ids):
             if mid not in known:
                 new_refs[mid] = result[index]
-    ThreadReference.objects.bulk_create(
-        [
-            ThreadReference(account=account, message_id_header=mid, thread_id=thread_id)
-            for mid, thread_id in new_refs.items()
-        ],
-        ignore_conflicts=True,
-    )
+    with hold():  # sent with the next statement (see messages.held_writes)
+        ThreadReference.objects.bulk_create(
+            [
+                ThreadReference(account=account, message_id_header=mid, thread_id=thread_id)
+                for mid, thread_id in new_refs.items()
+            ],
+            ignore_conflicts=True,
+        )
 
 
 def _merge_threads(target: int, others: list[int]) -> None:

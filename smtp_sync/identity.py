@@ -14,25 +14,30 @@ from collections.abc import Sequence
 from datetime import UTC
 
 from messages import mailbox
-from messages.models import Folder, Message
+from messages.models import Folder
 
 from .imap import FetchedMessage, ImapConnection
 
 IDENTITY_BATCH = 1000
 
 
-def known_locations(conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> list[int]:
+def known_locations(
+    conn: ImapConnection, folder: Folder, uids: Sequence[int], sizes: dict[int, int] | None = None
+) -> list[int]:
     """Attach the messages at UIDS of FOLDER (selected) that the store has; return the other
-    UIDs, in their order: those still need a body."""
+    UIDs, in their order: those still need a body. SIZES gets the RFC822.SIZE of each UID
+    fetched here, so that the body fetch need not ask for it again."""
     if not uids:
         return []
-    if not Message.objects.filter(account_id=folder.account_id).exists():
+    present, headers = mailbox.account_messages_present(folder.account_id)
+    if not present:
         return list(uids)  # an account's first sync: nothing to recognise
-    headers = mailbox.account_has_messages_without_server_ids(folder.account)
     attached: set[int] = set()
     for start in range(0, len(uids), IDENTITY_BATCH):
         chunk = list(uids[start : start + IDENTITY_BATCH])
         seen = [_server_message(m) for m in _identities(conn, chunk, headers=headers)]
+        if sizes is not None:
+            sizes.update((m.uid, m.size) for m in seen)
         attached |= mailbox.locations_attach_known(folder, seen)
     return [uid for uid in uids if uid not in attached]
 

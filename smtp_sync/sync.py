@@ -90,8 +90,9 @@ class BudgetExhausted(Exception):
     """This chunk of a long sync used its share; the next chunk resumes from the store."""
 
 
-def server_for(account: Account) -> ImapServer:
-    settings = ImapSettings.objects.get(account=account)
+def server_for(account: Account, settings: ImapSettings | None = None) -> ImapServer:
+    """The account's IMAP server (SETTINGS: its ImapSettings row, when read already)."""
+    settings = settings or ImapSettings.objects.get(account=account)
     credentials = account.get_credentials()
     return ImapServer(
         host=settings.imap_host,
@@ -155,10 +156,12 @@ class ImapAccountSync:
         )
         try:
             batches_void(self.account.pk, keep_publisher=self.publisher.publisher)
-            with self.connection_factory(server_for(self.account)) as conn:
-                ImapSettings.objects.filter(account=self.account).update(
-                    capabilities=sorted(conn.capabilities)
-                )
+            imap_settings = ImapSettings.objects.get(account=self.account)
+            with self.connection_factory(server_for(self.account, imap_settings)) as conn:
+                if imap_settings.capabilities != sorted(conn.capabilities):
+                    ImapSettings.objects.filter(account=self.account).update(
+                        capabilities=sorted(conn.capabilities)
+                    )
                 inbox = None if full or continuing else self._synced_inbox()
                 if inbox is not None:
                     self._sync_folder(conn, inbox, full=False)
@@ -358,12 +361,13 @@ class ImapAccountSync:
         in the folder's sync_state and not fetched again. UIDs whose batch was lost (its
         consumer killed) are fetched again, up to REFETCH_ROUNDS times; after that the pass
         ends unfinished and the folder's cursor stays where it was."""
-        uids = known_locations(conn, folder, uids)
+        sizes: dict[int, int] = {}
+        uids = known_locations(conn, folder, uids, sizes)
         handled = set(folder.sync_state.get(DEAD_LETTER_UIDS, ()))
         uids = [uid for uid in uids if uid not in handled]
         for _round in range(REFETCH_ROUNDS + 1):
             try:
-                self._publish(conn, folder, uids)
+                self._publish(conn, folder, uids, sizes)
             finally:
                 lost = self._drain(folder)
             if not lost:
@@ -374,8 +378,10 @@ class ImapAccountSync:
                 return
         raise BatchesLost(f"{folder.name}: {len(uids)} messages were fetched but not stored")
 
-    def _publish(self, conn: ImapConnection, folder: Folder, uids: Sequence[int]) -> None:
-        batches = Prefetcher(self._fetched_batches(conn, folder, uids), discard=_discard)
+    def _publish(
+        self, conn: ImapConnection, folder: Folder, uids: Sequence[int], sizes: dict[int, int]
+    ) -> None:
+        batches = Prefetcher(self._fetched_batches(conn, folder, uids, sizes), discard=_discard)
         with batches:
             for fetched in batches:
                 try:
@@ -405,11 +411,11 @@ class ImapAccountSync:
         return outcome.lost.get(folder.pk, set())
 
     def _fetched_batches(
-        self, conn: ImapConnection, folder: Folder, uids: Sequence[int]
+        self, conn: ImapConnection, folder: Folder, uids: Sequence[int], sizes: dict[int, int]
     ) -> Iterator[FetchedBatch]:
         """Batches as payload items. Runs in the prefetch thread: IMAP and files only, no
         database (a large message is fetched to a file and staged in blob storage)."""
-        for uids_batch, large in self._batches(conn, uids):
+        for uids_batch, large in self._batches(conn, uids, sizes):
             at = timezone.now()
             if large:
                 with tempfile.TemporaryDirectory(prefix="imap-", dir=process_temp_dir()) as tmp:
@@ -427,14 +433,19 @@ class ImapAccountSync:
             )
 
     def _batches(
-        self, conn: ImapConnection, uids: Sequence[int]
+        self, conn: ImapConnection, uids: Sequence[int], known_sizes: dict[int, int]
     ) -> Iterator[tuple[list[int], bool]]:
-        """Batches bounded in count and, using RFC822.SIZE, in bytes; a large message goes
-        alone, flagged to be fetched into a file rather than into memory."""
+        """Batches bounded in count and, using RFC822.SIZE (asked for unless KNOWN_SIZES has
+        it), in bytes; a large message goes alone, flagged to be fetched into a file rather
+        than into memory."""
         count = settings.IMAP_FETCH_BATCH
         for start in range(0, len(uids), count):
             chunk = list(uids[start : start + count])
-            sizes = {m.uid: m.size for m in conn.fetch_messages(chunk, include_body=False)}
+            sizes = {uid: known_sizes[uid] for uid in chunk if uid in known_sizes}
+            missing = [uid for uid in chunk if uid not in sizes]
+            if missing:
+                fetched = conn.fetch_messages(missing, include_body=False)
+                sizes.update((m.uid, m.size) for m in fetched)
             batch: list[int] = []
             batch_bytes = 0
             for uid in chunk:
