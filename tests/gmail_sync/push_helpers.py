@@ -3,14 +3,11 @@ tasks waiting on a queue of the test's own Redis database (what was really publi
 
 from __future__ import annotations
 
-import base64
 import json
 
-import redis
-from django.conf import settings
-
-from gmail_sync.models import GmailSettings
 from messages.models import Account
+from tests.gmail_sync.factories import gmail_account_create
+from tests.messages.api.conftest import broker, queued
 
 TOPIC = "projects/test-project/topics/gmail"
 AUDIENCE = "https://mail.example.org/gmail/push"
@@ -18,28 +15,12 @@ SERVICE_ACCOUNT = "gmail-push@test-project.iam.gserviceaccount.com"
 
 
 def gmail_account(owner, email: str, refresh_token: str, **gmail_fields) -> Account:
-    account = Account.objects.create(owner=owner, provider="gmail", email_address=email)
-    account.set_credentials({"refresh_token": refresh_token})
-    account.save()
-    GmailSettings.objects.create(account=account, **gmail_fields)
-    return account
-
-
-def broker() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return gmail_account_create(owner, refresh_token, email, **gmail_fields)
 
 
 def queued_tasks(queue: str = "gmail") -> list[tuple[str, list]]:
-    """(task name, args) of every message on QUEUE, oldest first."""
-    tasks = []
-    for raw in reversed(broker().lrange(queue, 0, -1)):
-        message = json.loads(raw)
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args, _kwargs, _embed = json.loads(body)
-        tasks.append((message["headers"]["task"], args))
-    return tasks
+    """(task name, args) of every message on QUEUE, oldest first; the queue keeps them."""
+    return queued(queue, empty=False)
 
 
 def run_queued(queue: str = "gmail") -> list[tuple[str, list]]:

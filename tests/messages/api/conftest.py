@@ -112,8 +112,9 @@ def broker() -> redis.Redis:
     return redis.Redis.from_url(settings.CELERY_BROKER_URL)
 
 
-def queued(queue: str) -> list[tuple[str, list]]:
-    """(task name, args) of the messages waiting on a queue, oldest first; the queue is emptied.
+def queued(queue: str, *, empty: bool = True) -> list[tuple[str, list]]:
+    """(task name, args) of the messages waiting on a queue, oldest first; the queue is emptied
+    unless EMPTY is false.
 
     Kombu's Redis transport keeps a queue as a list, newest pushed left.
     """
@@ -123,7 +124,8 @@ def queued(queue: str) -> list[tuple[str, list]]:
         message = json.loads(raw)
         body = json.loads(_decode(message))
         found.append((message["headers"]["task"], body[0]))
-    connection.delete(queue)
+    if empty:
+        connection.delete(queue)
     return found
 
 
