@@ -42,7 +42,7 @@ from django.utils import timezone
 from emailplatform.synclock import SyncLockLost
 from messages import mailbox
 from messages.account_status import account_mark_error, account_mark_ok
-from messages.batches import BatchPublisher, batches_void
+from messages.batches import BatchPublisher, DrainOutcome, batches_void
 from messages.models import Account, Message, SyncRun
 from messages.services import sync_run_finish, sync_run_start
 from messages.sync_tasks import SYNC_INFRA_ERRORS
@@ -69,6 +69,11 @@ from .models import GmailSettings
 logger = logging.getLogger(__name__)
 
 REFETCH_ROUNDS = 2
+# A full sync's checkpoint (the page token) moves every this many pages of 500, once their
+# batches are stored; in between, fetching goes on while the message workers store (waiting
+# at every page left them idle while the next page was listed and fetched). A resumed sync
+# lists those pages again but fetches only what is not stored.
+CHECKPOINT_PAGES = 10
 LABELS_SET_CHUNK = 1000
 FULL = "full"  # GmailSettings.sync_state key of a full sync's checkpoint
 # GmailSettings.sync_state key: provider ids of messages dead-lettered (handled: not fetched
@@ -220,6 +225,7 @@ class GmailAccountSync:
         SyncRun.objects.filter(pk=self.run.pk).update(
             progress_total=state["total"], progress_done=F("progress_done") + stored
         )
+        pages, unsettled = 0, []  # ids published since the last checkpoint
         while state["phase"] == "fetch":
             try:
                 page = self.client.list_messages(
@@ -233,11 +239,23 @@ class GmailAccountSync:
                 # stored is not fetched twice.
                 state = {**state, "pageToken": None}
                 continue
-            older = self._fetch_new([m["id"] for m in page.messages], listing=True)
+            ids = [m["id"] for m in page.messages]
+            pages += 1
             state = {**state, "pageToken": page.next_page_token}
-            if older or not page.next_page_token:
-                state["phase"] = "reconcile"
-            self._save_state(state)
+            last = not page.next_page_token
+            if last or pages % CHECKPOINT_PAGES == 0:
+                older = self._fetch_new(unsettled + ids, listing=True)
+                unsettled = []
+                if older or last:
+                    state["phase"] = "reconcile"
+                self._save_state(state)
+            else:
+                unsettled += ids
+                if self._fetch_new(ids, listing=True, settle=False):
+                    # Older than the window: so is the rest. Settle what is on its way.
+                    self._fetch_new(unsettled, listing=True)
+                    state["phase"] = "reconcile"
+                    self._save_state(state)
         if state.get("reconcile", True):
             self._reconcile()
         self.settings.history_id = state["startHistoryId"]
@@ -364,23 +382,28 @@ class GmailAccountSync:
             ).values_list("provider_id", flat=True)
         )
 
-    def _fetch_new(self, gmail_ids: list[str], *, listing: bool = False) -> bool:
-        """Fetch the messages of GMAIL_IDS not in the store and return once they are stored.
+    def _fetch_new(
+        self, gmail_ids: list[str], *, listing: bool = False, settle: bool = True
+    ) -> bool:
+        """Fetch the messages of GMAIL_IDS not in the store and return once they are stored
+        (SETTLE false: once published; a later call with them settles them).
         Messages whose batch was lost (its consumer killed) are fetched again, up to
         REFETCH_ROUNDS times. LISTING (ids in messages.list's order, newest first): messages
         older than the date window are left out, and True returned at the first (new mail a
         history sync names is stored whatever its date, as the IMAP path's new UIDs are)."""
+        if settle:
+            self._drain()  # what unsettled calls published: stored now, or fetched below
         handled = self._stored({store_id(gid) for gid in gmail_ids})
         handled |= set(self.settings.sync_state.get(DEAD_LETTERS, ()))
         wanted = [gid for gid in gmail_ids if store_id(gid) not in handled]
+        if not settle:
+            return self._publish(wanted, listing=listing)
         older = False
         for _round in range(REFETCH_ROUNDS + 1):
             try:
                 older = self._publish(wanted, listing=listing) or older
             finally:
-                outcome = self.publisher.drain()
-                self.problems += outcome.problems
-                self._remember_dead_letters(outcome.dead_letter_provider_ids)
+                outcome = self._drain()
             if not outcome.lost_provider_ids:
                 return older
             stored = self._stored(outcome.lost_provider_ids)
@@ -389,6 +412,12 @@ class GmailAccountSync:
             if not wanted:
                 return older
         raise BatchesLost(f"{len(wanted)} messages were fetched but not stored")
+
+    def _drain(self) -> DrainOutcome:
+        outcome = self.publisher.drain()
+        self.problems += outcome.problems
+        self._remember_dead_letters(outcome.dead_letter_provider_ids)
+        return outcome
 
     def _publish(self, gmail_ids: list[str], *, listing: bool) -> bool:
         label_map = self._labels_map()
