@@ -6,6 +6,8 @@ from email.parser import BytesHeaderParser
 
 import pytest
 
+from gmail_sync import sync as sync_module
+from gmail_sync.client import GmailClient
 from gmail_sync.ids import store_id as provider_id
 from gmail_sync.labels import ALL_MAIL
 from gmail_sync.models import GmailSettings
@@ -211,3 +213,44 @@ def test_a_checkpoint_whose_page_token_gmail_refuses_lists_from_the_start(gmail_
     assert gmail_sync_account(gmail_user.account.pk).done
 
     assert_store_matches_gmail(gmail_user.account, box)
+
+
+class SmallPages(GmailClient):
+    """Gmail's own client, listing 4 ids a page (instead of 500), so that a mailbox of a few
+    dozen messages has the pages of a big one."""
+
+    def list_messages(self, **kwargs):
+        return super().list_messages(**{**kwargs, "max_results": 4})
+
+
+def test_checkpoints_every_few_pages_and_resumes_between_them(gmail_user, monkeypatch):
+    """Fetching runs ahead of the checkpoint (every CHECKPOINT_PAGES pages); a sync stopped
+    between two checkpoints lists those pages again and fetches nothing twice."""
+    monkeypatch.setattr(sync_module, "CHECKPOINT_PAGES", 3)
+    box = gmail_user.box
+    for raw in mails("p", 30):  # 8 pages of 4
+        box.add_message(raw, ["INBOX"])
+    account_id = gmail_user.account.pk
+
+    def client():
+        return SmallPages(gmail_user.refresh_token, box.email)
+
+    first = gmail_sync_account(account_id, full=True, max_messages=17, client=client())
+
+    assert not first.done
+    state = GmailSettings.objects.get(account_id=account_id).sync_state["full"]
+    assert state["phase"] == "fetch" and state["pageToken"]
+    # The checkpoint is page 3's; pages 4 and 5 were fetched and stored past it.
+    next_page = client().list_messages(page_token=state["pageToken"]).messages
+    assert Message.objects.filter(
+        account_id=account_id, provider_id=provider_id(next_page[0]["id"])
+    ).exists()
+    gets_before = sum(1 for c in gmail_user.server.calls if c.startswith("GET messages/"))
+    stored_before = Message.objects.filter(account_id=account_id).count()
+    assert 12 < stored_before < 30
+    while not gmail_sync_account(account_id, full=False, client=client()).done:
+        pass
+
+    assert_store_matches_gmail(gmail_user.account, box)
+    gets = sum(1 for c in gmail_user.server.calls if c.startswith("GET messages/"))
+    assert gets - gets_before == 30 - stored_before  # nothing fetched twice
