@@ -62,6 +62,7 @@ from bench.imap_sync import BASE_TIMESTAMP, MailMaker, corpus_messages  # noqa: 
 from bench.message_workers import MessageWorker  # noqa: E402
 from bench.procstats import tree_cpu_seconds  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
+from gmail_sync.services import gmail_sync_account  # noqa: E402
 from messages.models import Account, Message  # noqa: E402
 
 BENCH_USERNAME = "bench-gmail"
@@ -190,38 +191,18 @@ def new_account(owner, refresh_token: str) -> Account:
     return account
 
 
-def platform_full_sync(fake: FakeProcess, account: Account, worker: MessageWorker) -> Run:
-    from gmail_sync.services import gmail_sync_account
-
+def platform_sync(fake: FakeProcess, account: Account, worker: MessageWorker, *, full: bool) -> Run:
+    """A full sync (FULL) or a history sync of ACCOUNT, as the sync tasks call it."""
     fake.ask("reset_calls")
     units_before = fake.ask("units", EMAIL)
     with CpuMeter(fake, worker) as meter:
         started = time.perf_counter()
-        gmail_sync_account(account.pk, full=True)
+        gmail_sync_account(account.pk, full=full)
         seconds = time.perf_counter() - started
-    calls = fake.ask("calls")
+    requests = fake.ask("calls")["requests"]
     stored = Message.objects.filter(account=account).count()
     units = fake.ask("units", EMAIL) - units_before
-    return Run(seconds, _http_requests(calls), units, stored, meter.server, meter.client)
-
-
-def platform_history_sync(fake: FakeProcess, account: Account, worker: MessageWorker) -> Run:
-    from gmail_sync.services import gmail_sync_account
-
-    fake.ask("reset_calls")
-    units_before = fake.ask("units", EMAIL)
-    with CpuMeter(fake, worker) as meter:
-        started = time.perf_counter()
-        gmail_sync_account(account.pk, full=False)
-        seconds = time.perf_counter() - started
-    calls = fake.ask("calls")
-    stored = Message.objects.filter(account=account).count()
-    units = fake.ask("units", EMAIL) - units_before
-    return Run(seconds, _http_requests(calls), units, stored, meter.server, meter.client)
-
-
-def _http_requests(calls: dict[str, int]) -> int:
-    return calls["requests"]
+    return Run(seconds, requests, units, stored, meter.server, meter.client)
 
 
 def main() -> None:
@@ -266,10 +247,10 @@ def main() -> None:
                 bare.append(bare_loop(fake, refresh_token))
                 log(f"round {round_no}: platform full sync")
                 accounts.append(new_account(owner, refresh_token))
-                full.append(platform_full_sync(fake, accounts[-1], worker))
+                full.append(platform_sync(fake, accounts[-1], worker, full=True))
             account = accounts[-1]
             log("full sync with nothing new (the reconcile)")
-            again = platform_full_sync(fake, account, worker)
+            again = platform_sync(fake, account, worker, full=True)
             new = max(1, args.changes * 4 // 10)
             modified = args.changes * 3 // 10
             deleted = args.changes - new - modified
@@ -278,8 +259,8 @@ def main() -> None:
                 for i in range(args.messages, args.messages + new)
             ]
             fake.ask("changes", EMAIL, raws, modified, deleted)
-            history = platform_history_sync(fake, account, worker)
-            unchanged = platform_history_sync(fake, account, worker)
+            history = platform_sync(fake, account, worker, full=False)
+            unchanged = platform_sync(fake, account, worker, full=False)
             expected = fake.ask("message_count", EMAIL)
         finally:
             worker.stop()
