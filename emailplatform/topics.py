@@ -51,6 +51,13 @@ MESSAGE_CHANGE_TASKS: dict[str, str] = {
     "gmail": "gmail_sync.apply_message_change",
 }
 
+# Sending an outbound message (messages.OutboundMessage), on the provider's queue; its one
+# argument is the outbound message's id. A provider missing here cannot send.
+OUTBOUND_SEND_TASKS: dict[str, str] = {
+    "imap": "smtp_sync.send_outbound",
+    "gmail": "gmail_sync.send_outbound",
+}
+
 # "Sync now" without a full pass: what changed since the provider's cursor.
 INCREMENTAL_SYNC_TASKS: dict[str, str] = {
     "imap": "smtp_sync.incremental_sync",

@@ -530,6 +530,7 @@ class ChangeEvent(models.Model):
         FOLDER = "folder"
         THREAD = "thread"
         MESSAGE = "message"
+        OUTBOUND = "outbound"
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     account_id = models.BigIntegerField()
@@ -543,3 +544,189 @@ class ChangeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.object_type} {self.object_id} {self.kind}"
+
+
+class OutboundMessage(models.Model):
+    """A message the owner sends: the outbox.
+
+    States: draft -> queued -> sending -> sent, or failed (with the reason); a draft or a queued
+    message can be cancelled. `unknown` means the server may have accepted the message but the
+    outcome was not saved (a crash or a cut connection after DATA): it is never resent blindly,
+    the sender looks for `message_id_header` in the account's Sent folder first. Per-recipient
+    outcomes (accepted, rejected, then delivered/delayed/bounced from DSNs) are in `recipients`.
+
+    `message_id_header` and `envelope_id` are fixed at creation; `raw` is built once, when the
+    message is queued, so every attempt sends the same bytes.
+    """
+
+    class State(models.TextChoices):
+        DRAFT = "draft"
+        QUEUED = "queued"
+        SENDING = "sending"
+        UNKNOWN = "unknown"
+        SENT = "sent"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="outbound")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
+    message_id_header = models.CharField(max_length=998, unique=True)
+    envelope_id = models.CharField(max_length=100, unique=True, help_text="SMTP ENVID (RFC 3461).")
+    from_name = models.CharField(max_length=998, blank=True)
+    from_address = models.CharField(max_length=998)
+    to = models.JSONField(default=list, blank=True, help_text='[{"name", "address"}]')
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    subject = models.TextField(blank=True)
+    body_text = models.TextField(blank=True)
+    body_html = models.TextField(blank=True)
+    reply_to_message = models.ForeignKey(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    forward_of = models.ForeignKey(
+        Message, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    in_reply_to = models.CharField(max_length=998, blank=True)
+    references = models.JSONField(default=list, blank=True)
+    notify_success = models.BooleanField(
+        default=False, help_text="Ask for a DSN on successful delivery too (NOTIFY=SUCCESS)."
+    )
+    send_at = models.DateTimeField(null=True, blank=True, help_text="Scheduled sending.")
+    raw = models.BinaryField(blank=True, default=b"", help_text="The MIME bytes, once queued.")
+    size = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, help_text="Readable reason of the last failure.")
+    queued_at = models.DateTimeField(null=True, blank=True)
+    sending_at = models.DateTimeField(null=True, blank=True, help_text="Start of the attempt.")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    sent_message = models.ForeignKey(
+        Message,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The stored copy (in Sent).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["account", "-created_at"], name="outbound_account_recent"),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbound_due",
+                condition=Q(state__in=["queued", "sending", "unknown"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject or '(no subject)'} [{self.state}]"
+
+
+class OutboundRecipient(models.Model):
+    """One envelope recipient of an outbound message, and what became of it."""
+
+    class Kind(models.TextChoices):
+        TO = "to"
+        CC = "cc"
+        BCC = "bcc"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACCEPTED = "accepted", "accepted by the server"
+        REJECTED = "rejected", "refused by the server"
+        DELIVERED = "delivered"
+        RELAYED = "relayed"
+        EXPANDED = "expanded"
+        DELAYED = "delayed"
+        BOUNCED = "bounced"
+
+    outbound = models.ForeignKey(
+        OutboundMessage, on_delete=models.CASCADE, related_name="recipients"
+    )
+    kind = models.CharField(max_length=3, choices=Kind.choices)
+    name = models.CharField(max_length=998, blank=True)
+    address = models.CharField(max_length=998)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    smtp_reply = models.TextField(blank=True, help_text="The sending server's answer at RCPT.")
+    action = models.CharField(max_length=16, blank=True, help_text="DSN Action.")
+    status_code = models.CharField(max_length=16, blank=True, help_text="DSN Status, e.g. 5.1.1.")
+    diagnostic_code = models.TextField(blank=True)
+    remote_mta = models.CharField(max_length=998, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True, help_text="When the DSN said so.")
+    report_message = models.ForeignKey(
+        Message,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The DSN or bounce mail.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["outbound", "address"], name="outbound_recipient_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.status})"
+
+
+def outbound_attachment_path(instance: OutboundAttachment, filename: str) -> str:
+    return f"outbound/{instance.sha256[:2]}/{instance.sha256}"
+
+
+class OutboundAttachment(models.Model):
+    """A file sent with an outbound message: uploaded, or a stored attachment forwarded."""
+
+    outbound = models.ForeignKey(
+        OutboundMessage, on_delete=models.CASCADE, related_name="attachments"
+    )
+    filename = models.CharField(max_length=1024, blank=True)
+    content_type = models.CharField(max_length=255)
+    size = models.PositiveBigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    file = models.FileField(upload_to=outbound_attachment_path, max_length=255, blank=True)
+    source = models.ForeignKey(
+        Attachment,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The stored attachment forwarded.",
+    )
+
+    def __str__(self) -> str:
+        return self.filename or self.content_type
+
+
+class DeliveryReport(models.Model):
+    """A received message found to be a delivery report: an RFC 3464 DSN or another MTA's
+    bounce. `outbound` is None for a report that matches nothing the platform sent."""
+
+    class Kind(models.TextChoices):
+        DSN = "dsn", "RFC 3464 delivery status notification"
+        BOUNCE = "bounce", "non-standard bounce"
+
+    message = models.OneToOneField(
+        Message, on_delete=models.CASCADE, related_name="delivery_report"
+    )
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    outbound = models.ForeignKey(
+        OutboundMessage,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reports",
+    )
+    matched_by = models.CharField(
+        max_length=16, blank=True, help_text="envelope_id, message_id or in_reply_to."
+    )
+    recipients = models.JSONField(default=list, blank=True, help_text="What the report says.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} for message {self.message_id}"
