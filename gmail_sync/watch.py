@@ -34,6 +34,19 @@ REFUSED = "refused"
 STOPPED = "stopped"
 
 
+TOPIC_REFUSED_REASON = (
+    "Gmail may not publish to the Pub/Sub topic {topic}: new mail is found by polling until "
+    "the platform's operator grants gmail-api-push@system.gserviceaccount.com the Pub/Sub "
+    "Publisher role on it."
+)
+
+
+def topic_refused(error: GmailAuthError) -> bool:
+    """A 403 from users.watch that is the operator's topic, not the user's grant: Gmail sends
+    a test message to the topic first and reports that it was not authorized to."""
+    return error.status == 403 and "Cloud PubSub" in error.message
+
+
 def watch_label_ids(scope: str) -> list[str] | None:
     """users.watch labelIds of a watch scope (None: every label)."""
     return ["INBOX"] if scope == WatchScope.INBOX else None
@@ -64,6 +77,10 @@ def gmail_watch_start(account: Account, *, force: bool = False) -> str:
             topic, label_ids=watch_label_ids(gmail.watch_scope)
         )
     except GmailAuthError as exc:
+        if topic_refused(exc):
+            logger.error("account %s: %s", account.pk, exc.message)
+            account_mark_error(account, TOPIC_REFUSED_REASON.format(topic=topic))
+            return REFUSED
         GmailSettings.objects.filter(account_id=account.pk).update(watch_expiration=None)
         account_mark_error(account, exc.message, auth=True)
         return REFUSED

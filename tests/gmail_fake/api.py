@@ -33,6 +33,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
     mailbox: Mailbox
+    # Topics Gmail may not publish to (gmail-api-push lacks the Publisher role on them).
+    publish_denied: frozenset[str] = frozenset()
 
     def param(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -331,6 +333,13 @@ def watch(req: Request, m: Params) -> tuple[int, dict]:
     topic = body.get("topicName")
     if not topic or not re.fullmatch(r"projects/[^/]+/topics/[^/]+", topic):
         raise bad_request("Invalid topicName does not match projects/*/topics/*")
+    if topic in req.publish_denied:  # Gmail publishes a test message first
+        raise ApiError(
+            403,
+            f"Error sending test message to Cloud PubSub {topic} : "
+            "User not authorized to perform this action.",
+            "forbidden",
+        )
     behavior = (
         body.get("labelFilterBehavior") or body.get("labelFilterAction") or "include"
     ).lower()

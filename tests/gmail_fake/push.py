@@ -47,6 +47,7 @@ class Publisher:
         self._ids = itertools.count(1_000_000_000_000)
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
         self.deliveries: list[Delivery] = []
+        self.denied: set[str] = set()
         self._thread = threading.Thread(target=self._run, name="gmail-fake-push", daemon=True)
         self._thread.start()
 
@@ -64,8 +65,13 @@ class Publisher:
     def rotate_key(self) -> None:
         self.signer = TokenSigner()
 
+    def deny(self, topic: str) -> None:
+        """Take the Publisher role on TOPIC away from Gmail: users.watch on it answers 403."""
+        self.denied.add(topic)
+
     def clear(self) -> None:
         self._subscriptions.clear()
+        self.denied.clear()
         self.deliveries.clear()
 
     def publish(self, topic: str, email_address: str, history_id: int) -> None:

@@ -229,6 +229,7 @@ class GmailFake:
             headers=headers,
             body=body,
             mailbox=self._mailbox(email),
+            publish_denied=frozenset(self.publisher.denied),
         )
         return route.handler(request, {k: urllib.parse.unquote(v) for k, v in params.items()})
 

@@ -211,6 +211,25 @@ def test_a_watch_gmail_refuses_shows_on_the_account_which_stays_active(
     assert mailbox.watch is None
 
 
+def test_a_topic_gmail_may_not_publish_to_leaves_the_account_syncing_with_the_reason(
+    user, watch_settings
+):
+    """Google answers 403 "Error sending test message to Cloud PubSub ...": the operator's
+    topic lacks the Publisher role, the user's grant is fine; parking the account would stop
+    its sync for a problem its owner cannot fix."""
+    account, mailbox = connect(user, watch_settings, "dave@gmail.com")
+    watch_settings.publisher.deny(TOPIC)
+
+    assert gmail_watch_start(account) == "refused"
+
+    account.refresh_from_db()
+    assert account.status == Account.Status.ACTIVE
+    assert "gmail-api-push@system.gserviceaccount.com" in account.last_error
+    assert TOPIC in account.last_error
+    assert mailbox.watch is None
+    assert watches_due().start == [account.pk]  # tomorrow's renewal tries again
+
+
 def test_gmail_unavailable_is_retried_by_the_task_then_by_the_next_renewal(
     user, watch_settings, settings
 ):
