@@ -263,16 +263,27 @@ def account_delete(*, account_id: int, max_seconds: float | None = None) -> bool
     return True
 
 
+def credentials_refused_reason(account: Account) -> str:
+    """What the owner of an account in auth_error reads, worded for how it is connected."""
+    try:
+        consent = hasattr(providers.get_adapter(account.provider), "authorization_start")
+    except providers.UnknownProvider:
+        consent = False
+    if consent:
+        return (
+            f"{account.provider} refused the account's grant: connect it again "
+            f"(POST /api/accounts/{account.provider}/authorize/)."
+        )
+    return "The server refused the stored credentials: set a new password first."
+
+
 def account_sync_request(*, account: Account, full: bool) -> None:
     """Publish a full or an incremental sync of the account to its provider app."""
     _refuse_if_deleting(account)
     if account.status == Account.Status.PAUSED:
         raise ConflictError("The account is paused.", code="account_paused")
     if account.status == Account.Status.AUTH_ERROR:
-        raise ConflictError(
-            "The server refused the stored credentials: set a new password first.",
-            code="auth_failed",
-        )
+        raise ConflictError(credentials_refused_reason(account), code="auth_failed")
     if full:
         published = topics.publish_full_sync(account.pk, account.provider)
     else:

@@ -216,6 +216,13 @@ def test_reconnecting_an_account_refused_by_google_resumes_it(
         last_error="Google refused the account's authorization",
     )
     queued(topics.QUEUE_FULL_SYNC)
+    refused = api.post(f"/api/accounts/{account.pk}/sync/", {"full": False}, format="json")
+    assert refused.status_code == 409
+    assert (
+        "connect it again (POST /api/accounts/gmail/authorize/)"
+        in refused.json()["error"]["message"]
+    )
+    assert "password" not in refused.json()["error"]["message"]
 
     page = come_back(
         Client(),
