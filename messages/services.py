@@ -319,8 +319,9 @@ def message_change(
     is_local = account.provider == Account.Provider.LOCAL
     if folder and not Folder.objects.filter(account=account, name=folder).exists():
         raise ValidationError({"folder": [f"This account has no folder named {folder!r}."]})
+    # A label provider always has a trash (Gmail's TRASH label), synced or not.
     has_trash = Folder.objects.filter(account=account, role=Folder.Role.TRASH).exists
-    if trash and not is_local and not has_trash():
+    if trash and account.provider not in LABEL_PROVIDERS and not has_trash():
         raise ValidationError({"trash": ["This account has no Trash folder."]})
     _check_labels(account, trash=trash, labels_add=labels_add, labels_remove=labels_remove)
     if is_local:

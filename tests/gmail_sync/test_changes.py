@@ -11,10 +11,12 @@ from gmail_sync import change_tasks  # noqa: F401  (registers gmail_sync.apply_m
 from gmail_sync.changes import gmail_message_change
 from messages.folders import folders_by_name
 from messages.models import Account, Message
+from tests.conftest import token_client
+from tests.gmail_sync.factories import gmail_account_create
 from tests.mailfactory import make_mail
 from tests.messages.api.conftest import queued
 
-from .conftest import folder_names, store
+from .conftest import GmailAccount, folder_names, store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -100,6 +102,25 @@ def test_trash_and_untrash_round_trip(gmail_account, hello, gmail_queue):
     assert set(fake.label_ids) == {"UNREAD", "INBOX"}, "Gmail puts it back in the inbox"
     assert folder_names(message) == ["INBOX"]
     assert ("message", "updated", message.pk) in feed(gmail_account, cursor)
+
+
+def test_trash_on_an_account_that_does_not_sync_the_trash(gmail_settings, user, gmail_queue):
+    """The default account leaves SPAM and TRASH out: it has no Trash folder in the store, yet
+    Gmail's trash is there; a trashed message leaves the store (in no synced folder) and the
+    feed says so."""
+    box, refresh_token = gmail_settings.add_user("carol@gmail.com")
+    account = gmail_account_create(user, refresh_token, box.email)
+    folders_by_name(account, ["INBOX"])
+    fake = box.add_message(make_mail("Hello", message_id="<trash-me@x>"))
+    message = store(account, fake)
+    target = GmailAccount(account=account, box=box, api=token_client(user), server=gmail_settings)
+    cursor = cursor_now(target)
+
+    patch(target, message, {"trash": True})
+
+    assert "TRASH" in fake.label_ids and "INBOX" not in fake.label_ids
+    assert not Message.objects.filter(pk=message.pk).exists()
+    assert ("message", "deleted", message.pk) in feed(target, cursor)
 
 
 def test_moving_a_trashed_message_takes_it_out_of_the_trash(gmail_account, hello, gmail_queue):
