@@ -20,6 +20,7 @@ from messages.events import events_record
 from messages.models import Account
 from messages.providers import ProviderError
 
+from .idle_nudge import idle_refresh_request
 from .imap import ImapAuthError, ImapConnection, ImapError, ImapRefusedError, ImapServer
 from .models import ImapSettings, Security
 from .sync import server_for
@@ -183,6 +184,7 @@ def imap_account_create(
         events_record(account, "account", "created", [account.pk])
         if start_sync:
             topics.publish_full_sync(account.pk, account.provider)
+        idle_refresh_request()
     return account
 
 

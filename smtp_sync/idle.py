@@ -25,6 +25,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from messages.account_status import account_mark_error
 from messages.models import Account
 
+from .idle_nudge import NudgeListener
 from .imap import ImapAuthError, ImapConnection, ImapError
 from .sync import server_for
 
@@ -34,6 +35,7 @@ IDLE_RENEW_SECONDS = 25 * 60
 IDLE_CHECK_SECONDS = 30
 BACKOFF_MAX_SECONDS = 300
 REFRESH_SECONDS = 60
+NUDGE_MIN_SECONDS = 1.0
 CHANGE_RESPONSES = (b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED")
 
 
@@ -185,31 +187,44 @@ class IdleSupervisor:
         refresh_seconds: float = REFRESH_SECONDS,
         heartbeat: Path | None = None,
     ) -> None:
-        """Refresh the watchers every REFRESH_SECONDS until STOPPING is set.
+        """Refresh the watchers every REFRESH_SECONDS, and soon after a nudge
+        (smtp_sync.idle_nudge), until STOPPING is set.
 
         A refresh that fails (the database restarting, a connection it closed) is logged and
         retried sooner, with backoff up to the refresh interval; the running watchers keep their
         IDLE sessions meanwhile. HEARTBEAT, when given, is touched after each good refresh: the
         container health check reads its age."""
         failures = 0
-        while not stopping.is_set():
-            try:
-                close_old_connections()  # a kept connection the server closed is not reused
-                self.refresh()
-                failures = 0
-                if heartbeat is not None:
-                    heartbeat.touch()
-            except Exception as exc:
-                failures += 1
-                log = logger.warning if isinstance(exc, DatabaseError) else logger.exception
-                log("IDLE refresh failed (%s): %s; the watchers keep running", failures, exc)
-            finally:
-                connection.close()  # none held while waiting
-            if failures:
-                delay = min(refresh_seconds, 2 ** min(failures - 1, 9)) * random.uniform(0.5, 1.0)
-            else:
-                delay = refresh_seconds
-            stopping.wait(delay)
+        wake = threading.Event()
+        nudges = NudgeListener(wake)
+        nudges.start()
+        try:
+            while not stopping.is_set():
+                wake.clear()  # a nudge from now on asks for the next refresh
+                failures = self._refresh_once(failures, heartbeat)
+                if failures:
+                    delay = min(refresh_seconds, 2 ** min(failures - 1, 9))
+                    delay *= random.uniform(0.5, 1.0)
+                else:
+                    delay = refresh_seconds
+                _wait(stopping, wake, delay)
+        finally:
+            nudges.stop()
+
+    def _refresh_once(self, failures: int, heartbeat: Path | None) -> int:
+        """One refresh; the count of refreshes failed in a row after it."""
+        try:
+            close_old_connections()  # a kept connection the server closed is not reused
+            self.refresh()
+            if heartbeat is not None:
+                heartbeat.touch()
+            return 0
+        except Exception as exc:
+            log = logger.warning if isinstance(exc, DatabaseError) else logger.exception
+            log("IDLE refresh failed (%s): %s; the watchers keep running", failures + 1, exc)
+            return failures + 1
+        finally:
+            connection.close()  # none held while waiting
 
     def stop(self) -> None:
         for watcher in self.watchers.values():
@@ -217,3 +232,13 @@ class IdleSupervisor:
         for watcher in self.watchers.values():
             watcher.join(timeout=IDLE_CHECK_SECONDS + 5)
         self.watchers.clear()
+
+
+def _wait(stopping: threading.Event, wake: threading.Event, seconds: float) -> None:
+    """Until SECONDS pass, STOPPING is set, or a nudge (WAKE) comes: at most one refresh per
+    NUDGE_MIN_SECONDS however many nudges arrive."""
+    deadline = time.monotonic() + seconds
+    stopping.wait(min(NUDGE_MIN_SECONDS, seconds))
+    while not stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+        if wake.wait(min(left, 1.0)):
+            return

@@ -32,6 +32,7 @@ from messages.services import sync_run_finish, sync_run_start
 from messages.sync_tasks import SYNC_INFRA_ERRORS
 
 from .identity import known_locations
+from .idle_nudge import idle_refresh_request
 from .imap import (
     FetchedMessage,
     FolderStatus,
@@ -162,6 +163,7 @@ class ImapAccountSync:
                     ImapSettings.objects.filter(account=self.account).update(
                         capabilities=sorted(conn.capabilities)
                     )
+                    idle_refresh_request()
                 inbox = None if full or continuing else self._synced_inbox()
                 if inbox is not None:
                     self._sync_folder(conn, inbox, full=False)

@@ -7,8 +7,10 @@ import time
 import pytest
 from django.db import connection, connections
 
-from smtp_sync.idle import IdleSupervisor
+from messages.services import account_delete_request
+from smtp_sync.idle import REFRESH_SECONDS, IdleSupervisor
 from smtp_sync.sync import ImapAccountSync
+from tests.imap_fixtures import account_for
 from tests.mailfactory import make_mail
 from tests.worker import free_port, other_backends, terminate_other_backends, wait_for
 
@@ -82,3 +84,26 @@ def test_listener_holds_no_database_connection_while_it_waits(imap_account, list
     time.sleep(0.5)  # the watcher is in IDLE, the supervisor waits for its next refresh
     assert supervisor.watchers[imap_account.pk].is_alive()
     assert other_backends() == set()
+
+
+def test_a_new_account_is_watched_within_seconds_and_a_deleted_one_let_go(
+    user, imap_user, listener
+):
+    """With the production refresh interval (a minute), the account list is read again at
+    once when an account is added or removed: a Redis nudge (smtp_sync.idle_nudge)."""
+    supervisor, _triggers, heartbeat, _thread = listener(REFRESH_SECONDS)
+    wait_for(heartbeat.exists, what="the listener's first refresh")
+    time.sleep(1.5)  # past its first nudge-free second
+
+    started = time.monotonic()
+    account = account_for(user, imap_user)
+    wait_for(lambda: account.pk in supervisor.watchers, timeout=10, what="a watcher")
+    assert time.monotonic() - started < 5
+
+    watcher = supervisor.watchers[account.pk]
+    started = time.monotonic()
+    account_delete_request(account=account)
+    wait_for(lambda: account.pk not in supervisor.watchers, timeout=10, what="no watcher")
+    assert time.monotonic() - started < 5
+    watcher.join(timeout=40)
+    assert not watcher.is_alive()
