@@ -138,8 +138,10 @@ class MessageFilter(django_filters.FilterSet):
     account = IdFilter(method="declared", help_text="Only this account's messages.")
     folder = IdFilter(method="declared", help_text="Only messages in this folder (id).")
     thread = IdFilter(method="declared", help_text="Only this thread's messages.")
-    unread = StrictBooleanFilter(method="declared", help_text="Unread (true) or read.")
-    flagged = StrictBooleanFilter(method="declared")
+    is_read = StrictBooleanFilter(method="declared", help_text="Read (true) or unread.")
+    is_flagged = StrictBooleanFilter(method="declared", help_text="Flagged (true) or not.")
+    unread = StrictBooleanFilter(method="declared", help_text="The opposite of is_read.")
+    flagged = StrictBooleanFilter(method="declared", help_text="The same as is_flagged.")
     has_attachments = StrictBooleanFilter(method="declared")
     to = django_filters.CharFilter(
         method="declared", help_text="A To or Cc name or address contains this."
@@ -228,6 +230,16 @@ def message_filter_form(names: frozenset[str]) -> type[forms.Form]:
     return type("MessageFilterForm", (forms.Form,), fields)
 
 
+def _same(data: dict[str, Any], name: str, alias: str, alias_value: bool | None) -> bool | None:
+    """NAME's value, or its ALIAS's (ALIAS_VALUE, in NAME's sense); a 400 when they differ."""
+    from rest_framework.exceptions import ValidationError
+
+    value = data.get(name)
+    if value is not None and alias_value is not None and value != alias_value:
+        raise ValidationError({alias: [f"Contradicts {name}: give one of them."]})
+    return alias_value if value is None else value
+
+
 def message_query(params: Any) -> MessageQuery:
     """A list's query parameters, checked: a 400 naming what is wrong (a malformed value, an
     `order` without a search, a search PostgreSQL cannot parse)."""
@@ -242,12 +254,15 @@ def message_query(params: Any) -> MessageQuery:
         raise ValidationError({"order": ["Orders search results: give q as well."]})
     if search:
         check_search_query(search)
+    is_read = data.get("is_read")
+    unread = _same(data, "unread", "is_read", None if is_read is None else not is_read)
+    flagged = _same(data, "flagged", "is_flagged", data.get("is_flagged"))
     return MessageQuery(
         account=data.get("account"),
         folder=data.get("folder"),
         thread=data.get("thread"),
-        unread=data.get("unread"),
-        flagged=data.get("flagged"),
+        unread=unread,
+        flagged=flagged,
         has_attachments=data.get("has_attachments"),
         to=data.get("to") or "",
         subject=data.get("subject") or "",

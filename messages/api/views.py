@@ -41,6 +41,7 @@ from . import serializers as s
 from .errors import ErrorResponse
 from .filters import FolderFilter, MessageFilter, ThreadFilter, message_query
 from .pagination import KeysetCursorPagination
+from .query_params import KnownQueryParams
 from .throttling import (
     AccountCreateThrottle,
     AnonThrottle,
@@ -79,8 +80,12 @@ def _found(obj: Any) -> Any:
     return obj
 
 
+class ApiView(KnownQueryParams, APIView):
+    """The API's views: strict about their query strings (see KnownQueryParams)."""
+
+
 # A paginated, filtered list; subclasses name the selector, the filters and the output.
-class ListView(GenericAPIView):
+class ListView(KnownQueryParams, GenericAPIView):
     pagination_class = KeysetCursorPagination
     filter_backends = [DjangoFilterBackend]
     output_serializer: type
@@ -93,7 +98,7 @@ class ListView(GenericAPIView):
 
 
 # Authentication ----------------------------------------------------------------------------
-class TokenView(APIView):
+class TokenView(ApiView):
     """A new token per login (django-rest-knox: stored as a digest, with an expiry).
 
     Wrong passwords count per (username, client address); at AXES_FAILURE_LIMIT the pair is
@@ -178,7 +183,7 @@ class AccountListView(ListView):
         return Response(s.AccountOutput(account).data, status=status.HTTP_201_CREATED)
 
 
-class AccountAuthorizeView(APIView):
+class AccountAuthorizeView(ApiView):
     # Starting a connection is the first half of creating an account: the same budget.
     throttle_classes = [UserThrottle, AccountCreateThrottle]
 
@@ -210,7 +215,7 @@ class AccountAuthorizeView(APIView):
         return Response({"authorization_url": url})
 
 
-class AccountDetailView(APIView):
+class AccountDetailView(ApiView):
     # A new password is tried on the provider before it is stored: like a connection test.
     throttle_classes = [UserThrottle, TestConnectionThrottle]
 
@@ -257,7 +262,7 @@ class AccountDetailView(APIView):
         )
 
 
-class AccountSyncView(APIView):
+class AccountSyncView(ApiView):
     throttle_classes = [UserThrottle, SyncThrottle]
 
     @extend_schema(
@@ -273,7 +278,7 @@ class AccountSyncView(APIView):
         return Response({"queued": True, "full": full}, status=status.HTTP_202_ACCEPTED)
 
 
-class AccountTestConnectionView(APIView):
+class AccountTestConnectionView(ApiView):
     throttle_classes = [UserThrottle, TestConnectionThrottle]
 
     @extend_schema(
@@ -349,7 +354,7 @@ class ThreadListView(ListView):
         return self.list(request)
 
 
-class ThreadDetailView(APIView):
+class ThreadDetailView(ApiView):
     @extend_schema(tags=["threads"], responses=s.ThreadDetailOutput, summary="A thread")
     def get(self, request: Request, pk: int) -> Response:
         thread = _found(selectors.thread_get(user=request.user, thread_id=pk))
@@ -388,7 +393,9 @@ class MessageListView(ListView):
         return self.get_paginated_response(s.message_summaries(rows))
 
 
-class MessageDetailView(APIView):
+class MessageDetailView(ApiView):
+    query_serializer = s.MessageDetailQuery
+
     @extend_schema(
         tags=["messages"],
         parameters=[s.MessageDetailQuery],
@@ -446,7 +453,7 @@ def _raw_headers(raw: bytes) -> list[list[str]]:
     return [[fix_text(name), decode_words(str(value))] for name, value in headers.raw_items()]
 
 
-class DownloadView(APIView):
+class DownloadView(ApiView):
     """Binary downloads: content negotiation falls back to JSON, which only errors use."""
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
@@ -499,7 +506,9 @@ def _printable(name: str) -> str:
 
 
 # Changes feed ------------------------------------------------------------------------------
-class ChangesView(APIView):
+class ChangesView(ApiView):
+    query_serializer = s.ChangesQuery
+
     @extend_schema(
         tags=["changes"],
         parameters=[s.ChangesQuery],

@@ -54,7 +54,12 @@ def test_list_newest_first_with_summaries(api, mailbox):
         ("unread=true", ["report", "hello"]),
         ("unread=false", ["reply", "archived"]),
         ("unread=1", ["report", "hello"]),
+        ("is_read=false", ["report", "hello"]),
+        ("is_read=true", ["reply", "archived"]),
+        ("is_read=true&unread=false", ["reply", "archived"]),
         ("flagged=true", ["report"]),
+        ("is_flagged=true", ["report"]),
+        ("is_flagged=false", ["reply", "hello", "archived"]),
         ("has_attachments=true", ["report"]),
         ("has_attachments=false", ["reply", "hello", "archived"]),
         ("from=carol", ["reply"]),
@@ -100,12 +105,43 @@ def test_filters_by_account_folder_and_thread(api, mailbox):
         ("page_size=201", "page_size"),
         ("cursor=garbage", "cursor"),
         ("subject=a%00b", "subject"),
+        ("is_read=true&unread=true", "is_read"),
+        ("is_unread=true", "is_unread"),
+        ("sort=date", "sort"),
+        ("page=2", "page"),
     ],
 )
 def test_malformed_filters_are_400_naming_the_parameter(api, mailbox, query, field):
     response = api.get(f"/api/messages/?{query}")
     assert response.status_code == 400
     assert field in response.json()["error"]["fields"]
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/api/accounts/", "status=active"),
+        ("/api/folders/", "name=INBOX"),
+        ("/api/threads/", "is_read=false"),
+        ("/api/changes/", "since=0"),
+        ("/api/messages/{message}/", "include=raw"),
+        ("/api/messages/{message}/raw/", "inline=1"),
+    ],
+)
+def test_a_parameter_an_endpoint_does_not_take_is_a_400_naming_it(api, mailbox, path, query):
+    """A misspelt filter used to be ignored: the client got everything and no hint."""
+    response = api.get(f"{path.format(message=mailbox.hello.pk)}?{query}")
+    assert response.status_code == 400, response.content
+    name = query.partition("=")[0]
+    error = response.json()["error"]
+    assert "Unknown query parameter" in error["fields"][name][0]
+
+
+def test_known_parameters_and_format_still_work_everywhere(api, mailbox):
+    for path in ("/api/accounts/", "/api/folders/", "/api/threads/", "/api/changes/"):
+        assert api.get(f"{path}?format=json").status_code == 200, path
+    assert api.get("/api/threads/?unread=true&page_size=5").status_code == 200
+    assert api.get("/api/changes/?cursor=0&limit=5").status_code == 200
 
 
 def test_search_ranks_subject_above_sender_above_body(api, account):
