@@ -26,6 +26,7 @@ register_converter(IdConverter, "id")
 app_name = "api"
 
 urlpatterns = [
+    path("", views.ApiIndexView.as_view(), name="index"),
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("accounts/", views.AccountListView.as_view(), name="account-list"),
     path("accounts/<id:pk>/", views.AccountDetailView.as_view(), name="account-detail"),

@@ -26,6 +26,7 @@ from knox.models import AuthToken
 from rest_framework import status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -41,6 +42,7 @@ from . import serializers as s
 from .errors import ErrorResponse
 from .filters import FolderFilter, MessageFilter, ThreadFilter, message_query
 from .pagination import KeysetCursorPagination
+from .parsers import JSONParser
 from .query_params import KnownQueryParams
 from .throttling import (
     AccountCreateThrottle,
@@ -97,6 +99,32 @@ class ListView(KnownQueryParams, GenericAPIView):
         return self.get_paginated_response(data)
 
 
+# Index -------------------------------------------------------------------------------------
+API_INDEX = {
+    "token": "api:token",
+    "accounts": "api:account-list",
+    "folders": "api:folder-list",
+    "threads": "api:thread-list",
+    "messages": "api:message-list",
+    "changes": "api:changes",
+    "schema": "schema",
+    "docs": "docs",
+}
+
+
+class ApiIndexView(ApiView):
+    """What a newcomer finds at /api/: the endpoints, and where they are documented."""
+
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonThrottle]
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> Response:
+        return Response(
+            {name: request.build_absolute_uri(reverse(url)) for name, url in API_INDEX.items()}
+        )
+
+
 # Authentication ----------------------------------------------------------------------------
 class TokenView(ApiView):
     """A new token per login (django-rest-knox: stored as a digest, with an expiry).
@@ -108,6 +136,8 @@ class TokenView(ApiView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
     throttle_classes = [AnonThrottle]
+    # `curl -d` (urlencoded) and `curl -F` (multipart) work as well as a JSON body.
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     @extend_schema(
         tags=["auth"],

@@ -36,6 +36,32 @@ def test_token_for_username_and_password(client, user):
         assert api.get("/api/accounts/").status_code == 200
 
 
+def test_a_form_body_gets_a_token_too(client, user):
+    """What `curl -d username=alice -d password=...` (urlencoded) and `curl -F` send."""
+    form = "username=alice&password=pw-alice-123"
+    urlencoded = client.post(
+        "/api/auth/token/", form, content_type="application/x-www-form-urlencoded"
+    )
+    multipart = client.post("/api/auth/token/", {"username": "alice", "password": "pw-alice-123"})
+    for response in (urlencoded, multipart):
+        assert response.status_code == 200, response.content
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")
+        assert api.get("/api/accounts/").status_code == 200
+    wrong = client.post("/api/auth/token/", {"username": "alice", "password": "nope"})
+    assert wrong.status_code == 400
+
+
+def test_the_api_root_lists_the_endpoints(client):
+    index = client.get("/api/").json()
+    assert index["token"] == "http://testserver/api/auth/token/"
+    assert index["messages"] == "http://testserver/api/messages/"
+    assert index["docs"] == "http://testserver/api/docs/"
+    for name, url in index.items():
+        response = client.get(url.removeprefix("http://testserver"))
+        assert response.status_code in (200, 401, 405), (name, response.status_code)
+
+
 def test_tokens_are_stored_hashed(client, user):
     token = login(client).json()["token"]
     stored = AuthToken.objects.get(user=user)
