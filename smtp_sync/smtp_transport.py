@@ -269,10 +269,23 @@ def _connect_error(exc: BaseException, endpoint: SmtpEndpoint) -> SmtpError:
     return SmtpTransientError(f"SMTP session with {where} failed: {type(exc).__name__}")
 
 
+def _starttls(smtp: _GuardedSMTP, context: ssl.SSLContext, endpoint: SmtpEndpoint) -> None:
+    try:
+        smtp.starttls(context=context)
+    except smtplib.SMTPResponseException as exc:
+        if not 400 <= exc.smtp_code < 600:
+            raise
+        cls = SmtpPermanentError if exc.smtp_code >= 500 else SmtpTransientError
+        text = _reply_text(exc.smtp_error)
+        raise cls(
+            f"{endpoint.where} refused STARTTLS: {exc.smtp_code} {text}", code=exc.smtp_code
+        ) from None
+
+
 class SmtpSession:
-    """One connection reused for a burst of `send` calls (RSET between them). A context
-    manager: connects on entry, QUIT on exit. A connection the server dropped between two
-    messages is made again before anything of the next one is sent."""
+    """One connection reused for a burst of `send` calls (RSET after an unfinished
+    transaction). A context manager: connects on entry, QUIT on exit. A connection the server
+    dropped between two messages is made again before anything of the next one is sent."""
 
     def __init__(self, endpoint: SmtpEndpoint) -> None:
         self.endpoint = endpoint
@@ -309,13 +322,17 @@ class SmtpSession:
                     raise SmtpPermanentError(
                         f"{endpoint.where} does not offer STARTTLS: choose SSL/TLS or another port"
                     )
-                smtp.starttls(context=context)
+                _starttls(smtp, context, endpoint)
                 smtp.ehlo()
         except SmtpError:
             self._abandon(smtp)
             raise
         except smtplib.SMTPHeloError as exc:
             self._abandon(smtp)
+            if not 200 <= exc.smtp_code < 600:
+                raise SmtpTransientError(
+                    f"{endpoint.where} did not answer EHLO like an SMTP server"
+                ) from None
             text = _reply_text(exc.smtp_error)
             raise SmtpTransientError(
                 f"{endpoint.where} refused EHLO/HELO: {exc.smtp_code} {text}", code=exc.smtp_code

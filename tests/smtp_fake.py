@@ -54,6 +54,7 @@ class SmtpBehaviour:
     data_replies: Scripted = field(default_factory=list)  # at the end of DATA
     hang_at: str | None = None  # "MAIL", "RCPT" or "DATA" (after the data, before the reply)
     after_data: str | None = None  # "cut": keep the message, close without a reply; "hang"
+    starttls_reply: str | None = None  # refuse STARTTLS with this reply
     dsn: bool = True
     smtputf8: bool = True
     size_limit: int = 33554432  # SIZE advertised; 0: no SIZE
@@ -144,6 +145,12 @@ class _FakeSMTP(SMTP):
         await super().smtp_RCPT(rest)
         if isinstance(envelope, _DsnEnvelope) and len(envelope.rcpt_tos) > before:
             envelope.rcpt_params.append(_options(arg))
+
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
+        if self._fake.behaviour.starttls_reply:
+            await self.push(self._fake.behaviour.starttls_reply)
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
         self._fake.quits += 1

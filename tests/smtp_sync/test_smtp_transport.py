@@ -274,6 +274,13 @@ def test_starttls_required_but_not_offered(smtp_server):
         send_one(server.endpoint(security="starttls"))
 
 
+def test_starttls_refused_by_the_server(smtp_server):
+    server = smtp_server(SmtpBehaviour(starttls_reply="454 4.7.0 TLS not available"), tls=True)
+    with pytest.raises(SmtpTransientError, match="refused STARTTLS: 454 4.7.0 TLS not available"):
+        send_one(server.endpoint())
+    assert server.messages == []
+
+
 def test_dsn_parameters_reach_the_server(smtp_server):
     server = smtp_server()
     send_one(server.endpoint(), [BOB, "odd+tag=x@example.net"], envid="env+1=2")
