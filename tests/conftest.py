@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from emailplatform.topics import IncomingMessage
 
-pytest_plugins = ["tests.imap_fixtures", "tests.gmail_fake.fixtures"]
+pytest_plugins = ["tests.imap_fixtures", "tests.postfix_fixtures", "tests.gmail_fake.fixtures"]
 
 DATA_DIR = Path(__file__).parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"
