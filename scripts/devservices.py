@@ -612,6 +612,7 @@ class Services:
             missing = self.postfix_missing()
             if missing:
                 env["POSTFIX_MISSING"] = missing
+                print(f"devservices: no private Postfix: {missing}", file=sys.stderr)
             else:
                 postfix = self.postfix_start()
         try:

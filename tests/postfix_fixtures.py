@@ -74,11 +74,10 @@ def postfix(dovecot) -> PostfixServer:
     """The private Postfix of this test session (started once by scripts/devservices.py)."""
     host = os.environ.get("POSTFIX_SMTP_HOST")
     if not host:
-        why = os.environ.get("POSTFIX_MISSING") or "POSTFIX_SMTP_HOST is not set"
-        pytest.fail(
-            f"this test needs the private Postfix, which did not start: {why}. Run the suite "
-            "with `make test` after scripts/bootstrap.sh"
+        why = os.environ.get("POSTFIX_MISSING") or (
+            "POSTFIX_SMTP_HOST is not set: run the suite with `make test`"
         )
+        pytest.fail(f"this test needs the private Postfix, which is not running: {why}")
     return PostfixServer(
         host=host,
         port=int(os.environ["POSTFIX_SMTP_PORT"]),
