@@ -160,7 +160,7 @@ local_recipient_maps =
 local_transport = lmtp:unix:{lmtp_socket}
 alias_maps =
 alias_database =
-# Nothing leaves this machine: mail for other domains bounces at once.
+# Nothing leaves this machine: smtpd refuses other domains at RCPT (550 5.1.2).
 default_transport = error:5.1.2 the test MTA delivers to {domain} only
 relay_transport = error:5.1.2 the test MTA delivers to {domain} only
 # Retries come within seconds, not minutes (e.g. while Dovecot restarts in a fault drill).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import hashlib
+import smtplib
 import uuid
 from email.message import Message as EmailMessage
 
@@ -89,6 +90,16 @@ def test_an_unknown_local_recipient_bounces_with_a_dsn_to_the_sender(postfix, se
     assert returned.get_content_type() == "text/rfc822-headers"
     assert f"Subject: {subject}" in returned.get_payload()
     assert "how are you" not in returned.get_payload()
+
+
+def test_mail_for_another_domain_is_refused_at_rcpt(postfix, sender):
+    """Nothing leaves the machine: a synchronous permanent refusal, where an unknown local
+    recipient gets an asynchronous bounce."""
+    elsewhere = "someone@elsewhere.invalid"
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(postfix, sender, elsewhere, "far away")
+    code, reply = refused.value.recipients[elsewhere]
+    assert code == 550 and reply.startswith(b"5.1.2 ")
 
 
 def test_notify_success_brings_a_delivery_report(postfix, sender, recipient):
