@@ -9,6 +9,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
 command -v psql >/dev/null 2>&1 || packages+=(postgresql-client)
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 [ -x /usr/sbin/dovecot ] || packages+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/lmtp ] || packages+=(dovecot-lmtpd)
+[ -x /usr/sbin/postfix ] || packages+=(postfix)
 command -v mbsync >/dev/null 2>&1 || packages+=(isync)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
@@ -22,11 +24,14 @@ if [ ${#packages[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
+  # Postfix runs as a private instance with a config of its own: no system main.cf, no question.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   # Debian's packages start their own system-wide services; ours are private instances.
   $SUDO apt-get install -y -q --no-install-recommends "${packages[@]}"
-  for unit in postgresql redis-server dovecot; do
+  for unit in postgresql redis-server dovecot postfix; do
     $SUDO service "$unit" stop >/dev/null 2>&1 || true
   done
+  $SUDO systemctl disable postfix >/dev/null 2>&1 || $SUDO update-rc.d postfix disable >/dev/null 2>&1 || true
 fi
 
 PYTHON="${PYTHON:-python3.11}"

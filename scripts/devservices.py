@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Private PostgreSQL, Redis and Dovecot instances for development and tests.
+"""Private PostgreSQL, Redis, Dovecot and Postfix instances for development and tests.
 
     devservices.py exec --dir .local -- CMD...   start what is missing, run CMD with the env,
                                                  stop the services when CMD ends
@@ -7,14 +7,17 @@
     devservices.py up --dir DIR / down --dir DIR
     devservices.py exec --temp --durable -- CMD  persistence as in production even in a temp dir
                                                  (PostgreSQL fsync on, Redis append-only file)
-    devservices.py restart redis|postgres|dovecot --dir DIR [--down SECONDS]
+    devservices.py restart redis|postgres|dovecot|postfix --dir DIR [--down SECONDS]
                                                  stop a running service, wait, start it again on
                                                  the same port with the same data (fault drills)
     devservices.py kick USER --dir DIR           cut every IMAP session of a Dovecot user
 
-A service is started only when its variable (DATABASE_URL, REDIS_URL, IMAP_TEST_URL) is not
-already set. State lives in DIR: data, logs, ports and generated passwords (DIR/services.env),
-so a second run reuses what the first one set up. Standard library only: it runs before the
+A service is started only when its variable (DATABASE_URL, REDIS_URL, IMAP_TEST_HOST,
+POSTFIX_SMTP_HOST) is not already set. Postfix, the MTA that delivers into Dovecot (LMTP) and
+bounces with real DSNs, needs root and the `postfix` package: without them the other services
+start anyway and POSTFIX_MISSING says why (only the tests that need Postfix fail). State lives
+in DIR: data, logs, ports and generated passwords (DIR/services.env), so a second run reuses
+what the first one set up. Standard library only: it runs before the
 virtualenv exists.
 """
 
@@ -42,7 +45,7 @@ instance_name = emailplatform-{port}
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-protocols = imap
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
@@ -114,6 +117,83 @@ service stats {{
     mode = 0600
   }}
 }}
+{lmtp}"""
+
+# Postfix's LMTP client reaches Dovecot through this socket (in base_dir), as the postfix user.
+# LMTP's RCPT is user@domain; the users are plain names (one passwd-file each): %Ln. A user
+# without a passwd-file is refused (550 5.1.1), so Postfix bounces with a DSN.
+DOVECOT_LMTP = """\
+service lmtp {
+  unix_listener lmtp {
+    mode = 0666
+  }
+}
+protocol lmtp {
+  auth_username_format = %Ln
+}
+"""
+DOVECOT_LMTP_BINARY = "/usr/lib/dovecot/lmtp"
+
+# The domain of the Dovecot users for Postfix: USER@MAIL_DOMAIN goes to USER's INBOX.
+MAIL_DOMAIN = "example.com"
+
+POSTFIX_MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {root}/postfix.log
+maillog_file_prefixes = {root}
+syslog_name = postfix-{port}
+myhostname = mx.{domain}
+mydomain = {domain}
+myorigin = {domain}
+mydestination = {domain}
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_peername_lookup = no
+# Every local recipient is accepted at RCPT; Dovecot (LMTP) refuses the unknown ones, and the
+# sender gets a DSN, as from a server that checks recipients after the SMTP session.
+local_recipient_maps =
+local_transport = lmtp:unix:{lmtp_socket}
+alias_maps =
+alias_database =
+# Nothing leaves this machine: smtpd refuses other domains at RCPT (550 5.1.2).
+default_transport = error:5.1.2 the test MTA delivers to {domain} only
+relay_transport = error:5.1.2 the test MTA delivers to {domain} only
+# Retries come within seconds, not minutes (e.g. while Dovecot restarts in a fault drill).
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 3s
+delay_warning_time = 0h
+biff = no
+"""
+
+POSTFIX_MASTER_CF = """\
+127.0.0.1:{port} inet n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
@@ -404,9 +484,16 @@ class Services:
             self.state["IMAP_PORT"] = str(port)
             self.save()
             user = service_user() or pwd.getpwuid(os.getuid())
+            lmtp = os.path.exists(DOVECOT_LMTP_BINARY)
             (root / "dovecot.conf").write_text(
                 DOVECOT_CONF.format(
-                    root=root, port=port, uid=user.pw_uid, gid=user.pw_gid, user=user.pw_name
+                    root=root,
+                    port=port,
+                    uid=user.pw_uid,
+                    gid=user.pw_gid,
+                    user=user.pw_name,
+                    protocols="imap lmtp" if lmtp else "imap",
+                    lmtp=DOVECOT_LMTP if lmtp else "",
                 )
             )
             chown_tree(root / "home")
@@ -425,6 +512,80 @@ class Services:
     def stop_dovecot(self) -> None:
         pidfile = self.base / "dovecot" / "run" / "master.pid"
         terminate(pidfile)
+
+    # Postfix (SMTP in, LMTP into Dovecot) ----------------------------------------------
+    def postfix_missing(self) -> str:
+        """Why Postfix cannot run here ("" when it can)."""
+        if os.geteuid() != 0:
+            return "a private Postfix needs root (its master process changes user)"
+        if not os.path.exists("/usr/sbin/postfix"):
+            return "postfix is not installed: run scripts/bootstrap.sh"
+        if not os.path.exists(DOVECOT_LMTP_BINARY):
+            return "dovecot-lmtpd is not installed: run scripts/bootstrap.sh"
+        return ""
+
+    def postfix(self) -> dict[str, str]:
+        """A private Postfix on a loopback port: mail for MAIL_DOMAIN goes by LMTP to the Dovecot
+        of this DIR, its log is DIR/postfix/postfix.log."""
+        return self.postfix_ready(self.postfix_start())
+
+    def postfix_start(self) -> tuple[subprocess.Popen | None, int]:
+        """Begin to start Postfix unless it runs (`postfix start` checks its files for a second
+        or two, meanwhile the other services start); postfix_ready() waits for it. Dovecot need
+        not be up yet: the LMTP socket's path is known, and is used at the first delivery."""
+        root = self.base / "postfix"
+        conf = root / "conf"
+        conf.mkdir(parents=True, exist_ok=True)
+        port = int(self.state.get("SMTP_PORT") or 0)
+        if port and pid_alive(root / "queue" / "pid" / "master.pid") and port_open(port):
+            return None, port
+        port = port if port and not port_open(port) else free_port()
+        self.state["SMTP_PORT"] = str(port)
+        self.save()
+        (conf / "main.cf").write_text(
+            POSTFIX_MAIN_CF.format(
+                root=root,
+                port=port,
+                domain=MAIL_DOMAIN,
+                lmtp_socket=self.base / "dovecot" / "run" / "lmtp",
+            )
+        )
+        (conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
+        (root / "queue").mkdir(exist_ok=True)  # root's; `postfix start` makes the rest
+        (root / "data").mkdir(exist_ok=True)
+        postfix_user = pwd.getpwnam("postfix")
+        os.chown(root / "data", postfix_user.pw_uid, postfix_user.pw_gid)
+        starting = subprocess.Popen(
+            ["/usr/sbin/postfix", "-c", str(conf), "start"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        return starting, port
+
+    def postfix_ready(self, started: tuple[subprocess.Popen | None, int]) -> dict[str, str]:
+        starting, port = started
+        root = self.base / "postfix"
+        if starting is not None:
+            output, _ = starting.communicate()
+            if starting.returncode != 0:
+                # Postfix reports a failed start to its log (and to a terminal), not to a pipe.
+                log = root / "postfix.log"
+                tail = log.read_text().splitlines()[-20:] if log.exists() else []
+                raise SystemExit("Postfix did not start:\n" + output + "\n".join(tail))
+            wait_port(port, "Postfix")
+        return {
+            "POSTFIX_SMTP_HOST": "127.0.0.1",
+            "POSTFIX_SMTP_PORT": str(port),
+            "POSTFIX_MAIL_DOMAIN": MAIL_DOMAIN,
+            "POSTFIX_CONFIG_DIR": str(root / "conf"),
+            "POSTFIX_LOG": str(root / "postfix.log"),
+        }
+
+    def stop_postfix(self) -> None:
+        """SIGTERM to the master, as `postfix stop` does, and wait until it is gone (so that a
+        restart finds its port free)."""
+        terminate(self.base / "postfix" / "queue" / "pid" / "master.pid")
 
     # Application secrets for development ------------------------------------------------
     def app_env(self) -> dict[str, str]:
@@ -445,22 +606,52 @@ class Services:
         for key, value in self.app_env().items():
             if not os.environ.get(key):
                 env[key] = value
+        own_dovecot = not os.environ.get("IMAP_TEST_HOST") and self.with_dovecot
+        postfix = None
+        if own_dovecot and not os.environ.get("POSTFIX_SMTP_HOST"):
+            missing = self.postfix_missing()
+            if missing:
+                env["POSTFIX_MISSING"] = missing
+                print(f"devservices: no private Postfix: {missing}", file=sys.stderr)
+            else:
+                postfix = self.postfix_start()
+        try:
+            env.update(self.up_others(own_dovecot))
+        except BaseException:
+            if postfix and postfix[0]:
+                postfix[0].communicate()  # let it finish starting, so that `down` stops it
+            raise
+        if postfix:
+            env.update(self.postfix_ready(postfix))
+        # Our servers listen on loopback, which the platform refuses to connect to unless the
+        # operator allows it (emailplatform.netguard): allow exactly these ones.
+        own = [
+            f"{env[host]}:{env[port]}"
+            for host, port in (
+                ("IMAP_TEST_HOST", "IMAP_TEST_PORT"),
+                ("POSTFIX_SMTP_HOST", "POSTFIX_SMTP_PORT"),
+            )
+            if host in env
+        ]
+        if own:
+            given = os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "")
+            env["OUTBOUND_ALLOWED_NETWORKS"] = ",".join(v for v in (given, *own) if v)
+        env["SERVICES_DIR"] = str(self.base)
+        return env
+
+    def up_others(self, own_dovecot: bool) -> dict[str, str]:
+        env: dict[str, str] = {}
         if not os.environ.get("DATABASE_URL"):
             env["DATABASE_URL"] = self.postgres()
         if not os.environ.get("REDIS_URL") and not os.environ.get("CELERY_BROKER_URL"):
             env["REDIS_URL"] = self.redis()
             env["PRIVATE_REDIS"] = "1"  # ours alone: tests may flush their databases
-        if not os.environ.get("IMAP_TEST_HOST") and self.with_dovecot:
+        if own_dovecot:
             env.update(self.dovecot())
-            # Our Dovecot listens on loopback, which the platform refuses to connect to unless
-            # the operator allows it (emailplatform.netguard): allow exactly this one server.
-            own = f"{env['IMAP_TEST_HOST']}:{env['IMAP_TEST_PORT']}"
-            given = os.environ.get("OUTBOUND_ALLOWED_NETWORKS", "")
-            env["OUTBOUND_ALLOWED_NETWORKS"] = ",".join(v for v in (given, own) if v)
-        env["SERVICES_DIR"] = str(self.base)
         return env
 
     def down(self) -> None:
+        self.stop_postfix()
         self.stop_dovecot()
         self.stop_redis()
         self.stop_postgres()
@@ -482,8 +673,12 @@ class Services:
             self.stop_dovecot()
             time.sleep(down_seconds)
             self.dovecot()
+        elif service == "postfix":
+            self.stop_postfix()
+            time.sleep(down_seconds)
+            self.postfix()
         else:
-            raise SystemExit(f"unknown service {service!r}: postgres, redis or dovecot")
+            raise SystemExit(f"unknown service {service!r}: postgres, redis, dovecot or postfix")
 
     def kick(self, username: str) -> str:
         """Cut every IMAP session of USERNAME (doveadm kick, the private instance's config)."""
@@ -503,7 +698,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("action", choices=["up", "down", "exec", "restart", "kick"])
-    parser.add_argument("target", nargs="?", help="restart: postgres|redis|dovecot; kick: USER")
+    parser.add_argument(
+        "target", nargs="?", help="restart: postgres|redis|dovecot|postfix; kick: USER"
+    )
     parser.add_argument("--dir", type=Path, default=Path(".local"))
     parser.add_argument("--temp", action="store_true", help="use a temporary dir, removed after")
     parser.add_argument(

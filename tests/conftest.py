@@ -11,7 +11,12 @@ from rest_framework.test import APIClient
 
 from emailplatform.topics import IncomingMessage
 
-pytest_plugins = ["tests.imap_fixtures", "tests.gmail_fake.fixtures", "tests.smtp_fake"]
+pytest_plugins = [
+    "tests.imap_fixtures",
+    "tests.postfix_fixtures",
+    "tests.gmail_fake.fixtures",
+    "tests.smtp_fake",
+]
 
 DATA_DIR = Path(__file__).parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"

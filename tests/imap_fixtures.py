@@ -135,13 +135,18 @@ def _imap_pool_emptied():
     default_pool_reset()
 
 
-@pytest.fixture
-def imap_user(dovecot) -> MailServerUser:
+def new_mail_server_user(dovecot: tuple[str, int, str]) -> MailServerUser:
+    """A new Dovecot user (its own passwd-file: Dovecot, and its LMTP, know it at once)."""
     host, port, users_dir = dovecot
     username = f"u{uuid.uuid4().hex[:12]}"
     password = uuid.uuid4().hex
     Path(users_dir, username).write_text(f"{username}:{{PLAIN}}{password}\n")
     return MailServerUser(host, port, username, password)
+
+
+@pytest.fixture
+def imap_user(dovecot) -> MailServerUser:
+    return new_mail_server_user(dovecot)
 
 
 def account_for(owner, server: MailServerUser, *, port: int | None = None) -> Account:
