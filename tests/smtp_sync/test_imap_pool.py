@@ -35,7 +35,7 @@ def dovecot_dir() -> Path:
     return Path(os.environ["DOVECOT_USERS_DIR"]).parent
 
 
-def server_log(username: str, event: str, *, at_least: int = 0, wait: float = 3.0) -> int:
+def server_log(username: str, event: str, *, at_least: int = 0, wait: float = 15.0) -> int:
     """How many lines of Dovecot's log say EVENT ("Login:", "Logged out") for USERNAME;
     waits up to WAIT seconds for AT_LEAST of them (the log process writes a little later)."""
     tag = f"user=<{username}>" if event == "Login:" else f"imap({username})"
