@@ -8,17 +8,46 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from rest_framework.test import APIClient
 
 from messages.models import Account, Message, OutboundMessage
+from tests.conftest import new_token
 from tests.mailfactory import make_mail
 from tests.messages.api.conftest import (  # noqa: F401 (fixtures)
-    api,
     bob,
-    bob_api,
     broker,
     empty_queues,
     ingest,
 )
+
+
+class CommittingClient(APIClient):
+    """An API client whose every request runs what the request's transactions left for after
+    their commit (a test's transaction never commits: pytest-django's rollback), as a real
+    request would: the send task reaches Redis."""
+
+    capture: Any = None
+
+    def request(self, **kwargs: Any) -> Any:
+        with self.capture(execute=True):
+            return super().request(**kwargs)
+
+
+def committing_client(user, capture) -> CommittingClient:
+    client = CommittingClient()
+    client.capture = capture
+    client.credentials(HTTP_AUTHORIZATION=f"Token {new_token(user)}")
+    return client
+
+
+@pytest.fixture
+def api(user, django_capture_on_commit_callbacks) -> CommittingClient:
+    return committing_client(user, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def bob_api(bob, django_capture_on_commit_callbacks) -> CommittingClient:  # noqa: F811
+    return committing_client(bob, django_capture_on_commit_callbacks)
 
 
 @pytest.fixture
