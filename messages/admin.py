@@ -471,8 +471,8 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel (drafts and queued messages)", permissions=["cancel"])
     def cancel(self, request: HttpRequest, queryset) -> None:
         done, too_late = 0, 0
-        for outbound in queryset.only("id"):
-            if outbound_cancel(outbound.pk) is None:
+        for outbound_id in queryset.values_list("pk", flat=True):
+            if outbound_cancel(outbound_id) is None:
                 too_late += 1
             else:
                 done += 1
