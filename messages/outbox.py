@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from emailplatform import topics
@@ -378,6 +379,14 @@ def outbound_attachment_add(
         name = default_storage.save(name, upload)
     with transaction.atomic():
         draft = _locked_draft(outbound.pk)
+        attached = draft.attachments.aggregate(total=Sum("size"))["total"] or 0
+        if attached + size > limit:
+            raise OutboxRefused(
+                f"With this file the attachments come to {attached + size} bytes; this account "
+                f"sends at most {limit} bytes a message.",
+                code="too_large",
+                field="file",
+            )
         attachment = OutboundAttachment.objects.create(
             outbound=draft,
             filename=filename,

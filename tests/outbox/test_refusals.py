@@ -179,3 +179,19 @@ def test_a_filename_with_a_line_break_is_refused(api, sender):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "header_injection"
     assert OutboundMessage.objects.get().attachments.count() == 0
+
+
+def test_attachments_over_the_limit_are_refused_at_upload(api, sender):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    sender.sync_settings = {"sendMaxBytes": 5000}
+    sender.save()
+    draft = post(api, sender, send=False).json()
+    url = f"/api/outbound/{draft['id']}/attachments/"
+    first = SimpleUploadedFile("a.bin", b"a" * 3000)
+    assert api.post(url, {"file": first}, format="multipart").status_code == 201
+    second = SimpleUploadedFile("b.bin", b"b" * 3000)
+    response = api.post(url, {"file": second}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "too_large"
+    assert OutboundMessage.objects.get().attachments.count() == 1
