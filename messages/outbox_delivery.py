@@ -67,11 +67,13 @@ Status = OutboundRecipient.Status
 
 
 class SendError(Exception):
-    """A send that did not go as asked; `reason` is readable by the account's owner."""
+    """A send that did not go as asked; `reason` is readable by the account's owner, `results`
+    the recipients' answers when the server gave them (every one refused)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, results: list[RecipientResult] | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.results = results or []
 
 
 class SendTransient(SendError):
@@ -149,22 +151,26 @@ def _send(outbound: OutboundMessage, sender: OutboundSender) -> dict:
     recipients = _pending(outbound)
     try:
         results = sender.send(outbound, recipients)
-    except SendAuthFailed as exc:
-        account_mark_error(outbound.account, exc.reason, auth=True)
-        outbound_failed(outbound.pk, exc.reason)
-        return {"failed": exc.reason, "auth": True}
-    except SendPermanent as exc:
-        outbound_failed(outbound.pk, exc.reason)
-        return {"failed": exc.reason}
-    except SendTransient as exc:
-        return _retry_or_fail(outbound, exc.reason, sender)
-    except SendUnknown as exc:
+    except SendError as exc:
+        if exc.results:
+            _recipients_record(outbound, exc.results)
+        return _failure(outbound, sender, exc)
+    return _record(outbound, sender, results)
+
+
+def _failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError) -> dict:
+    if isinstance(error, SendTransient):
+        return _retry_or_fail(outbound, error.reason, sender)
+    if isinstance(error, SendUnknown):
         check_at = timezone.now() + timedelta(seconds=settings.OUTBOUND_UNKNOWN_CHECK_SECONDS)
-        unknown = outbound_unknown(outbound.pk, exc.reason, check_at=check_at)
+        unknown = outbound_unknown(outbound.pk, error.reason, check_at=check_at)
         if unknown is not None:
             outbox_dispatch(unknown)
-        return {"unknown": exc.reason}
-    return _record(outbound, sender, results)
+        return {"unknown": error.reason}
+    if isinstance(error, SendAuthFailed):
+        account_mark_error(outbound.account, error.reason, auth=True)
+    outbound_failed(outbound.pk, error.reason)
+    return {"failed": error.reason}
 
 
 def _pending(outbound: OutboundMessage) -> list[str]:
@@ -184,9 +190,9 @@ def _pending(outbound: OutboundMessage) -> list[str]:
     )
 
 
-def _record(
-    outbound: OutboundMessage, sender: OutboundSender, results: list[RecipientResult]
-) -> dict:
+def _recipients_record(outbound: OutboundMessage, results: list[RecipientResult]) -> None:
+    """Each recipient's answer: accepted, rejected for good, or still pending (refused for
+    now), with the server's code and reply."""
     recipients_update(
         outbound,
         {
@@ -200,6 +206,12 @@ def _record(
             for r in results
         },
     )
+
+
+def _record(
+    outbound: OutboundMessage, sender: OutboundSender, results: list[RecipientResult]
+) -> dict:
+    _recipients_record(outbound, results)
     later = [r for r in results if r.temporary]
     if later:
         refused = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in later)

@@ -1,0 +1,272 @@
+"""The SMTP sender of outbound messages (the `OutboundSender` of messages.outbox_delivery):
+SMTP through smtp_sync.smtp_transport, the copy in the account's Sent folder over IMAP.
+
+Envelope: from the account's address, to every recipient still pending (to, cc and bcc), with
+ENVID = the message's envelope id, NOTIFY=FAILURE,DELAY (and SUCCESS when the message asks),
+RET=HDRS.
+
+How "found in Sent" and "absent from Sent" become proofs (the `unknown` resolution):
+the copy is APPENDed to Sent (\\Seen, and the keyword SENDING_KEYWORD) *before* the SMTP
+transaction, and the keyword is removed as soon as the server accepted the message. So, for a
+message whose outcome was lost:
+- no copy in Sent: the worker never reached the SMTP transaction -> absent, safe to send;
+- a copy without the keyword: the server had accepted it -> sent;
+- a copy with the keyword: the transaction may or may not have completed (a cut after DATA,
+  or a crash between the server's answer and the keyword's removal) -> cannot tell; the
+  delivery step never resends such a message (it fails it after a bounded time).
+A definite failure (refused, or 4xx: nothing was accepted) deletes the copy again. When the
+copy cannot be written, nothing is sent (a transient failure): without it an unknown outcome
+could not be resolved safely.
+
+Accounts whose server files sent mail itself (Gmail's SMTP: `saveSentCopy` false, the default
+for Gmail's hosts) get no APPEND: the server's own copy in Sent is the proof, and it appears
+when the server accepts the message.
+
+The copy is stored through the message pipeline as a sync would store it (its bytes fetched
+back from the server, its folder and UID), so it shows in Sent and in the reply's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+from django.utils import timezone
+
+from emailplatform import topics
+from messages.batches import BatchPublisher
+from messages.folders import folders_by_name
+from messages.models import Account, Folder, Message, OutboundMessage
+from messages.outbox_delivery import (
+    RecipientResult,
+    SendAuthFailed,
+    SendPermanent,
+    SendTransient,
+    SendUnknown,
+)
+
+from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
+from .models import ImapSettings
+from .pool import pooled_connection
+from .smtp_transport import (
+    SendOutcome,
+    SmtpAuthError,
+    SmtpEndpoint,
+    SmtpError,
+    SmtpOutcomeUnknown,
+    SmtpPermanentError,
+    SmtpSession,
+    smtp_endpoint_for,
+)
+from .sync import server_for
+
+logger = logging.getLogger(__name__)
+
+SENDING_KEYWORD = "$OutboxSending"
+SEEN = "\\Seen"
+SELF_SAVING_HOSTS = ("gmail.com", "googlemail.com")
+
+ConnectionFactory = Callable[[ImapServer], AbstractContextManager[ImapConnection]]
+
+
+def saves_sent_copy(account: Account, settings: ImapSettings | None = None) -> bool:
+    """Whether the platform APPENDs the sent copy (sync_settings `saveSentCopy`); by default
+    not for servers known to file sent mail themselves (Gmail)."""
+    stored = account.sync_settings if isinstance(account.sync_settings, dict) else {}
+    if "saveSentCopy" in stored:
+        return bool(stored["saveSentCopy"])
+    settings = settings or ImapSettings.objects.filter(account=account).first()
+    host = (settings.smtp_host if settings else "").strip().lower().rstrip(".")
+    return not any(host == h or host.endswith("." + h) for h in SELF_SAVING_HOSTS)
+
+
+class SmtpOutboundSender:
+    """Sends one account's outbound messages; see the module's docstring."""
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        session_factory: Callable[[SmtpEndpoint], SmtpSession] = SmtpSession,
+        connection_factory: ConnectionFactory = pooled_connection,
+    ) -> None:
+        self.account = account
+        self.session_factory = session_factory
+        self.connection_factory = connection_factory
+        self.saves_copy = saves_sent_copy(account)
+        self._sent_folder: str | None = None
+
+    # OutboundSender ---------------------------------------------------------------------------
+    def send(self, outbound: OutboundMessage, recipients: list[str]) -> list[RecipientResult]:
+        raw = bytes(outbound.raw)
+        copy = self._copy_before_sending(outbound, raw) if self.saves_copy else None
+        try:
+            endpoint = smtp_endpoint_for(self.account)
+            with self.session_factory(endpoint) as session:
+                outcome = session.send(
+                    self.account.email_address,
+                    recipients,
+                    raw,
+                    envid=outbound.envelope_id,
+                    notify=("SUCCESS", "FAILURE", "DELAY")
+                    if outbound.notify_success
+                    else ("FAILURE", "DELAY"),
+                    ret="HDRS",
+                )
+        except SmtpOutcomeUnknown as exc:  # the copy keeps its keyword: "cannot tell"
+            raise SendUnknown(exc.message) from exc
+        except SmtpError as exc:
+            if copy is not None:
+                self._forget_copy(outbound, copy)
+            raise _send_error(exc) from exc
+        results = _results(outcome)
+        if copy is not None:
+            if any(r.accepted for r in results):
+                self.accepted(outbound, copy)
+            else:
+                self._forget_copy(outbound, copy)
+        return results
+
+    def find_sent(self, outbound: OutboundMessage) -> bool | None:
+        try:
+            with self._imap() as conn:
+                uids = conn.search_message_id(self._sent(conn), outbound.message_id_header)
+                if not uids:
+                    return False
+                flags = conn.fetch_flags(uids)
+        except ImapAuthError as exc:
+            raise SendAuthFailed(str(exc)) from exc
+        except ImapError as exc:
+            logger.info("outbound %s: Sent cannot be searched now: %s", outbound.pk, exc)
+            return None
+        if any(SENDING_KEYWORD.lower() not in {f.lower() for f in f_} for f_ in flags.values()):
+            return True
+        return None  # copied before sending, never confirmed: may or may not have gone
+
+    def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
+        """Make sure Sent has the copy (\\Seen, no keyword) and store it; the stored one."""
+        with self._imap() as conn:
+            folder = self._sent(conn)
+            uids = conn.search_message_id(folder, outbound.message_id_header)
+            if not uids and self.saves_copy:
+                conn.append(folder, bytes(outbound.raw), [SEEN])
+                uids = conn.search_message_id(folder, outbound.message_id_header)
+            if not uids:
+                return None
+            uid = uids[0]
+            conn.set_flags([uid], [SENDING_KEYWORD], add=False)
+            conn.set_flags([uid], [SEEN], add=True)
+            status = conn.select(folder, readonly=True)
+            fetched = conn.fetch_messages([uid], include_body=True)
+        if not fetched:
+            return None
+        return self._store(outbound.message_id_header, folder, status.uidvalidity, fetched[0])
+
+    # The copy in Sent ---------------------------------------------------------------------------
+    def accepted(self, outbound: OutboundMessage, copy: int) -> None:
+        """The server took the message: the copy loses its keyword (the proof it was sent)."""
+        try:
+            with self._imap() as conn:
+                conn.select(self._sent(conn), readonly=False)
+                conn.set_flags([copy], [SENDING_KEYWORD], add=False)
+        except ImapError as exc:  # after_sent removes it again; until then "cannot tell"
+            logger.warning("outbound %s: sent, its copy not confirmed yet: %s", outbound.pk, exc)
+
+    def _copy_before_sending(self, outbound: OutboundMessage, raw: bytes) -> int:
+        """The copy in Sent, with the keyword, before the SMTP transaction; its UID. A copy
+        already there (an earlier attempt that reached some recipients) is reused."""
+        try:
+            with self._imap() as conn:
+                folder = self._sent(conn)
+                uids = conn.search_message_id(folder, outbound.message_id_header)
+                if not uids:
+                    conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
+                    uids = conn.search_message_id(folder, outbound.message_id_header)
+                if not uids:
+                    raise ImapError(f"the copy appended to {folder} cannot be found")
+                return uids[0]
+        except ImapAuthError as exc:
+            raise SendAuthFailed(f"the IMAP login was refused: {exc}") from exc
+        except ImapError as exc:
+            raise SendTransient(
+                f"the copy could not be saved in Sent, so nothing was sent yet: {exc}"
+            ) from exc
+
+    def _forget_copy(self, outbound: OutboundMessage, copy: int) -> None:
+        """Nothing was accepted: delete the copy, unless an earlier attempt sent it to some
+        recipient (the copy then has no keyword)."""
+        try:
+            with self._imap() as conn:
+                conn.select(self._sent(conn), readonly=False)
+                flags = conn.fetch_flags([copy]).get(copy, [])
+                if SENDING_KEYWORD.lower() in {f.lower() for f in flags}:
+                    conn.delete([copy])
+        except ImapError as exc:
+            logger.warning("outbound %s: its unsent copy stays in Sent: %s", outbound.pk, exc)
+
+    def _sent(self, conn: ImapConnection) -> str:
+        """The Sent folder's name: SPECIAL-USE \\Sent, else the store's sent folder, else
+        "Sent"."""
+        if self._sent_folder is None:
+            on_server = [f for f in conn.list_folders() if f.selectable]
+            by_role = [f.name for f in on_server if f.role == "sent"]
+            stored = (
+                Folder.objects.filter(account=self.account, role=Folder.Role.SENT)
+                .values_list("name", flat=True)
+                .first()
+            )
+            self._sent_folder = (by_role or [stored or "Sent"])[0]
+        return self._sent_folder
+
+    @contextlib.contextmanager
+    def _imap(self) -> Iterator[ImapConnection]:
+        with self.connection_factory(server_for(self.account)) as conn:
+            yield conn
+
+    def _store(
+        self, message_id: str, folder_name: str, uidvalidity: int, fetched: FetchedMessage
+    ) -> Message | None:
+        """Store the copy as a sync of the folder would (pipeline, same item)."""
+        folder = folders_by_name(self.account, [folder_name])[folder_name]
+        uid = fetched.uid if folder.uidvalidity == uidvalidity else None
+        internal = fetched.internal_date
+        item = topics.new_message_item(
+            fetched.raw or b"",
+            provider_id=f"gm:{fetched.gm_msgid}" if fetched.gm_msgid else None,
+            thread_id=f"gm:{fetched.gm_thrid}" if fetched.gm_thrid else None,
+            server_id=fetched.server_id,
+            folder=folder_name,
+            uid=uid,
+            flags=list(fetched.flags),
+            internal_date=internal.isoformat() if internal else None,
+        )
+        publisher = BatchPublisher(self.account.pk, self.account.provider, inline=True)
+        publisher.publish(
+            [item], fetched_at=timezone.now(), folder=folder, uids=[uid] if uid else None
+        )
+        publisher.drain()
+        return (
+            Message.objects.filter(
+                account=self.account, message_id_header=message_id, locations__folder=folder
+            )
+            .order_by("-pk")
+            .first()
+        )
+
+
+def _results(outcome: SendOutcome) -> list[RecipientResult]:
+    return [
+        RecipientResult(address=r.address, accepted=r.accepted, code=r.code, reply=r.reply)
+        for r in outcome.recipients
+    ]
+
+
+def _send_error(exc: SmtpError) -> SendTransient | SendPermanent:
+    results = _results(exc.outcome) if exc.outcome else None
+    if isinstance(exc, SmtpAuthError):
+        return SendAuthFailed(exc.message, results)
+    if isinstance(exc, SmtpPermanentError):
+        return SendPermanent(exc.message, results)
+    return SendTransient(exc.message, results)
