@@ -407,6 +407,9 @@ OUTBOUND_STAFF_ALLOW_INTERNAL = env.bool("OUTBOUND_STAFF_ALLOW_INTERNAL", defaul
 # Connection tests (account creation, test-connection, a new password): connect and greeting
 # timeout in seconds (a sync uses its own, longer one).
 OUTBOUND_TEST_TIMEOUT_SECONDS = env.float("OUTBOUND_TEST_TIMEOUT_SECONDS", default=10.0)
+# Sending mail: the timeout in seconds of each SMTP step (connect, each reply; the final reply to
+# DATA too: a server that takes longer leaves the message's outcome unknown).
+SMTP_TIMEOUT_SECONDS = env.float("SMTP_TIMEOUT_SECONDS", default=60.0)
 try:
     from emailplatform.netguard import parse_allow_list as _parse_allow_list
 

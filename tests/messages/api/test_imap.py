@@ -52,6 +52,7 @@ def test_create_an_imap_account_against_the_server(api, user, imap_user, empty_q
         "smtp_host": "",
         "smtp_port": 465,
         "smtp_security": "ssl",
+        "smtp_trust_self_signed": False,
     }
     account = Account.objects.get(pk=body["id"], owner=user)
     assert account.get_credentials() == {"password": imap_user.password}
