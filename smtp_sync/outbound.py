@@ -230,7 +230,9 @@ class SmtpOutboundSender:
     ) -> Message | None:
         """Store the copy as a sync of the folder would (pipeline, same item)."""
         folder = folders_by_name(self.account, [folder_name])[folder_name]
-        uid = fetched.uid if folder.uidvalidity == uidvalidity else None
+        # Under a UIDVALIDITY the store does not know (its folder is stale), no UID: the
+        # message is stored in the folder and the next sync gives it its UID.
+        uid = fetched.uid if folder.uidvalidity in (None, uidvalidity) else None
         internal = fetched.internal_date
         item = topics.new_message_item(
             fetched.raw or b"",
@@ -244,7 +246,10 @@ class SmtpOutboundSender:
         )
         publisher = BatchPublisher(self.account.pk, self.account.provider, inline=True)
         publisher.publish(
-            [item], fetched_at=timezone.now(), folder=folder, uids=[uid] if uid else None
+            [item],
+            fetched_at=timezone.now(),
+            folder=folder if uid else None,
+            uids=[uid] if uid else None,
         )
         publisher.drain()
         return (
