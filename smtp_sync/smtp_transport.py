@@ -296,7 +296,9 @@ class SmtpSession:
             host = netguard.normalize_host(endpoint.host)
             smtp = _GuardedSMTP(endpoint, context if endpoint.security == "ssl" else None)
             smtp._host = host  # STARTTLS checks the certificate for this name
-            smtp.connect(host, endpoint.port)
+            code, greeting = smtp.connect(host, endpoint.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, greeting)
             smtp.ehlo_or_helo_if_needed()
             if endpoint.security == "starttls":
                 if not smtp.has_extn("starttls"):

@@ -2,7 +2,8 @@
 
 Fixtures (registered in tests/conftest.py):
 
-- `smtp_server(behaviour=None, *, tls=None, implicit_tls=False, users=None)`: a factory that
+- `smtp_server(behaviour=None, *, tls=False, implicit_tls=False, users=None, exclude_auth=())`:
+  a factory that
   starts a server and returns a `FakeSmtpServer`; stopped at the end of the test.
   `server.messages` lists what it received (`ReceivedMessage`: envelope, DSN parameters, data),
   `server.endpoint(**overrides)` is an `SmtpEndpoint` to it (plain, or STARTTLS/SSL with its
@@ -342,6 +343,7 @@ class FakeSmtpServer:
         tls: TlsFiles | None = None,
         implicit_tls: bool = False,
         users: dict[str, str] | None = None,
+        exclude_auth: tuple[str, ...] = (),
     ) -> None:
         self.behaviour = behaviour
         self.handler = FakeSmtpHandler(behaviour, users)
@@ -353,6 +355,7 @@ class FakeSmtpServer:
             "data_size_limit": behaviour.size_limit or None,
             "auth_require_tls": False,
             "authenticator": self.handler.authenticate,
+            "auth_exclude_mechanism": exclude_auth,
             "server_hostname": "smtp.test",
         }
         if tls and not implicit_tls:
@@ -455,7 +458,8 @@ def smtp_tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 @pytest.fixture
 def smtp_server(settings: Any, smtp_tls_files: TlsFiles) -> Iterator[Callable[..., FakeSmtpServer]]:
-    """Factory: `smtp_server(behaviour=None, *, tls=False, implicit_tls=False, users=None)`.
+    """Factory: `smtp_server(behaviour=None, *, tls=False, implicit_tls=False, users=None,
+    exclude_auth=())`: USERS (login -> password or OAuth token) makes AUTH required.
     The loopback address is put on the guard's allow list for the test (plain SMTP to it is
     then allowed too)."""
     servers: list[FakeSmtpServer] = []
@@ -469,10 +473,15 @@ def smtp_server(settings: Any, smtp_tls_files: TlsFiles) -> Iterator[Callable[..
         tls: bool = False,
         implicit_tls: bool = False,
         users: dict[str, str] | None = None,
+        exclude_auth: tuple[str, ...] = (),
     ) -> FakeSmtpServer:
         files = smtp_tls_files if tls or implicit_tls else None
         server = FakeSmtpServer(
-            behaviour or SmtpBehaviour(), tls=files, implicit_tls=implicit_tls, users=users
+            behaviour or SmtpBehaviour(),
+            tls=files,
+            implicit_tls=implicit_tls,
+            users=users,
+            exclude_auth=exclude_auth,
         )
         servers.append(server.start())
         return server
