@@ -161,8 +161,12 @@ def test_excess_over_the_sending_limit_waits_and_is_sent_later(
     none dropped, and a wait is no attempt."""
     monkeypatch.setattr(outbox_limits, "MINUTE_SECONDS", 1.0)
     account = gmail_account.account
-    account.sync_settings = {**account.sync_settings, "sendPerMinute": 2}
-    account.save(update_fields=["sync_settings"])
+    response = gmail_account.api.patch(
+        f"/api/accounts/{account.pk}/", {"sync_settings": {"sendPerMinute": 2}}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["sync_settings"]["sendPerMinute"] == 2
+    account.refresh_from_db()
     outbounds = [outbound_create(account, to=[f"r{i}@example.net"]) for i in range(5)]
 
     first = [deliver(o) for o in outbounds]
