@@ -30,6 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
@@ -82,6 +85,75 @@ def saves_sent_copy(account: Account, settings: ImapSettings | None = None) -> b
     return not any(host == h or host.endswith("." + h) for h in SELF_SAVING_HOSTS)
 
 
+# The Sent folder's name per account, found once per process.
+_sent_folders: dict[int, str] = {}
+
+
+def _sent_folder(account: Account, conn: ImapConnection) -> str:
+    """The account's Sent folder: SPECIAL-USE \\Sent, else the store's sent folder, else
+    "Sent"."""
+    name = _sent_folders.get(account.pk)
+    if name is None:
+        by_role = [f.name for f in conn.list_folders() if f.selectable and f.role == "sent"]
+        stored = (
+            Folder.objects.filter(account=account, role=Folder.Role.SENT)
+            .values_list("name", flat=True)
+            .first()
+        )
+        name = _sent_folders[account.pk] = (by_role or [stored or "Sent"])[0]
+    return name
+
+
+class _Sessions:
+    """SMTP sessions kept per process between messages, one per endpoint (its settings and
+    secrets), so that a burst of sends from an account goes over one connection. A session
+    idle longer than IDLE_SECONDS is closed at the next checkout; one whose send raised is
+    closed at once. Forked children start with none."""
+
+    IDLE_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._idle: dict[SmtpEndpoint, tuple[SmtpSession, float]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def session(
+        self, endpoint: SmtpEndpoint, factory: Callable[[SmtpEndpoint], SmtpSession]
+    ) -> Iterator[SmtpSession]:
+        now = time.monotonic()
+        with self._lock:
+            kept = self._idle.pop(endpoint, None)
+            stale = [k for k, (_, at) in self._idle.items() if now - at > self.IDLE_SECONDS]
+            closing = [self._idle.pop(k)[0] for k in stale]
+        if kept is not None and now - kept[1] > self.IDLE_SECONDS:
+            closing.append(kept[0])
+            kept = None
+        for old in closing:
+            old.close()
+        session = kept[0] if kept is not None else factory(endpoint)
+        try:
+            yield session
+        except BaseException:
+            session.close()
+            raise
+        with self._lock:
+            replaced = self._idle.get(endpoint)
+            self._idle[endpoint] = (session, time.monotonic())
+        if replaced is not None:
+            replaced[0].close()
+
+    def clear(self, *, close: bool = True) -> None:
+        with self._lock:
+            sessions, self._idle = [s for s, _ in self._idle.values()], {}
+        if close:
+            for session in sessions:
+                session.close()
+
+
+_sessions = _Sessions()
+os.register_at_fork(after_in_child=lambda: _sessions.clear(close=False))
+
+
 class SmtpOutboundSender:
     """Sends one account's outbound messages; see the module's docstring."""
 
@@ -96,7 +168,8 @@ class SmtpOutboundSender:
         self.session_factory = session_factory
         self.connection_factory = connection_factory
         self.saves_copy = saves_sent_copy(account)
-        self._sent_folder: str | None = None
+        self._copy: int | None = None  # UID of this attempt's copy in Sent
+        self._confirmed = False  # its keyword removed
 
     # OutboundSender ---------------------------------------------------------------------------
     def send(self, outbound: OutboundMessage, recipients: list[str]) -> list[RecipientResult]:
@@ -104,7 +177,7 @@ class SmtpOutboundSender:
         copy = self._copy_before_sending(outbound, raw) if self.saves_copy else None
         try:
             endpoint = smtp_endpoint_for(self.account)
-            with self.session_factory(endpoint) as session:
+            with _sessions.session(endpoint, self.session_factory) as session:
                 outcome = session.send(
                     self.account.email_address,
                     recipients,
@@ -132,7 +205,8 @@ class SmtpOutboundSender:
     def find_sent(self, outbound: OutboundMessage) -> bool | None:
         try:
             with self._imap() as conn:
-                uids = conn.search_message_id(self._sent(conn), outbound.message_id_header)
+                folder = _sent_folder(self.account, conn)
+                uids = conn.search_message_id(folder, outbound.message_id_header)
                 if not uids:
                     return False
                 flags = conn.fetch_flags(uids)
@@ -148,17 +222,22 @@ class SmtpOutboundSender:
     def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
         """Make sure Sent has the copy (\\Seen, no keyword) and store it; the stored one."""
         with self._imap() as conn:
-            folder = self._sent(conn)
-            uids = conn.search_message_id(folder, outbound.message_id_header)
-            if not uids and self.saves_copy:
-                conn.append(folder, bytes(outbound.raw), [SEEN])
+            folder = _sent_folder(self.account, conn)
+            if self._copy is not None:
+                uid = self._copy
+                status = conn.select(folder, readonly=False)
+            else:
                 uids = conn.search_message_id(folder, outbound.message_id_header)
-            if not uids:
-                return None
-            uid = uids[0]
-            conn.set_flags([uid], [SENDING_KEYWORD], add=False)
-            conn.set_flags([uid], [SEEN], add=True)
-            status = conn.select(folder, readonly=True)
+                if not uids and self.saves_copy:
+                    conn.append(folder, bytes(outbound.raw), [SEEN])
+                    uids = conn.search_message_id(folder, outbound.message_id_header)
+                if not uids:
+                    return None
+                uid = uids[0]
+                conn.set_flags([uid], [SEEN], add=True)
+                status = conn.select(folder, readonly=False)
+            if not self._confirmed:
+                conn.set_flags([uid], [SENDING_KEYWORD], add=False)
             fetched = conn.fetch_messages([uid], include_body=True)
         if not fetched:
             return None
@@ -169,8 +248,9 @@ class SmtpOutboundSender:
         """The server took the message: the copy loses its keyword (the proof it was sent)."""
         try:
             with self._imap() as conn:
-                conn.select(self._sent(conn), readonly=False)
+                conn.select(_sent_folder(self.account, conn), readonly=False)
                 conn.set_flags([copy], [SENDING_KEYWORD], add=False)
+            self._confirmed = True
         except ImapError as exc:  # after_sent removes it again; until then "cannot tell"
             logger.warning("outbound %s: sent, its copy not confirmed yet: %s", outbound.pk, exc)
 
@@ -179,17 +259,32 @@ class SmtpOutboundSender:
         already there (an earlier attempt that reached some recipients) is reused."""
         try:
             with self._imap() as conn:
-                folder = self._sent(conn)
-                uids = conn.search_message_id(folder, outbound.message_id_header)
-                if not uids:
-                    conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
-                    uids = conn.search_message_id(folder, outbound.message_id_header)
+                folder = _sent_folder(self.account, conn)
+                # Only an earlier attempt can have left a copy: the first one need not look.
+                uids = (
+                    conn.search_message_id(folder, outbound.message_id_header)
+                    if outbound.attempts > 1
+                    else []
+                )
+                if uids:
+                    self._confirmed = SENDING_KEYWORD.lower() not in {
+                        f.lower() for f in conn.fetch_flags(uids[:1]).get(uids[0], [])
+                    }
+                else:
+                    appended = conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
+                    status = conn.select(folder, readonly=False)
+                    if appended is not None and appended[0] == status.uidvalidity:
+                        uids = [appended[1]]
+                    else:
+                        uids = conn.search_message_id(folder, outbound.message_id_header)
                 if not uids:
                     raise ImapError(f"the copy appended to {folder} cannot be found")
+                self._copy = uids[0]
                 return uids[0]
         except ImapAuthError as exc:
             raise SendAuthFailed(f"the IMAP login was refused: {exc}") from exc
         except ImapError as exc:
+            _sent_folders.pop(self.account.pk, None)
             raise SendTransient(
                 f"the copy could not be saved in Sent, so nothing was sent yet: {exc}"
             ) from exc
@@ -199,26 +294,12 @@ class SmtpOutboundSender:
         recipient (the copy then has no keyword)."""
         try:
             with self._imap() as conn:
-                conn.select(self._sent(conn), readonly=False)
+                conn.select(_sent_folder(self.account, conn), readonly=False)
                 flags = conn.fetch_flags([copy]).get(copy, [])
                 if SENDING_KEYWORD.lower() in {f.lower() for f in flags}:
                     conn.delete([copy])
         except ImapError as exc:
             logger.warning("outbound %s: its unsent copy stays in Sent: %s", outbound.pk, exc)
-
-    def _sent(self, conn: ImapConnection) -> str:
-        """The Sent folder's name: SPECIAL-USE \\Sent, else the store's sent folder, else
-        "Sent"."""
-        if self._sent_folder is None:
-            on_server = [f for f in conn.list_folders() if f.selectable]
-            by_role = [f.name for f in on_server if f.role == "sent"]
-            stored = (
-                Folder.objects.filter(account=self.account, role=Folder.Role.SENT)
-                .values_list("name", flat=True)
-                .first()
-            )
-            self._sent_folder = (by_role or [stored or "Sent"])[0]
-        return self._sent_folder
 
     @contextlib.contextmanager
     def _imap(self) -> Iterator[ImapConnection]:

@@ -277,3 +277,15 @@ def test_a_cut_after_data_is_never_resent_blindly(imap_account, imap_user, smtp_
     outbound = fresh(outbound)
     assert outbound.state == "failed" and "may have accepted" in outbound.last_error
     assert len(server.messages) == 1
+
+
+def test_a_burst_of_messages_goes_over_one_connection(imap_account, imap_user, smtp_for):
+    server = smtp_for()
+    outbounds = [outbound_create(imap_account, to=[f"r{i}@example.net"]) for i in range(3)]
+
+    for outbound in outbounds:
+        deliver(outbound)
+
+    assert {fresh(o).state for o in outbounds} == {"sent"}
+    assert [m.connection for m in server.messages] == [1, 1, 1]
+    assert all(sent_folder(imap_user, o) == [{"\\Seen"}] for o in outbounds)
