@@ -161,16 +161,14 @@ AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 6
 # timeout, 4xx) is retried after OUTBOUND_RETRY_BASE_SECONDS, doubling up to
 # OUTBOUND_RETRY_MAX_SECONDS (with jitter), OUTBOUND_MAX_ATTEMPTS attempts in all. Sending limits
 # per account (its sync_settings sendPerMinute / sendPerDay override them; 0: no limit): excess
-# waits for a free slot. A message left "sending" longer than OUTBOUND_SENDING_TIMEOUT_SECONDS
-# (its worker died) becomes "unknown"; an unknown one whose Sent folder cannot be read is looked
-# for every OUTBOUND_UNKNOWN_CHECK_SECONDS, and failed (never resent) after
+# waits for a free slot. An "unknown" message (the server may have it) whose Sent folder cannot
+# tell is looked for every OUTBOUND_UNKNOWN_CHECK_SECONDS, and failed (never resent) after
 # OUTBOUND_UNKNOWN_GIVE_UP_SECONDS.
 OUTBOUND_MAX_ATTEMPTS = env.int("OUTBOUND_MAX_ATTEMPTS", default=8)
 OUTBOUND_RETRY_BASE_SECONDS = env.float("OUTBOUND_RETRY_BASE_SECONDS", default=60.0)
 OUTBOUND_RETRY_MAX_SECONDS = env.float("OUTBOUND_RETRY_MAX_SECONDS", default=2 * 60 * 60)
 OUTBOUND_SEND_PER_MINUTE = env.int("OUTBOUND_SEND_PER_MINUTE", default=30)
 OUTBOUND_SEND_PER_DAY = env.int("OUTBOUND_SEND_PER_DAY", default=2000)
-OUTBOUND_SENDING_TIMEOUT_SECONDS = env.int("OUTBOUND_SENDING_TIMEOUT_SECONDS", default=15 * 60)
 OUTBOUND_UNKNOWN_CHECK_SECONDS = env.int("OUTBOUND_UNKNOWN_CHECK_SECONDS", default=5 * 60)
 OUTBOUND_UNKNOWN_GIVE_UP_SECONDS = env.int("OUTBOUND_UNKNOWN_GIVE_UP_SECONDS", default=24 * 60 * 60)
 

@@ -18,9 +18,9 @@ recipient's answer; then one transition:
 
 No silent second copy. The Message-ID is fixed when the message is created, so the sender can
 look for it (`find_sent`: the account's Sent folder over IMAP, Gmail's rfc822msgid: search).
-An `unknown` message (a cut after DATA, or a worker that died while sending: a message left
-`sending` past OUTBOUND_SENDING_TIMEOUT_SECONDS is made `unknown` by `outbound_sending_sweep`)
-is never sent again before it is looked for:
+An `unknown` message (a cut after DATA, or a worker that died while sending: the outbox's beat
+sweeper makes `unknown` a message left `sending` past its timeout) is never sent again before
+it is looked for:
 - found: the server took it -> sent (pending recipients accepted), its copy stored;
 - proven absent: it never reached the server -> queued again (attempts go on counting);
 - cannot tell (Sent unreadable now, or the sender says its evidence is ambiguous): looked for
@@ -319,20 +319,3 @@ def _resolve_unknown(outbound: OutboundMessage, sender: OutboundSender) -> dict:
     if later is not None:
         outbox_dispatch(later)
     return {"unknown": "cannot tell yet"}
-
-
-def outbound_sending_sweep() -> int:
-    """Make `unknown` the messages left `sending` past OUTBOUND_SENDING_TIMEOUT_SECONDS (their
-    worker died mid-send) and dispatch their resolution; how many. Run by the outbox's beat
-    sweeper."""
-    cutoff = timezone.now() - timedelta(seconds=settings.OUTBOUND_SENDING_TIMEOUT_SECONDS)
-    stale = OutboundMessage.objects.filter(state=State.SENDING, sending_at__lt=cutoff)
-    count = 0
-    for outbound_id in stale.values_list("pk", flat=True):
-        unknown = outbound_unknown(
-            outbound_id, "the sending worker stopped before it saved the outcome"
-        )
-        if unknown is not None:
-            outbox_dispatch(unknown)
-            count += 1
-    return count

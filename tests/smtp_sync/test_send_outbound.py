@@ -12,7 +12,8 @@ from django.utils import timezone
 from emailplatform import topics
 from emailplatform.celery import app
 from messages.models import Account, Message, OutboundMessage
-from messages.outbox_delivery import outbound_deliver, outbound_sending_sweep
+from messages.outbox_delivery import outbound_deliver
+from messages.outbox_states import outbound_unknown
 from smtp_sync import tasks  # noqa: F401  (registers smtp_sync.send_outbound)
 from smtp_sync.models import ImapSettings
 from smtp_sync.outbound import SENDING_KEYWORD, SmtpOutboundSender
@@ -51,6 +52,12 @@ def fresh(outbound: OutboundMessage) -> OutboundMessage:
 
 def due_now(outbound: OutboundMessage) -> None:
     OutboundMessage.objects.filter(pk=outbound.pk).update(next_attempt_at=timezone.now())
+
+
+def sweeper_marks_stuck(outbound: OutboundMessage) -> None:
+    """What the outbox's beat sweeper does to a message left `sending` past its timeout (its
+    worker died): the transition to `unknown` (the sweeper itself is on the outbox branch)."""
+    assert outbound_unknown(outbound.pk, "the sending worker stopped answering") is not None
 
 
 def sent_folder(imap_user, outbound: OutboundMessage) -> list[set[str]]:
@@ -216,9 +223,7 @@ def test_a_crash_after_the_server_accepted_does_not_send_a_second_copy(
     with pytest.raises(Killed):
         outbound_deliver(outbound.pk, DyingSender(Account.objects.get(pk=imap_account.pk)))
     assert fresh(outbound).state == "sending"
-    settings.OUTBOUND_SENDING_TIMEOUT_SECONDS = 0
-    assert outbound_sending_sweep() == 1
-    assert fresh(outbound).state == "unknown"
+    sweeper_marks_stuck(outbound)
 
     outcome = deliver(outbound)
 
@@ -247,8 +252,7 @@ def test_a_crash_before_the_smtp_transaction_is_resolved_as_not_sent(
 
     with pytest.raises(Killed):
         outbound_deliver(outbound.pk, DyingSender(Account.objects.get(pk=imap_account.pk)))
-    settings.OUTBOUND_SENDING_TIMEOUT_SECONDS = 0
-    outbound_sending_sweep()
+    sweeper_marks_stuck(outbound)
 
     assert deliver(outbound) == {"resolved": "absent"}
     due_now(outbound)
@@ -289,3 +293,23 @@ def test_a_burst_of_messages_goes_over_one_connection(imap_account, imap_user, s
     assert {fresh(o).state for o in outbounds} == {"sent"}
     assert [m.connection for m in server.messages] == [1, 1, 1]
     assert all(sent_folder(imap_user, o) == [{"\\Seen"}] for o in outbounds)
+
+
+def test_transient_failures_give_up_after_the_attempt_limit(
+    imap_account, imap_user, smtp_for, settings
+):
+    settings.OUTBOUND_MAX_ATTEMPTS = 2
+    server = smtp_for(SmtpBehaviour(mail_replies="421 4.7.0 Too busy, try later"))
+    outbound = outbound_create(imap_account, to=["bob@example.net"])
+
+    deliver(outbound)
+    assert fresh(outbound).state == "queued"
+    due_now(outbound)
+    deliver(outbound)
+
+    outbound = fresh(outbound)
+    assert outbound.state == "failed" and outbound.attempts == 2
+    assert (
+        outbound.last_error.startswith("gave up after 2 attempts") and "421" in outbound.last_error
+    )
+    assert server.messages == [] and sent_folder(imap_user, outbound) == []
