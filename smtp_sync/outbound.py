@@ -14,7 +14,10 @@ message whose outcome was lost:
 - a copy with the keyword: the transaction may or may not have completed (a cut after DATA,
   or a crash between the server's answer and the keyword's removal) -> cannot tell; the
   delivery step never resends such a message (it fails it after a bounded time).
-A definite failure (refused, or 4xx: nothing was accepted) deletes the copy again. When the
+A definite failure (refused, or 4xx: nothing was accepted) deletes the copy again. A retry for
+recipients refused for now (the others got the message) reuses the copy: the keyword is put
+back for the attempt and removed when the server answers, so a lost outcome of the retry is
+"cannot tell", not "sent" to recipients that never got it. When the
 copy cannot be written, nothing is sent (a transient failure): without it an unknown outcome
 could not be resolved safely.
 
@@ -169,6 +172,7 @@ class SmtpOutboundSender:
         self.connection_factory = connection_factory
         self.saves_copy = saves_sent_copy(account)
         self._copy: int | None = None  # UID of this attempt's copy in Sent
+        self._appended = False  # appended by this attempt (else an earlier one's, reused)
         self._confirmed = False  # its keyword removed
 
     # OutboundSender ---------------------------------------------------------------------------
@@ -266,12 +270,11 @@ class SmtpOutboundSender:
                     if outbound.attempts > 1
                     else []
                 )
-                if uids:
-                    self._confirmed = SENDING_KEYWORD.lower() not in {
-                        f.lower() for f in conn.fetch_flags(uids[:1]).get(uids[0], [])
-                    }
+                if uids:  # this attempt is in flight again until the server answers
+                    conn.set_flags(uids[:1], [SENDING_KEYWORD], add=True)
                 else:
                     appended = conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
+                    self._appended = True
                     status = conn.select(folder, readonly=False)
                     if appended is not None and appended[0] == status.uidvalidity:
                         uids = [appended[1]]
@@ -290,16 +293,17 @@ class SmtpOutboundSender:
             ) from exc
 
     def _forget_copy(self, outbound: OutboundMessage, copy: int) -> None:
-        """Nothing was accepted: delete the copy, unless an earlier attempt sent it to some
-        recipient (the copy then has no keyword)."""
+        """Nothing was accepted in this attempt: delete the copy it appended; a copy an
+        earlier attempt sent to some recipients only loses the keyword again."""
         try:
             with self._imap() as conn:
                 conn.select(_sent_folder(self.account, conn), readonly=False)
-                flags = conn.fetch_flags([copy]).get(copy, [])
-                if SENDING_KEYWORD.lower() in {f.lower() for f in flags}:
+                if self._appended:
                     conn.delete([copy])
+                else:
+                    conn.set_flags([copy], [SENDING_KEYWORD], add=False)
         except ImapError as exc:
-            logger.warning("outbound %s: its unsent copy stays in Sent: %s", outbound.pk, exc)
+            logger.warning("outbound %s: its copy in Sent stays as it is: %s", outbound.pk, exc)
 
     @contextlib.contextmanager
     def _imap(self) -> Iterator[ImapConnection]:

@@ -313,3 +313,31 @@ def test_transient_failures_give_up_after_the_attempt_limit(
         outbound.last_error.startswith("gave up after 2 attempts") and "421" in outbound.last_error
     )
     assert server.messages == [] and sent_folder(imap_user, outbound) == []
+
+
+def test_a_crash_while_retrying_some_recipients_is_not_taken_for_sent(
+    imap_account, imap_user, smtp_for
+):
+    """Bob got the message, Carol's server said "later"; the worker dies during Carol's
+    retry: the copy in Sent (Bob's proof) does not make Carol's attempt look delivered."""
+    smtp_for(SmtpBehaviour(rcpt_replies={"carol@example.net": ["450 4.2.1 Mailbox busy"]}))
+    outbound = outbound_create(imap_account, to=["bob@example.net", "carol@example.net"])
+    deliver(outbound)
+    due_now(outbound)
+
+    class Killed(BaseException):
+        pass
+
+    class DyingSender(SmtpOutboundSender):
+        def send(self, outbound, recipients):
+            self._copy_before_sending(outbound, bytes(outbound.raw))
+            raise Killed
+
+    with pytest.raises(Killed):
+        outbound_deliver(outbound.pk, DyingSender(Account.objects.get(pk=imap_account.pk)))
+    sweeper_marks_stuck(outbound)
+    due_now(outbound)
+
+    assert deliver(outbound) == {"unknown": "cannot tell yet"}
+    assert recipients_of(outbound)["carol@example.net"][0] == "pending"
+    assert fresh(outbound).state == "unknown"
