@@ -175,19 +175,21 @@ def _failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError
 
 def _pending(outbound: OutboundMessage) -> list[str]:
     """The envelope recipients not answered for good yet (to, cc and bcc)."""
-    if not outbound.recipients.exists():
-        rows = [
-            OutboundRecipient(outbound=outbound, kind=kind, name=r.get("name", ""), address=addr)
-            for kind, listed in (("to", outbound.to), ("cc", outbound.cc), ("bcc", outbound.bcc))
-            for r in listed or []
-            if (addr := r.get("address"))
-        ]
-        OutboundRecipient.objects.bulk_create(rows, ignore_conflicts=True)
-    return list(
+    pending = list(
         outbound.recipients.filter(status=Status.PENDING)
         .order_by("pk")
         .values_list("address", flat=True)
     )
+    if pending or outbound.recipients.exists():
+        return pending
+    rows = [
+        OutboundRecipient(outbound=outbound, kind=kind, name=r.get("name", ""), address=address)
+        for kind, listed in (("to", outbound.to), ("cc", outbound.cc), ("bcc", outbound.bcc))
+        for r in listed or []
+        if (address := r.get("address"))
+    ]
+    OutboundRecipient.objects.bulk_create(rows, ignore_conflicts=True)
+    return [row.address for row in rows]
 
 
 def _recipients_record(outbound: OutboundMessage, results: list[RecipientResult]) -> None:
@@ -216,12 +218,19 @@ def _record(
     if later:
         refused = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in later)
         return _retry_or_fail(outbound, f"refused for now: {refused}", sender)
-    return _finish(outbound, sender)
+    return _finish(outbound, sender, accepted=any(r.accepted for r in results))
 
 
-def _finish(outbound: OutboundMessage, sender: OutboundSender, *, found: bool = False) -> dict:
-    """Sent when some recipient took it, else failed with the refusals."""
-    if not outbound.recipients.filter(status=Status.ACCEPTED).exists():
+def _finish(
+    outbound: OutboundMessage,
+    sender: OutboundSender,
+    *,
+    found: bool = False,
+    accepted: bool = False,
+) -> dict:
+    """Sent when some recipient took it (ACCEPTED: one did in this attempt), else failed with
+    the refusals."""
+    if not accepted and not outbound.recipients.filter(status=Status.ACCEPTED).exists():
         refusals = "; ".join(
             f"{address}: {code} {reply}"
             for address, code, reply in outbound.recipients.values_list(

@@ -83,7 +83,11 @@ def saves_sent_copy(account: Account, settings: ImapSettings | None = None) -> b
     stored = account.sync_settings if isinstance(account.sync_settings, dict) else {}
     if "saveSentCopy" in stored:
         return bool(stored["saveSentCopy"])
-    settings = settings or ImapSettings.objects.filter(account=account).first()
+    if settings is None:
+        try:
+            settings = account.imap_settings
+        except ImapSettings.DoesNotExist:
+            settings = None
     host = (settings.smtp_host if settings else "").strip().lower().rstrip(".")
     return not any(host == h or host.endswith("." + h) for h in SELF_SAVING_HOSTS)
 
@@ -174,6 +178,7 @@ class SmtpOutboundSender:
         self._copy: int | None = None  # UID of this attempt's copy in Sent
         self._appended = False  # appended by this attempt (else an earlier one's, reused)
         self._confirmed = False  # its keyword removed
+        self._server: ImapServer | None = None
 
     # OutboundSender ---------------------------------------------------------------------------
     def send(self, outbound: OutboundMessage, recipients: list[str]) -> list[RecipientResult]:
@@ -307,7 +312,9 @@ class SmtpOutboundSender:
 
     @contextlib.contextmanager
     def _imap(self) -> Iterator[ImapConnection]:
-        with self.connection_factory(server_for(self.account)) as conn:
+        if self._server is None:
+            self._server = server_for(self.account, self.account.imap_settings)
+        with self.connection_factory(self._server) as conn:
             yield conn
 
     def _store(
