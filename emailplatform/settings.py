@@ -157,6 +157,21 @@ SYNC_WATCHDOG_SECONDS = env.int("SYNC_WATCHDOG_SECONDS", default=15)
 AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60)
 AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 60)
 
+# Outbound delivery (messages.outbox_delivery). A transient failure (connection refused, a
+# timeout, 4xx) is retried after OUTBOUND_RETRY_BASE_SECONDS, doubling up to
+# OUTBOUND_RETRY_MAX_SECONDS (with jitter), OUTBOUND_MAX_ATTEMPTS attempts in all. Sending limits
+# per account (its sync_settings sendPerMinute / sendPerDay override them; 0: no limit): excess
+# waits for a free slot. An "unknown" message (the server may have it) whose Sent folder cannot
+# tell is looked for every OUTBOUND_UNKNOWN_CHECK_SECONDS, and failed (never resent) after
+# OUTBOUND_UNKNOWN_GIVE_UP_SECONDS.
+OUTBOUND_MAX_ATTEMPTS = env.int("OUTBOUND_MAX_ATTEMPTS", default=8)
+OUTBOUND_RETRY_BASE_SECONDS = env.float("OUTBOUND_RETRY_BASE_SECONDS", default=60.0)
+OUTBOUND_RETRY_MAX_SECONDS = env.float("OUTBOUND_RETRY_MAX_SECONDS", default=2 * 60 * 60)
+OUTBOUND_SEND_PER_MINUTE = env.int("OUTBOUND_SEND_PER_MINUTE", default=30)
+OUTBOUND_SEND_PER_DAY = env.int("OUTBOUND_SEND_PER_DAY", default=2000)
+OUTBOUND_UNKNOWN_CHECK_SECONDS = env.int("OUTBOUND_UNKNOWN_CHECK_SECONDS", default=5 * 60)
+OUTBOUND_UNKNOWN_GIVE_UP_SECONDS = env.int("OUTBOUND_UNKNOWN_GIVE_UP_SECONDS", default=24 * 60 * 60)
+
 # The message pipeline (messages.batches, messages.batch_store). Producers (IMAP sync, import_mail)
 # publish new mail on `email_new_message` in batches of at most INGEST_BATCH_BYTES, and wait
 # while an account has INGEST_MAX_BATCHES_IN_FLIGHT of them not yet stored (backpressure: Redis
@@ -404,6 +419,9 @@ OUTBOUND_STAFF_ALLOW_INTERNAL = env.bool("OUTBOUND_STAFF_ALLOW_INTERNAL", defaul
 # Connection tests (account creation, test-connection, a new password): connect and greeting
 # timeout in seconds (a sync uses its own, longer one).
 OUTBOUND_TEST_TIMEOUT_SECONDS = env.float("OUTBOUND_TEST_TIMEOUT_SECONDS", default=10.0)
+# Sending mail: the timeout in seconds of each SMTP step (connect, each reply; the final reply to
+# DATA too: a server that takes longer leaves the message's outcome unknown).
+SMTP_TIMEOUT_SECONDS = env.float("SMTP_TIMEOUT_SECONDS", default=60.0)
 try:
     from emailplatform.netguard import parse_allow_list as _parse_allow_list
 

@@ -37,6 +37,7 @@ class ImapAccountInput:
     smtp_host: str = ""
     smtp_port: int = 465
     smtp_security: str = "ssl"
+    smtp_trust_self_signed: bool = False
     display_name: str = ""
     sync_settings: dict[str, Any] = field(default_factory=dict)
     # Internal addresses allowed for this account (decided by who typed the hosts: see
@@ -177,6 +178,7 @@ def imap_account_create(
             smtp_host=data.smtp_host,
             smtp_port=data.smtp_port,
             smtp_security=data.smtp_security,
+            smtp_trust_self_signed=data.smtp_trust_self_signed,
             capabilities=capabilities,
             allow_internal=data.allow_internal,
         )
@@ -220,6 +222,10 @@ class ImapSettingsInput(StrictJsonInput):
     smtp_host = HostField(max_length=255, required=False, allow_blank=True, default="")
     smtp_port = serializers.IntegerField(min_value=1, max_value=65535, default=465)
     smtp_security = serializers.ChoiceField(choices=Security.choices, default=Security.SSL)
+    smtp_trust_self_signed = serializers.BooleanField(
+        default=False,
+        help_text="Accept the SMTP server's certificate without verifying it (self-signed).",
+    )
 
 
 def _account_input(
@@ -240,6 +246,7 @@ def _account_input(
         smtp_host=settings.get("smtp_host", ""),
         smtp_port=settings.get("smtp_port", 465),
         smtp_security=settings.get("smtp_security", Security.SSL),
+        smtp_trust_self_signed=settings.get("smtp_trust_self_signed", False),
     )
 
 
@@ -297,4 +304,5 @@ class ImapProvider:
             "smtp_host": settings.smtp_host,
             "smtp_port": settings.smtp_port,
             "smtp_security": settings.smtp_security,
+            "smtp_trust_self_signed": settings.smtp_trust_self_signed,
         }

@@ -108,7 +108,7 @@ class ChangeImapSettingsForm(HostsForm):
 
     class Meta:
         model = ImapSettings
-        fields = (*SERVER_FIELDS, "smtp_username")
+        fields = (*SERVER_FIELDS, "smtp_username", "smtp_trust_self_signed")
 
     def clean(self):
         """Changed server settings are checked against the guard (resolved, not connected)

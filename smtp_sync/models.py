@@ -23,6 +23,15 @@ class ImapSettings(models.Model):
     smtp_port = models.PositiveIntegerField(default=465)
     smtp_security = models.CharField(max_length=8, choices=Security.choices, default=Security.SSL)
     smtp_username = models.CharField(max_length=320, blank=True, help_text="Blank: the IMAP one.")
+    smtp_trust_self_signed = models.BooleanField(
+        "trust the SMTP server's certificate without verifying it",
+        default=False,
+        help_text=(
+            "For a server with a self-signed certificate: TLS still encrypts, but the server's "
+            "identity is not checked. Off: the certificate must verify against the system's "
+            "certificate authorities."
+        ),
+    )
     capabilities = models.JSONField(default=list, blank=True, editable=False)
     allow_internal = models.BooleanField(
         "may reach internal addresses",

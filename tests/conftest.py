@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from emailplatform.topics import IncomingMessage
 
-pytest_plugins = ["tests.imap_fixtures", "tests.gmail_fake.fixtures"]
+pytest_plugins = ["tests.imap_fixtures", "tests.gmail_fake.fixtures", "tests.smtp_fake"]
 
 DATA_DIR = Path(__file__).parent / "data"
 CORPUS_DIR = DATA_DIR / "corpus"

@@ -9,6 +9,7 @@ from emailplatform import topics
 from emailplatform.celery import app
 from messages.models import Account, Message
 from smtp_sync.models import ImapSettings
+from smtp_sync.smtp_transport import smtp_endpoint_for
 from smtp_sync.sync import ImapAccountSync
 from tests.mailfactory import make_mail
 
@@ -33,6 +34,27 @@ def account_body(imap_user, password=None, **extra):
     }
 
 
+def test_an_account_may_trust_its_smtp_servers_self_signed_certificate(
+    api, imap_user, empty_queues
+):
+    body = account_body(imap_user)
+    body["settings"].update(
+        smtp_host=imap_user.host,
+        smtp_port=587,
+        smtp_security="starttls",
+        smtp_trust_self_signed=True,
+    )
+    response = api.post("/api/accounts/", body, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["settings"]["smtp_trust_self_signed"] is True
+    endpoint = smtp_endpoint_for(Account.objects.get(pk=response.json()["id"]))
+    assert (endpoint.port, endpoint.security, endpoint.verify_certificate) == (
+        587,
+        "starttls",
+        False,
+    )
+
+
 def run_published(queue: str) -> list:
     """Act as the worker: run each task waiting on the queue, in this process."""
     app.loader.import_default_modules()
@@ -52,6 +74,7 @@ def test_create_an_imap_account_against_the_server(api, user, imap_user, empty_q
         "smtp_host": "",
         "smtp_port": 465,
         "smtp_security": "ssl",
+        "smtp_trust_self_signed": False,
     }
     account = Account.objects.get(pk=body["id"], owner=user)
     assert account.get_credentials() == {"password": imap_user.password}
