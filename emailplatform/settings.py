@@ -157,6 +157,21 @@ SYNC_WATCHDOG_SECONDS = env.int("SYNC_WATCHDOG_SECONDS", default=15)
 AUTH_RETEST_SECONDS = env.int("AUTH_RETEST_SECONDS", default=60)
 AUTH_RETEST_MAX_SECONDS = env.int("AUTH_RETEST_MAX_SECONDS", default=24 * 60 * 60)
 
+# Outbound delivery (messages.outbox_delivery). A transient failure (connection refused, a
+# timeout, 4xx) is retried after OUTBOUND_RETRY_BASE_SECONDS, doubling up to
+# OUTBOUND_RETRY_MAX_SECONDS (with jitter), OUTBOUND_MAX_ATTEMPTS attempts in all. Sending limits
+# per account (its sync_settings sendPerMinute / sendPerDay override them; 0: no limit): excess
+# waits for a free slot. An "unknown" message (the server may have it) whose Sent folder cannot
+# tell is looked for every OUTBOUND_UNKNOWN_CHECK_SECONDS, and failed (never resent) after
+# OUTBOUND_UNKNOWN_GIVE_UP_SECONDS.
+OUTBOUND_MAX_ATTEMPTS = env.int("OUTBOUND_MAX_ATTEMPTS", default=8)
+OUTBOUND_RETRY_BASE_SECONDS = env.float("OUTBOUND_RETRY_BASE_SECONDS", default=60.0)
+OUTBOUND_RETRY_MAX_SECONDS = env.float("OUTBOUND_RETRY_MAX_SECONDS", default=2 * 60 * 60)
+OUTBOUND_SEND_PER_MINUTE = env.int("OUTBOUND_SEND_PER_MINUTE", default=30)
+OUTBOUND_SEND_PER_DAY = env.int("OUTBOUND_SEND_PER_DAY", default=2000)
+OUTBOUND_UNKNOWN_CHECK_SECONDS = env.int("OUTBOUND_UNKNOWN_CHECK_SECONDS", default=5 * 60)
+OUTBOUND_UNKNOWN_GIVE_UP_SECONDS = env.int("OUTBOUND_UNKNOWN_GIVE_UP_SECONDS", default=24 * 60 * 60)
+
 # The message pipeline (messages.batches, messages.batch_store). Producers (IMAP sync, import_mail)
 # publish new mail on `email_new_message` in batches of at most INGEST_BATCH_BYTES, and wait
 # while an account has INGEST_MAX_BATCHES_IN_FLIGHT of them not yet stored (backpressure: Redis
@@ -282,6 +297,8 @@ THROTTLE_RATES = {
     "account_create": env("THROTTLE_ACCOUNT_CREATE", default="10/hour"),
     "test_connection": env("THROTTLE_TEST_CONNECTION", default="6/minute"),
     "sync": env("THROTTLE_SYNC", default="12/minute"),
+    # Composing and sending mail (outbox creates, sends and uploads).
+    "send": env("THROTTLE_SEND", default="120/minute"),
 }
 
 REST_FRAMEWORK = {
@@ -340,6 +357,18 @@ SPECTACULAR_SETTINGS = {
 STORAGE_SWEEP_GRACE_SECONDS = env.int("STORAGE_SWEEP_GRACE_SECONDS", default=3600)
 STORAGE_SWEEP_INTERVAL_MINUTES = env.int("STORAGE_SWEEP_INTERVAL_MINUTES", default=60)
 FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
+# The outbox (messages.outbox): the largest message an account sends, measured on the built
+# MIME (an account's sync_settings "sendMaxBytes" overrides it), and the dispatcher's clock
+# (messages.outbox_dispatch). A send task is enqueued with its ETA when due within the horizon
+# (which must stay below CELERY_VISIBILITY_TIMEOUT, or Redis re-delivers the waiting task); the
+# sweeper, every OUTBOX_SWEEP_INTERVAL_SECONDS, enqueues later ones as they come within it,
+# re-enqueues due ones whose task was lost (waiting past the grace), and marks `unknown` an
+# attempt still `sending` after the timeout (which must exceed the task time limit, 20 min).
+OUTBOUND_MAX_MESSAGE_BYTES = env.int("OUTBOUND_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
+OUTBOX_SWEEP_INTERVAL_SECONDS = env.int("OUTBOX_SWEEP_INTERVAL_SECONDS", default=60)
+OUTBOX_ETA_HORIZON_SECONDS = env.int("OUTBOX_ETA_HORIZON_SECONDS", default=3600)
+OUTBOX_LOST_TASK_GRACE_SECONDS = env.int("OUTBOX_LOST_TASK_GRACE_SECONDS", default=300)
+OUTBOX_SENDING_TIMEOUT_SECONDS = env.int("OUTBOX_SENDING_TIMEOUT_SECONDS", default=25 * 60)
 # Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.
 BEAT_HEARTBEAT_FILE = env("BEAT_HEARTBEAT_FILE", default=None)
 

@@ -22,6 +22,7 @@ from emailplatform import topics
 from messages.account_status import account_mark_error
 from messages.mailbox import messages_remove
 from messages.models import Account, Message
+from messages.outbox_delivery import outbound_deliver
 
 from .changes import ChangeError, gmail_message_change
 from .client import (
@@ -32,6 +33,7 @@ from .client import (
     GmailUnavailable,
     rate_limited,
 )
+from .outbound import GmailOutboundSender
 from .send import SEND_TASK, gmail_send
 
 RETRY = {
@@ -103,3 +105,13 @@ def send_message(
         account_mark_error(account, f"a message could not be sent: {exc}")
         return {"error": str(exc)}
     return {"sent": gmail_id, "messageId": stored.pk if stored else None}
+
+
+@shared_task(name=topics.OUTBOUND_SEND_TASKS["gmail"])
+def send_outbound(outbound_id: int) -> dict[str, Any]:
+    """One delivery step of an outbound message through the Gmail API (retries and waits are
+    dispatched again by messages.outbox_delivery, not by Celery)."""
+    account = Account.objects.filter(outbound__pk=outbound_id).first()
+    if account is None:
+        return {"skipped": "gone"}
+    return outbound_deliver(outbound_id, GmailOutboundSender(account))

@@ -140,6 +140,16 @@ def outbound_unknown(
     )
 
 
+def outbound_postpone(outbound_id: int, until: datetime) -> OutboundMessage | None:
+    """queued -> queued, due at UNTIL: a sending limit made it wait (no attempt counted)."""
+    return _transition(outbound_id, [State.QUEUED], next_attempt_at=until)
+
+
+def outbound_check_later(outbound_id: int, check_at: datetime) -> OutboundMessage | None:
+    """unknown -> unknown, looked for again at CHECK_AT (the Sent folder could not be read)."""
+    return _transition(outbound_id, [State.UNKNOWN], next_attempt_at=check_at)
+
+
 def recipients_update(outbound: OutboundMessage, outcomes: dict[str, dict[str, object]]) -> None:
     """Per-recipient fields by address (e.g. {"a@x": {"status": "rejected", "smtp_code": 550}}),
     with an "outbound" update event."""

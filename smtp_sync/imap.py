@@ -673,6 +673,40 @@ class ImapConnection:
         else:
             self._call(self.imap.expunge)
 
+    # Outbound: the copy in Sent --------------------------------------------------------------
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> tuple[int, int] | None:
+        """APPEND RAW to FOLDER with FLAGS; (UIDVALIDITY, UID) of the copy when the server says
+        (UIDPLUS APPENDUID), else None."""
+        answer = self._call(self.imap.append, folder, raw, flags=[f.encode() for f in flags])
+        found = re.search(rb"\[APPENDUID (\d+) (\d+)\]", answer or b"")
+        return (int(found.group(1)), int(found.group(2))) if found else None
+
+    def search_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs of FOLDER's messages whose Message-ID header is MESSAGE_ID (SEARCH HEADER, a
+        substring match on the server: the exact field is checked here); FOLDER stays
+        selected, read-write."""
+        self.select(folder, readonly=False)
+        uids = self._call(self.imap.search, ["HEADER", "Message-ID", message_id])
+        if not uids:
+            return []
+        fields = self.fetch_messages(sorted(uids), include_body=False, message_id_field=True)
+        wanted = message_id.strip().lower()
+        return [
+            m.uid
+            for m in fields
+            if _text(m.message_id_field or b"").partition(":")[2].strip().lower() == wanted
+        ]
+
+    def delete(self, uids: Sequence[int]) -> None:
+        """Expunge UIDS of the selected folder (only them, with UIDPLUS)."""
+        if not uids:
+            return
+        self._call(self.imap.add_flags, list(uids), [b"\\Deleted"], silent=True)
+        if self.has("UIDPLUS"):
+            self._call(self.imap.uid_expunge, list(uids))
+        else:
+            self._call(self.imap.expunge)
+
     # Errors ------------------------------------------------------------------------------
     def _call(self, method, *args, **kwargs):
         try:

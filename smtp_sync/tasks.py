@@ -28,6 +28,7 @@ from django.db import transaction
 from emailplatform import syncstate, topics
 from messages.account_status import account_mark_error, account_reactivate
 from messages.models import Account, Message
+from messages.outbox_delivery import outbound_deliver
 from messages.services import dead_letter_record
 from messages.sync_tasks import (
     INFRA_RETRY,
@@ -40,6 +41,7 @@ from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
 from .accounts import imap_connection_test
 from .changes import ChangeError, imap_message_change
 from .imap import ImapAuthError, ImapConnectError, ImapError, ImapRefusedError
+from .outbound import SmtpOutboundSender
 from .services import imap_sync_account
 from .sync import INFRA_ERRORS, server_for
 
@@ -94,6 +96,16 @@ def apply_message_change(self, account_id: int, message_id: int, change: dict) -
         mark_account(account_id, str(exc), auth=True)
         return {"error": str(exc)}
     return {"applied": change}
+
+
+@shared_task(name=topics.OUTBOUND_SEND_TASKS["imap"])
+def send_outbound(outbound_id: int) -> dict[str, Any]:
+    """One delivery step of an outbound message over SMTP (retries and waits are dispatched
+    again by messages.outbox_delivery, not by Celery)."""
+    account = Account.objects.filter(outbound__pk=outbound_id).first()
+    if account is None:
+        return {"skipped": "gone"}
+    return outbound_deliver(outbound_id, SmtpOutboundSender(account))
 
 
 @shared_task(name="smtp_sync.auth_retest", **RETRY)

@@ -62,6 +62,25 @@ class SyncSettings(StrictJsonInput):
     backfill = serializers.BooleanField(
         required=False, help_text="After the window, go on with older mail."
     )
+    sendPerMinute = serializers.IntegerField(  # noqa: N815
+        required=False,
+        min_value=0,
+        max_value=100000,
+        help_text="Outbound messages sent per minute at most (0: no limit); excess waits.",
+    )
+    sendPerDay = serializers.IntegerField(  # noqa: N815
+        required=False,
+        min_value=0,
+        max_value=10000000,
+        help_text="Outbound messages sent per day at most (0: no limit); excess waits.",
+    )
+    saveSentCopy = serializers.BooleanField(  # noqa: N815
+        required=False,
+        help_text=(
+            "IMAP accounts: put a copy of each sent message in Sent (default: yes, except for "
+            "servers that file sent mail themselves, e.g. Gmail)."
+        ),
+    )
 
 
 class SyncProgress(serializers.Serializer):

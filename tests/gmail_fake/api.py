@@ -155,10 +155,23 @@ def _decode_token(token: str) -> tuple[int, str]:
         raise bad_request("Invalid pageToken") from error
 
 
+def _rfc822msgid_query(q: str | None) -> str | None:
+    """The Message-ID of a `q` that is one `rfc822msgid:` term (Gmail's search operator for
+    "messages with a specified message-id header", e.g. rfc822msgid:200503292@example.com;
+    angle brackets optional); None without q. Other searches are not implemented (400)."""
+    if not q:
+        return None
+    term = q.strip()
+    if term.lower().startswith("rfc822msgid:") and " " not in term:
+        value = term.split(":", 1)[1].strip().strip("<>")
+        if value:
+            return f"<{value}>"
+    raise bad_request("The fake implements only rfc822msgid: search queries (q)")
+
+
 @route("gmail.users.messages.list", units=5)
 def messages_list(req: Request, m: Params) -> tuple[int, dict]:
-    if req.param("q"):
-        raise bad_request("The fake does not implement search queries (q)")
+    by_id = _rfc822msgid_query(req.param("q"))
     wanted = set(req.params("labelIds"))
     hidden = (
         set() if req.flag("includeSpamTrash") or wanted & {"SPAM", "TRASH"} else {"SPAM", "TRASH"}
@@ -168,7 +181,9 @@ def messages_list(req: Request, m: Params) -> tuple[int, dict]:
             (
                 x
                 for x in req.mailbox.messages.values()
-                if wanted <= set(x.label_ids) and not hidden & set(x.label_ids)
+                if wanted <= set(x.label_ids)
+                and not hidden & set(x.label_ids)
+                and (by_id is None or x.id in req.mailbox.ids_by_message_id(by_id))
             ),
             key=_sort_key,
             reverse=True,

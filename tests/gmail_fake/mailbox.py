@@ -216,6 +216,11 @@ class Mailbox:
             self._record("messageAdded", message)
             return message
 
+    def ids_by_message_id(self, message_id: str) -> set[str]:
+        """The messages whose Message-ID field is MESSAGE_ID (with its angle brackets)."""
+        with self.lock:
+            return {g for g in self._by_message_id.get(message_id, ()) if g in self.messages}
+
     def modify(
         self, message_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
     ) -> Message:
