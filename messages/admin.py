@@ -26,6 +26,7 @@ from .models import (
     Account,
     Attachment,
     DeadLetter,
+    DeliveryReport,
     Folder,
     Message,
     MessageLocation,
@@ -142,6 +143,38 @@ class LocationInline(admin.TabularInline):
     readonly_fields = fields
 
 
+class DeliveryReportInline(admin.StackedInline):
+    model = DeliveryReport
+    extra = 0
+    can_delete = False
+    fields = ("kind", "outbound", "matched_by", "recipient_lines", "defects")
+    readonly_fields = fields
+
+    @admin.display(description="recipients")
+    def recipient_lines(self, obj: DeliveryReport) -> str:
+        return _report_recipients(obj)
+
+
+def _report_recipients(report: DeliveryReport) -> str:
+    rows = [r for r in report.recipients if isinstance(r, dict)]
+    return (
+        format_html_join(
+            "",
+            "<div>{} {} {} {}</div>",
+            (
+                (
+                    r.get("address", ""),
+                    r.get("action", "") or "?",
+                    r.get("status", ""),
+                    r.get("diagnostic_code", ""),
+                )
+                for r in rows
+            ),
+        )
+        or "-"
+    )
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = (
@@ -158,7 +191,7 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("subject", "from_address", "from_name", "message_id_header", "provider_id")
     list_select_related = ("account",)
     date_hierarchy = "sort_date"
-    inlines = (LocationInline, AttachmentInline)
+    inlines = (LocationInline, AttachmentInline, DeliveryReportInline)
     readonly_fields = (
         "subject",
         "from_name",
@@ -334,3 +367,41 @@ class DeadLetterAdmin(admin.ModelAdmin):
         if can_read_mail(request):
             return fields
         return [f for f in fields if f not in self.content_fields]
+
+
+@admin.register(DeliveryReport)
+class DeliveryReportAdmin(admin.ModelAdmin):
+    """Reports found in incoming mail; unmatched ones (no outbound) are bounces of mail the
+    platform did not send, or whose identifiers the report lost."""
+
+    list_display = ("created_at", "kind", "message", "outbound", "matched_by", "recipient_count")
+    list_filter = ("kind", "matched_by", ("outbound", admin.EmptyFieldListFilter))
+    search_fields = ("envelope_id", "original_message_id", "message__subject")
+    list_select_related = ("message", "outbound")
+    readonly_fields = (
+        "message",
+        "kind",
+        "outbound",
+        "matched_by",
+        "recipient_lines",
+        "envelope_id",
+        "original_message_id",
+        "reporting_mta",
+        "defects",
+        "created_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="recipients")
+    def recipient_count(self, obj: DeliveryReport) -> int:
+        return len(obj.recipients)
+
+    @admin.display(description="recipients")
+    def recipient_lines(self, obj: DeliveryReport) -> str:
+        return _report_recipients(obj)
