@@ -340,8 +340,6 @@ def _write(
                 minimal=minimal,
             )
             result.created = len(created)
-            if not minimal:
-                _record_reports(account, list(new_by_id.values()), created)
             _analyze_when_grown(len(created))
             result.damaged = sum(1 for p in new_by_id.values() if p.parsed.defects)
             result.problems = [p.problem for p in new_by_id.values() if p.problem]
@@ -353,6 +351,8 @@ def _write(
             result.updated = len(changed_ids - created_ids)
             result.unchanged = len(existing) - result.updated
             result.message_ids = sorted(m.id for m in all_messages.values())
+            if not minimal:
+                _record_reports(account, list(new_by_id.values()), created)
             events: list[tuple[str, str, set[int]]] = [("message", "created", created_ids)]
             if threads is not None:
                 touched = set(threads.thread_ids)
