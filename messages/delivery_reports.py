@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # Bigger reports (a whole message returned, RET=FULL) are read from their start only: the
 # status part comes before the returned message.
 SCAN_MAX_BYTES = 1024 * 1024
+# flufl.bounce's generic detectors take ~3 ms per KB of text: other bounces are read from their
+# first 64 KB (the failed addresses come first, the copy of the message after).
+BOUNCE_SCAN_MAX_BYTES = 64 * 1024
 MAX_RECIPIENTS = 500
 MAX_DEPTH = 5
 
@@ -137,8 +140,13 @@ def report_parse(raw: bytes) -> ParsedReport | None:
     try:
         report_part = _report_part(msg, 0)
         if report_part is not None:
-            report = _read_dsn(report_part, defects)
+            report = _read_dsn(report_part, defects, len(raw) <= BOUNCE_SCAN_MAX_BYTES)
+        elif msg.get_content_type() == "multipart/report":
+            return None  # another kind of report: read receipt, abuse feedback...
         else:
+            if len(raw) > BOUNCE_SCAN_MAX_BYTES:
+                msg = email.message_from_bytes(raw[:BOUNCE_SCAN_MAX_BYTES], policy=compat32)
+                defects[:] = [f"read from its first {BOUNCE_SCAN_MAX_BYTES} bytes only"]
             report = _read_bounce(msg, defects)
     except Exception as exc:
         logger.warning("delivery report unreadable: %s", exc, exc_info=exc)
@@ -180,7 +188,8 @@ def _children(part: Message) -> list[Message]:
     return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
 
 
-def _read_dsn(report_part: Message, defects: list[str]) -> ParsedReport:
+def _read_dsn(report_part: Message, defects: list[str], detectors: bool) -> ParsedReport:
+    """DETECTORS: try the bounce detectors when no recipient can be read (small reports)."""
     report = ParsedReport(kind="dsn", defects=defects)
     if _report_type(report_part) not in DSN_REPORT_TYPES:
         defects.append(f"report-type is {_report_type(report_part)!r}, not delivery-status")
@@ -201,7 +210,7 @@ def _read_dsn(report_part: Message, defects: list[str]) -> ParsedReport:
     if not report.recipients and status_parts:
         defects.append("no recipient in the delivery status")
     report.original_message_id = _returned_message_id(children, defects)
-    if not report.recipients:
+    if not report.recipients and detectors:
         report.recipients = _flufl_recipients(report_part, defects)
     return report
 

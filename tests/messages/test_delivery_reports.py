@@ -290,6 +290,13 @@ def test_qmail_bounce_is_read_by_the_bounce_detectors():
     assert report.original_message_id == "<sent-9@example.com>"
 
 
+def test_big_bounce_is_read_from_its_start():
+    copy = b"".join(b"line %d of the returned message\r\n" % i for i in range(20000))
+    report = report_parse(qmail_bounce() + copy)
+    assert [r.address for r in report.recipients] == ["nobody@example.org"]
+    assert report.defects == ["read from its first 65536 bytes only"]
+
+
 def test_ordinary_mail_is_not_a_candidate():
     assert not report_candidate(parse_message(make_mail("Lunch tomorrow?")))
     assert report_candidate(parse_message(make_mail("Undeliverable: Lunch")))
