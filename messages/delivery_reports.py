@@ -27,7 +27,7 @@ from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from flufl.bounce import all_failures
 
-from .mime import ParsedMessage, message_id_from_fields
+from .mime import ParsedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ _FIELD = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)")
 _STATUS_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE = re.compile(r"\b([245])\d\d\b")
 _XTEXT = re.compile(r"\+([0-9A-Fa-f]{2})")
+_MESSAGE_ID = re.compile(r"<([^<>\s]+)>")
+_HEADER_MESSAGE_ID = re.compile(r"^Message-ID[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
 _BODY_MESSAGE_ID = re.compile(r"^[ \t>]*Message-ID[ \t]*:[ \t]*(<[^<>\s]+>)", re.I | re.M)
 
 _RECIPIENT_FIELDS = frozenset(
@@ -124,15 +126,17 @@ def report_candidate(parsed: ParsedMessage) -> bool:
     return bool(parsed.subject and _BOUNCE_SUBJECTS.search(parsed.subject))
 
 
-def report_parse(raw: bytes) -> ParsedReport | None:
+def report_parse(raw: bytes, tree: Message | None = None) -> ParsedReport | None:
     """The delivery report in RAW, or None when it is not one. Never raises: a report that
-    cannot be read in full is returned with what could be read and its defects."""
+    cannot be read in full is returned with what could be read and its defects.
+    TREE: RAW already parsed by the standard parser (compat32), if at hand."""
     defects: list[str] = []
     if len(raw) > SCAN_MAX_BYTES:
         raw = raw[:SCAN_MAX_BYTES]
         defects.append(f"read from its first {SCAN_MAX_BYTES} bytes only")
+        tree = None
     try:
-        msg = email.message_from_bytes(raw, policy=compat32)
+        msg = tree if tree is not None else email.message_from_bytes(raw, policy=compat32)
     except Exception as exc:  # the parser does not raise on bad mail; this is a last guard
         logger.warning("delivery report unreadable: %s", exc, exc_info=exc)
         return None
@@ -418,14 +422,16 @@ def _returned_message_id(children: list[Message], defects: list[str]) -> str:
 
 
 def _message_id(value: str) -> str:
-    return message_id_from_fields(b"Message-ID: " + value.encode("utf-8", "replace") + b"\n\n")
+    match = _MESSAGE_ID.search(value)
+    return f"<{match[1]}>"[:998] if match else ""
 
 
 def _message_id_in_headers(data: object) -> str:
     if not isinstance(data, bytes) or not data:
         return ""
-    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
-    return message_id_from_fields(head.lstrip() + b"\n\n")
+    head = re.split(rb"\r?\n\r?\n", data.lstrip(), maxsplit=1)[0]
+    match = _HEADER_MESSAGE_ID.search(head.decode("utf-8", "replace"))
+    return _message_id(match[1]) if match else ""
 
 
 # Non-standard bounces ---------------------------------------------------------------------

@@ -449,12 +449,13 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
 
 def _report(item: IncomingMessage, raw: bytes | None, parsed: ParsedMessage) -> ParsedReport | None:
     """The delivery report the message is, if any; only candidates are read again."""
+    tree, parsed.report_tree = parsed.report_tree, None
     if not report_candidate(parsed):
         return None
     if raw is None:
         with Path(item.raw_file).open("rb") as source:
             raw = source.read(SCAN_MAX_BYTES + 1)
-    return report_parse(raw)
+    return report_parse(raw, tree)
 
 
 def _parse_failed(item: IncomingMessage, exc: Exception) -> tuple[bytes | None, ParsedMessage]:

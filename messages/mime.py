@@ -98,6 +98,8 @@ class ParsedMessage:
     size: int = 0
     sha256: str = ""
     content_type: str = ""  # of the message itself, e.g. multipart/report
+    # A multipart/report's parsed tree, kept for the delivery report reader (not parsed twice).
+    report_tree: Message | None = field(default=None, repr=False, compare=False)
     # The message's charset parameters, how raw 8-bit bytes are read: found on first use, in
     # the tree being read (most mail never needs them).
     _tree: Message | None = field(default=None, repr=False, compare=False)
@@ -118,6 +120,8 @@ def parse_message(raw: bytes) -> ParsedMessage:
         read_message(msg, result)
     except Exception as exc:
         return conversion_failed(raw, exc, size=result.size, sha256=result.sha256)
+    if result.content_type == "multipart/report":
+        result.report_tree = msg
     return result
 
 

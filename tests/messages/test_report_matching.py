@@ -239,3 +239,12 @@ def test_admin_shows_delivery_reports(account, client, django_user_model):
     assert detail.status_code == 200 and b"5.1.1" in detail.content
     page = client.get(reverse("admin:mailstore_message_change", args=[message.pk]))
     assert page.status_code == 200 and b"bob@example.org failed 5.1.1" in page.content
+
+
+def test_report_in_another_account_of_the_same_owner_matches(account, user):
+    other = Account.objects.create(
+        owner=user, provider=Account.Provider.LOCAL, email_address="alice@example.net"
+    )
+    sent = outbound(other)
+    ingest(account, dsn(GOOD_STATUS))
+    assert recipient(sent).status == "bounced"
