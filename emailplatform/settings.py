@@ -397,6 +397,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    # flufl.bounce logs each of its 17 detectors at INFO for every bounce it scans.
+    "loggers": {"flufl.bounce": {"level": "WARNING"}},
 }
 
 if not DEBUG:

@@ -147,6 +147,38 @@ class LocationInline(admin.TabularInline):
     readonly_fields = fields
 
 
+class MessageDeliveryReportInline(admin.StackedInline):
+    model = DeliveryReport
+    extra = 0
+    can_delete = False
+    fields = ("kind", "outbound", "matched_by", "recipient_lines", "defects")
+    readonly_fields = fields
+
+    @admin.display(description="recipients")
+    def recipient_lines(self, obj: DeliveryReport) -> str:
+        return _report_recipients(obj)
+
+
+def _report_recipients(report: DeliveryReport) -> str:
+    rows = [r for r in report.recipients if isinstance(r, dict)]
+    return (
+        format_html_join(
+            "",
+            "<div>{} {} {} {}</div>",
+            (
+                (
+                    r.get("address", ""),
+                    r.get("action", "") or "?",
+                    r.get("status", ""),
+                    r.get("diagnostic_code", ""),
+                )
+                for r in rows
+            ),
+        )
+        or "-"
+    )
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = (
@@ -163,7 +195,7 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("subject", "from_address", "from_name", "message_id_header", "provider_id")
     list_select_related = ("account",)
     date_hierarchy = "sort_date"
-    inlines = (LocationInline, AttachmentInline)
+    inlines = (LocationInline, AttachmentInline, MessageDeliveryReportInline)
     readonly_fields = (
         "subject",
         "from_name",
@@ -376,7 +408,7 @@ class OutboundAttachmentInline(admin.TabularInline):
         return False
 
 
-class DeliveryReportInline(admin.TabularInline):
+class OutboundDeliveryReportInline(admin.TabularInline):
     model = DeliveryReport
     fk_name = "outbound"
     extra = 0
@@ -408,7 +440,7 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     search_fields = ("subject", "from_address", "message_id_header", "envelope_id")
     list_select_related = ("account",)
     date_hierarchy = "created_at"
-    inlines = (OutboundRecipientInline, OutboundAttachmentInline, DeliveryReportInline)
+    inlines = (OutboundRecipientInline, OutboundAttachmentInline, OutboundDeliveryReportInline)
     actions = ("cancel",)
     readonly_fields = (
         "account",
@@ -442,6 +474,30 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
     content_fields = ("body_text", "body_html")
+
+
+@admin.register(DeliveryReport)
+class DeliveryReportAdmin(admin.ModelAdmin):
+    """Reports found in incoming mail; unmatched ones (no outbound) are bounces of mail the
+    platform did not send, or whose identifiers the report lost."""
+
+    list_display = ("created_at", "kind", "message", "outbound", "matched_by", "recipient_count")
+    list_filter = ("kind", "matched_by", ("outbound", admin.EmptyFieldListFilter))
+    search_fields = ("envelope_id", "original_message_id", "message__subject")
+    list_select_related = ("message", "outbound")
+    readonly_fields = (
+        "message",
+        "kind",
+        "outbound",
+        "matched_by",
+        "recipient_lines",
+        "envelope_id",
+        "original_message_id",
+        "reporting_mta",
+        "defects",
+        "created_at",
+    )
+    fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -483,3 +539,12 @@ class OutboundMessageAdmin(admin.ModelAdmin):
                 f"{too_late} message(s) were already being sent, sent or cancelled: unchanged.",
                 messages.WARNING,
             )
+        return False
+
+    @admin.display(description="recipients")
+    def recipient_count(self, obj: DeliveryReport) -> int:
+        return len(obj.recipients)
+
+    @admin.display(description="recipients")
+    def recipient_lines(self, obj: DeliveryReport) -> str:
+        return _report_recipients(obj)

@@ -39,12 +39,14 @@ from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
 from .bulk_insert import bulk_insert
+from .delivery_reports import SCAN_MAX_BYTES, ParsedReport, report_candidate, report_parse
 from .events import events_record, events_record_many, messages_updated_events
 from .folders import folders_by_name
 from .held_writes import hold, writes_held
 from .mime import ParsedAttachment, ParsedMessage, conversion_failed
 from .mime_stream import file_conversion_failed, parse_message_bytes, parse_message_file
 from .models import Account, Attachment, Folder, Message, MessageLocation, RawMessage, Thread
+from .report_matching import delivery_reports_record
 from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thread_summaries
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,7 @@ class _Prepared:
     internal_date: datetime | None
     problem: str = ""  # why it is stored as damaged (conversion or attachment files failed)
     server_ids: list[str] = field(default_factory=list)  # of every item with this provider id
+    report: ParsedReport | None = None  # a DSN or bounce, recorded when the message is created
 
 
 def derive_provider_id(parsed: ParsedMessage) -> str:
@@ -348,6 +351,8 @@ def _write(
             result.updated = len(changed_ids - created_ids)
             result.unchanged = len(existing) - result.updated
             result.message_ids = sorted(m.id for m in all_messages.values())
+            if not minimal:
+                _record_reports(account, list(new_by_id.values()), created)
             events: list[tuple[str, str, set[int]]] = [("message", "created", created_ids)]
             if threads is not None:
                 touched = set(threads.thread_ids)
@@ -363,6 +368,14 @@ def _write(
             default_storage.delete(name)
         raise
     return result
+
+
+def _record_reports(account: Account, new: list[_Prepared], created: dict[str, Message]) -> None:
+    """Delivery reports among the messages this write creates: recorded once, with them (a
+    message met again is not new, so a report synced twice records once)."""
+    found = [(created[p.provider_id], p.report) for p in new if p.report is not None]
+    if found:
+        delivery_reports_record(account, found)
 
 
 def _folders(
@@ -428,9 +441,21 @@ def _prepare(items: Sequence[IncomingMessage], spill_dir: Path) -> list[_Prepare
                 sort_date=internal_date or parsed.date or now,
                 internal_date=internal_date,
                 problem=failed[0] if failed else "",
+                report=_report(item, raw, parsed),
             )
         )
     return prepared
+
+
+def _report(item: IncomingMessage, raw: bytes | None, parsed: ParsedMessage) -> ParsedReport | None:
+    """The delivery report the message is, if any; only candidates are read again."""
+    tree, parsed.report_tree = parsed.report_tree, None
+    if not report_candidate(parsed):
+        return None
+    if raw is None:
+        with Path(item.raw_file).open("rb") as source:
+            raw = source.read(SCAN_MAX_BYTES + 1)
+    return report_parse(raw, tree)
 
 
 def _parse_failed(item: IncomingMessage, exc: Exception) -> tuple[bytes | None, ParsedMessage]:

@@ -97,6 +97,9 @@ class ParsedMessage:
     defects: list[str] = field(default_factory=list)
     size: int = 0
     sha256: str = ""
+    content_type: str = ""  # of the message itself, e.g. multipart/report
+    # A multipart/report's parsed tree, kept for the delivery report reader (not parsed twice).
+    report_tree: Message | None = field(default=None, repr=False, compare=False)
     # The message's charset parameters, how raw 8-bit bytes are read: found on first use, in
     # the tree being read (most mail never needs them).
     _tree: Message | None = field(default=None, repr=False, compare=False)
@@ -117,6 +120,8 @@ def parse_message(raw: bytes) -> ParsedMessage:
         read_message(msg, result)
     except Exception as exc:
         return conversion_failed(raw, exc, size=result.size, sha256=result.sha256)
+    if result.content_type == "multipart/report":
+        result.report_tree = msg
     return result
 
 
@@ -124,6 +129,7 @@ def read_message(msg: Message, result: ParsedMessage) -> None:
     """Fill RESULT from a parsed message tree (see messages.mime_stream for other parsers)."""
     result._tree = msg
     try:
+        result.content_type = _content_type(msg)
         _read_headers(msg, result)
         try:
             _read_parts(msg, result)

@@ -726,6 +726,14 @@ class DeliveryReport(models.Model):
         max_length=16, blank=True, help_text="envelope_id, message_id or in_reply_to."
     )
     recipients = models.JSONField(default=list, blank=True, help_text="What the report says.")
+    envelope_id = models.CharField(max_length=100, blank=True, help_text="Original-Envelope-Id.")
+    original_message_id = models.CharField(
+        max_length=998, blank=True, help_text="Message-ID of the returned message."
+    )
+    reporting_mta = models.CharField(max_length=998, blank=True)
+    defects = models.JSONField(
+        default=list, blank=True, help_text="What was damaged or missing in the report."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

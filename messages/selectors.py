@@ -196,7 +196,7 @@ def message_get(*, user: User, message_id: int) -> Message | None:
     return (
         Message.objects.filter(account__in=_visible_accounts(user), pk=message_id)
         .defer("search_vector")
-        .select_related("account")
+        .select_related("account", "delivery_report")
         .prefetch_related(
             Prefetch("locations", queryset=_locations()),
             Prefetch("attachments", queryset=Attachment.objects.order_by("id")),

@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -395,6 +396,35 @@ def message_summaries(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+class ReportedRecipientOutput(serializers.Serializer):
+    address = serializers.CharField(help_text="Final-Recipient, else Original-Recipient.")
+    original_address = serializers.CharField(allow_blank=True)
+    action = serializers.CharField(
+        allow_blank=True, help_text="failed, delayed, delivered, relayed or expanded."
+    )
+    status = serializers.CharField(allow_blank=True, help_text="e.g. 5.1.1")
+    diagnostic_code = serializers.CharField(allow_blank=True)
+    remote_mta = serializers.CharField(allow_blank=True)
+    last_attempt = serializers.CharField(allow_null=True)
+    recipient = serializers.CharField(
+        allow_null=True, help_text="The outbound recipient this updated (null: none)."
+    )
+
+
+class DeliveryReportOutput(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["dsn", "bounce"], help_text="dsn: RFC 3464; bounce: another MTA's format."
+    )
+    outbound = serializers.IntegerField(
+        source="outbound_id", allow_null=True, help_text="The outbound message it reports on."
+    )
+    matched_by = serializers.CharField(
+        allow_blank=True, help_text="envelope_id, message_id or in_reply_to."
+    )
+    recipients = ReportedRecipientOutput(many=True)
+    defects = serializers.ListField(child=serializers.CharField())
+
+
 class MessageDetailOutput(MessageSummaryOutput):
     bcc = serializers.SerializerMethodField()
     reply_to = serializers.SerializerMethodField()
@@ -410,6 +440,9 @@ class MessageDetailOutput(MessageSummaryOutput):
     defects = serializers.ListField(child=serializers.CharField(), help_text="Parse problems.")
     attachments = AttachmentOutput(many=True)
     raw_url = serializers.URLField(help_text="The message as received (.eml).")
+    delivery_report = serializers.SerializerMethodField(
+        help_text="Set when the message is a delivery status notification or a bounce."
+    )
     raw_headers = serializers.ListField(
         child=serializers.ListField(child=serializers.CharField(), min_length=2, max_length=2),
         required=False,
@@ -423,6 +456,14 @@ class MessageDetailOutput(MessageSummaryOutput):
     @extend_schema_field(Person(many=True))
     def get_reply_to(self, message: Message) -> list[dict[str, str]]:
         return _people(message.reply_to)
+
+    @extend_schema_field(DeliveryReportOutput(allow_null=True))
+    def get_delivery_report(self, message: Message) -> dict[str, Any] | None:
+        try:
+            report = message.delivery_report
+        except ObjectDoesNotExist:
+            return None
+        return DeliveryReportOutput(report).data
 
 
 class MessageDetailQuery(serializers.Serializer):

@@ -26,7 +26,7 @@ def unseed(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("mailstore", "0014_outbox"),
+        ("mailstore", "0015_delivery_report_details"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
