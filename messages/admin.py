@@ -475,30 +475,6 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     fields = readonly_fields
     content_fields = ("body_text", "body_html")
 
-
-@admin.register(DeliveryReport)
-class DeliveryReportAdmin(admin.ModelAdmin):
-    """Reports found in incoming mail; unmatched ones (no outbound) are bounces of mail the
-    platform did not send, or whose identifiers the report lost."""
-
-    list_display = ("created_at", "kind", "message", "outbound", "matched_by", "recipient_count")
-    list_filter = ("kind", "matched_by", ("outbound", admin.EmptyFieldListFilter))
-    search_fields = ("envelope_id", "original_message_id", "message__subject")
-    list_select_related = ("message", "outbound")
-    readonly_fields = (
-        "message",
-        "kind",
-        "outbound",
-        "matched_by",
-        "recipient_lines",
-        "envelope_id",
-        "original_message_id",
-        "reporting_mta",
-        "defects",
-        "created_at",
-    )
-    fields = readonly_fields
-
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -539,6 +515,35 @@ class DeliveryReportAdmin(admin.ModelAdmin):
                 f"{too_late} message(s) were already being sent, sent or cancelled: unchanged.",
                 messages.WARNING,
             )
+
+
+@admin.register(DeliveryReport)
+class DeliveryReportAdmin(admin.ModelAdmin):
+    """Reports found in incoming mail; unmatched ones (no outbound) are bounces of mail the
+    platform did not send, or whose identifiers the report lost."""
+
+    list_display = ("created_at", "kind", "message", "outbound", "matched_by", "recipient_count")
+    list_filter = ("kind", "matched_by", ("outbound", admin.EmptyFieldListFilter))
+    search_fields = ("envelope_id", "original_message_id", "message__subject")
+    list_select_related = ("message", "outbound")
+    readonly_fields = (
+        "message",
+        "kind",
+        "outbound",
+        "matched_by",
+        "recipient_lines",
+        "envelope_id",
+        "original_message_id",
+        "reporting_mta",
+        "defects",
+        "created_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     @admin.display(description="recipients")
