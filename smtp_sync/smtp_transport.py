@@ -362,6 +362,10 @@ class SmtpSession:
                 sasl = _xoauth2(endpoint)
                 smtp.auth("XOAUTH2", lambda challenge=None: sasl if challenge is None else "")
             else:
+                if not offered and endpoint.security == "none":
+                    # A plain local relay that trusts its network (Postfix's mynetworks) offers no
+                    # AUTH: send unauthenticated; one that wants a login refuses at MAIL (530).
+                    return
                 if not offered:
                     raise SmtpAuthError(
                         f"{where} does not offer authentication (AUTH) on this connection"

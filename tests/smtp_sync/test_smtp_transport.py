@@ -236,6 +236,25 @@ def test_a_refused_password_is_an_auth_error_that_never_shows_it(smtp_server):
     assert server.messages == []
 
 
+def test_a_plain_relay_offering_no_auth_is_sent_to_without_a_login(smtp_server):
+    """A local relay that trusts its network (Postfix's mynetworks) offers no AUTH: the
+    account's password is not needed there; over TLS such a server is still refused, and a
+    plain one that wants a login after all refuses at MAIL."""
+    no_auth = SmtpBehaviour(hidden_extensions=("AUTH",))
+    relay = smtp_server(no_auth)
+    send_one(relay.endpoint(username="alice", password="s3cret-pw"))
+    assert relay.auth_attempts == [] and relay.messages[0].login is None
+
+    encrypted = smtp_server(no_auth, implicit_tls=True)
+    with pytest.raises(SmtpAuthError, match="does not offer authentication"):
+        send_one(encrypted.endpoint(username="alice", password="s3cret-pw"))
+
+    wants_login = smtp_server(no_auth, users={"alice": "s3cret-pw"})
+    with pytest.raises(SmtpPermanentError, match="530"):
+        send_one(wants_login.endpoint(username="alice", password="s3cret-pw"))
+    assert encrypted.messages == [] and wants_login.messages == []
+
+
 def test_xoauth2(smtp_server):
     server = smtp_server(users={"alice@example.com": "ya29.token"})
     send_one(server.endpoint(username="alice@example.com", oauth2_token="ya29.token"))
