@@ -165,12 +165,16 @@ def test_an_unknown_recipient_bounces_with_postfix_s_report(
     )
     assert stored.message_id_header == email.message_from_bytes(dsn)["Message-Id"]
     assert (report.kind, report.matched_by) == ("dsn", "envelope_id")
+    shown = api.get(f"/api/messages/{stored.pk}/").json()["delivery_report"]
+    assert (shown["kind"], shown["matched_by"]) == ("dsn", "envelope_id")
     assert status[nobody]["report_message"] == stored.pk
     assert [r["message"] for r in api.get(f"/api/outbound/{sent['id']}/").json()["reports"]] == [
         stored.pk
     ]
     assert ("outbound", "updated", sent["id"]) in changes_since(api, cursor)
     assert len(copies(friend_box, "INBOX", outbound.message_id_header)) == 1
+    mine = Message.objects.filter(account=account, message_id_header=outbound.message_id_header)
+    assert list(mine.values_list("pk", flat=True)) == [outbound.sent_message_id]
 
 
 def test_notify_success_brings_a_delivered_status(api, account, sender_box, friend_box, postfix):
@@ -218,6 +222,10 @@ def test_a_corpus_bounce_is_matched_to_a_message_sent_in_the_test(
     assert "Unknown E-Mail Address" in edwin["diagnostic_code"]
     report = DeliveryReport.objects.get(message_id=edwin["report_message"])
     assert (report.outbound_id, report.matched_by) == (sent["id"], "message_id")
+    shown = api.get(f"/api/messages/{report.message_id}/").json()["delivery_report"]
+    assert [(r["address"], r["status"]) for r in shown["recipients"]] == [
+        ("edwin@zzzzzzz.com", "5.3.0")
+    ]
 
 
 def test_a_reply_lands_in_sent_once_and_in_its_thread(
