@@ -1,0 +1,54 @@
+"""The send task in a real Celery worker: dispatched on the smtp queue, a 4xx retried by the
+worker itself when its ETA comes (outbox_dispatch), and the message delivered once."""
+
+from __future__ import annotations
+
+import pytest
+
+from emailplatform import topics
+from messages.models import OutboundMessage
+from messages.outbox import outbox_dispatch
+from smtp_sync.models import ImapSettings
+from tests.outbound_factory import outbound_create
+from tests.smtp_fake import SmtpBehaviour
+from tests.worker import start_worker, stop_worker, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_worker_retries_a_4xx_when_due_and_delivers_once(
+    imap_account, imap_user, smtp_server, settings, tmp_path
+):
+    server = smtp_server(
+        SmtpBehaviour(data_replies=["451 4.3.0 Try again later"]),
+        users={imap_user.username: imap_user.password},
+    )
+    ImapSettings.objects.filter(account=imap_account).update(
+        smtp_host=server.host, smtp_port=server.port, smtp_security="none"
+    )
+    outbound = outbound_create(imap_account, to=["bob@example.net"])
+    worker = start_worker(
+        [topics.QUEUE_SMTP],
+        tmp_path / "worker.log",
+        {
+            "SYNC_WATCHDOG_SECONDS": "0",
+            "OUTBOUND_RETRY_BASE_SECONDS": "2",
+            "OUTBOUND_ALLOWED_NETWORKS": ",".join(settings.OUTBOUND_ALLOWED_NETWORKS),
+            "SMTP_TIMEOUT_SECONDS": "10",
+        },
+        pool="solo",
+    )
+    try:
+        outbox_dispatch(outbound)  # on commit: autocommit here, so now
+
+        def state() -> str:
+            return OutboundMessage.objects.get(pk=outbound.pk).state
+
+        wait_for(lambda: state() == "sent", timeout=60, what="the message to be sent")
+    finally:
+        stop_worker(worker)
+        print((tmp_path / "worker.log").read_text()[-3000:])
+
+    sent = OutboundMessage.objects.get(pk=outbound.pk)
+    assert sent.attempts == 2 and sent.sent_message is not None
+    assert len(server.messages) == 1
