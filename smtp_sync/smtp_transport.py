@@ -117,6 +117,10 @@ class SmtpOutcomeUnknown(SmtpError):
     """The data was sent but the final reply never came (cut, timeout): may be delivered."""
 
 
+class _ConnectionLost(SmtpTransientError):
+    """The server closed the connection before a reply (not a timeout)."""
+
+
 # Encoding helpers ----------------------------------------------------------------------------
 def xtext(value: str) -> str:
     """RFC 3461 xtext: '+', '=' and bytes outside '!'..'~' as '+XX'."""
@@ -265,16 +269,29 @@ def _connect_error(exc: BaseException, endpoint: SmtpEndpoint) -> SmtpError:
     return SmtpTransientError(f"SMTP session with {where} failed: {type(exc).__name__}")
 
 
+def _starttls(smtp: _GuardedSMTP, context: ssl.SSLContext, endpoint: SmtpEndpoint) -> None:
+    try:
+        smtp.starttls(context=context)
+    except smtplib.SMTPResponseException as exc:
+        if not 400 <= exc.smtp_code < 600:
+            raise
+        cls = SmtpPermanentError if exc.smtp_code >= 500 else SmtpTransientError
+        text = _reply_text(exc.smtp_error)
+        raise cls(
+            f"{endpoint.where} refused STARTTLS: {exc.smtp_code} {text}", code=exc.smtp_code
+        ) from None
+
+
 class SmtpSession:
-    """One connection reused for a burst of `send` calls (RSET between them). A context
-    manager: connects on entry, QUIT on exit. A connection the server dropped between two
-    messages is made again before anything of the next one is sent."""
+    """One connection reused for a burst of `send` calls (RSET after an unfinished
+    transaction). A context manager: connects on entry, QUIT on exit. A connection the server
+    dropped between two messages is made again before anything of the next one is sent."""
 
     def __init__(self, endpoint: SmtpEndpoint) -> None:
         self.endpoint = endpoint
         self.connections = 0  # connections opened (the reuse is visible)
         self._smtp: _GuardedSMTP | None = None
-        self._used = False  # a transaction was started on this connection
+        self._pending = False  # a transaction was started and not finished: RSET first
         self._scrub = _Scrubber(endpoint)
 
     def __enter__(self) -> SmtpSession:
@@ -305,13 +322,17 @@ class SmtpSession:
                     raise SmtpPermanentError(
                         f"{endpoint.where} does not offer STARTTLS: choose SSL/TLS or another port"
                     )
-                smtp.starttls(context=context)
+                _starttls(smtp, context, endpoint)
                 smtp.ehlo()
         except SmtpError:
             self._abandon(smtp)
             raise
         except smtplib.SMTPHeloError as exc:
             self._abandon(smtp)
+            if not 200 <= exc.smtp_code < 600:
+                raise SmtpTransientError(
+                    f"{endpoint.where} did not answer EHLO like an SMTP server"
+                ) from None
             text = _reply_text(exc.smtp_error)
             raise SmtpTransientError(
                 f"{endpoint.where} refused EHLO/HELO: {exc.smtp_code} {text}", code=exc.smtp_code
@@ -321,7 +342,7 @@ class SmtpSession:
             raise _connect_error(exc, endpoint) from None
         self._smtp = smtp
         self.connections += 1
-        self._used = False
+        self._pending = False
         try:
             self._login(smtp)
         except BaseException:
@@ -394,20 +415,20 @@ class SmtpSession:
             with contextlib.suppress(Exception):
                 smtp.close()
 
-    def _ready(self) -> _GuardedSMTP:
-        """The connection, reset after a previous transaction; made again if the server
-        dropped it meanwhile (nothing of the next message is sent before this)."""
-        if self._smtp is not None and self._used:
-            try:
-                code, _reply = self._smtp.rset()
-            except (OSError, smtplib.SMTPException):
-                code = -1
-            if code != 250:
-                self._drop()
+    def _ready(self) -> tuple[_GuardedSMTP, bool]:
+        """The connection, and whether it is reused unchecked. A transaction left unfinished
+        is reset (RSET; the connection made again when that fails). After a completed one the
+        server has reset itself (RFC 5321 4.1.1.4): no RSET, saving a round trip per message;
+        a drop meanwhile then shows at MAIL, before anything of the message is sent."""
+        if self._smtp is not None and self._pending:
+            self._reset()
         if self._smtp is None:
             self.connect()
+            reused = False
+        else:
+            reused = True
         assert self._smtp is not None
-        return self._smtp
+        return self._smtp, reused
 
     # Sending ---------------------------------------------------------------------------------
     def send(
@@ -431,15 +452,25 @@ class SmtpSession:
             _address_checked(address)
         _dsn_checked(envid, notify, ret)
         data = smtp_data(raw)
-        smtp = self._ready()
-        self._used = True
-        mail_options, utf8 = self._mail_options(smtp, envelope_from, recipients, raw, envid, ret)
-        smtp.command_encoding = "utf-8" if utf8 else "ascii"
-        dsn = smtp.has_extn("dsn")
-
-        code, reply = self._command(smtp, "MAIL", f"FROM:<{envelope_from}>{mail_options}")
+        while True:
+            smtp, reused = self._ready()
+            self._pending = True
+            mail_options, utf8 = self._mail_options(
+                smtp, envelope_from, recipients, raw, envid, ret
+            )
+            smtp.command_encoding = "utf-8" if utf8 else "ascii"
+            try:
+                code, reply = self._command(smtp, "MAIL", f"FROM:<{envelope_from}>{mail_options}")
+            except _ConnectionLost:
+                if reused:
+                    continue  # dropped while idle: once more on a new connection
+                raise
+            if code == 421 and reused:
+                continue
+            break
         if code != 250:
             raise self._refused("MAIL FROM", code, reply)
+        dsn = smtp.has_extn("dsn")
         outcomes: list[RecipientOutcome] = []
         for address in recipients:
             options = _rcpt_options(address, notify) if dsn else ""
@@ -475,6 +506,7 @@ class SmtpSession:
         reply = _reply_text(reply_bytes)
         if not 200 <= code < 300:
             raise self._refused("the end of DATA", code, reply)
+        self._pending = False
         return SendOutcome(
             [RecipientOutcome(o.address, True, code, reply) if o.accepted else o for o in outcomes]
         )
@@ -540,7 +572,7 @@ class SmtpSession:
                 raise SmtpTransientError(
                     f"no reply from {where} to {verb} within {self.endpoint.timeout:g} s"
                 ) from None
-            raise SmtpTransientError(f"{where} closed the connection at {verb}") from None
+            raise _ConnectionLost(f"{where} closed the connection at {verb}") from None
         if not 200 <= code < 600:
             self._drop()
             raise SmtpTransientError(f"{where} sent an unreadable reply to {verb}")
@@ -558,7 +590,7 @@ class SmtpSession:
             code = -1
         if code != 250:
             self._drop()
-        self._used = False
+        self._pending = False
 
     def _refused(self, step: str, code: int, reply: str) -> SmtpError:
         self._reset()

@@ -54,9 +54,11 @@ class SmtpBehaviour:
     data_replies: Scripted = field(default_factory=list)  # at the end of DATA
     hang_at: str | None = None  # "MAIL", "RCPT" or "DATA" (after the data, before the reply)
     after_data: str | None = None  # "cut": keep the message, close without a reply; "hang"
+    starttls_reply: str | None = None  # refuse STARTTLS with this reply
     dsn: bool = True
     smtputf8: bool = True
     size_limit: int = 33554432  # SIZE advertised; 0: no SIZE
+    hidden_extensions: tuple[str, ...] = ()  # not advertised at EHLO, e.g. ("8BITMIME",)
     echo_secret_on_auth_failure: bool = False  # a careless server repeats the password
 
 
@@ -145,6 +147,12 @@ class _FakeSMTP(SMTP):
         if isinstance(envelope, _DsnEnvelope) and len(envelope.rcpt_tos) > before:
             envelope.rcpt_params.append(_options(arg))
 
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802
+        if self._fake.behaviour.starttls_reply:
+            await self.push(self._fake.behaviour.starttls_reply)
+            return
+        await super().smtp_STARTTLS(arg)
+
     async def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
         self._fake.quits += 1
         await super().smtp_QUIT(arg)
@@ -219,7 +227,8 @@ class FakeSmtpHandler:
         session.host_name = hostname
         if self.behaviour.dsn:
             responses.insert(-1, "250-DSN")
-        return responses
+        hidden = {e.upper() for e in self.behaviour.hidden_extensions}
+        return [r for r in responses if r[4:].split(" ")[0].upper() not in hidden]
 
     async def handle_MAIL(  # noqa: N802
         self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
@@ -400,6 +409,16 @@ class FakeSmtpServer:
             timeout=5.0,
         )
         return replace(endpoint, **overrides)
+
+    def account_settings(self) -> dict[str, Any]:
+        """The SMTP fields of an account's ImapSettings pointing at this server, e.g.
+        `ImapSettings.objects.filter(account=account).update(**server.account_settings())`."""
+        return {
+            "smtp_host": self.host,
+            "smtp_port": self.port,
+            "smtp_security": self.security,
+            "smtp_trust_self_signed": self.security != "none",
+        }
 
     def drop_connections(self) -> None:
         """Close every open connection from the server's side (an idle timeout)."""

@@ -274,6 +274,13 @@ def test_starttls_required_but_not_offered(smtp_server):
         send_one(server.endpoint(security="starttls"))
 
 
+def test_starttls_refused_by_the_server(smtp_server):
+    server = smtp_server(SmtpBehaviour(starttls_reply="454 4.7.0 TLS not available"), tls=True)
+    with pytest.raises(SmtpTransientError, match="refused STARTTLS: 454 4.7.0 TLS not available"):
+        send_one(server.endpoint())
+    assert server.messages == []
+
+
 def test_dsn_parameters_reach_the_server(smtp_server):
     server = smtp_server()
     send_one(server.endpoint(), [BOB, "odd+tag=x@example.net"], envid="env+1=2")
@@ -330,6 +337,16 @@ def test_an_8bit_body_is_sent_as_8bitmime(smtp_server):
     assert server.messages[0].data == raw
 
 
+def test_an_8bit_message_is_refused_before_mail_by_a_7bit_server(smtp_server):
+    server = smtp_server(SmtpBehaviour(hidden_extensions=("8BITMIME",)))
+    raw = "Subject: x\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n".encode()
+    with pytest.raises(SmtpPermanentError, match="8BITMIME"):
+        send_one(server.endpoint(), raw=raw)
+    assert server.handler.mail_commands == 0
+    send_one(server.endpoint())  # a 7-bit one goes
+    assert server.messages[0].mail_param("BODY") is None
+
+
 def test_a_message_over_the_servers_size_limit_is_refused_before_mail(smtp_server):
     server = smtp_server(SmtpBehaviour(size_limit=1000))
     with pytest.raises(SmtpPermanentError, match="larger than"):
@@ -372,6 +389,7 @@ def test_the_endpoint_of_an_account(user):
     )
 
     endpoint = smtp_endpoint_for(account)
+    assert repr(endpoint).count("pw-1") == 0
     assert (endpoint.host, endpoint.port, endpoint.security) == (
         "smtp.example.com",
         587,
@@ -396,3 +414,21 @@ def _endpoint(host, port, **kwargs):
     from smtp_sync.smtp_transport import SmtpEndpoint
 
     return SmtpEndpoint(host=host, port=port, security="none", **{"timeout": 5.0, **kwargs})
+
+
+@pytest.mark.django_db
+def test_an_account_sends_through_its_stored_settings(user, smtp_server):
+    from messages.models import Account
+    from smtp_sync.models import ImapSettings
+
+    server = smtp_server(tls=True, users={"alice-imap": "pw-1"})
+    account = Account(owner=user, provider=Account.Provider.IMAP, email_address=FROM)
+    account.set_credentials({"password": "pw-1"})
+    account.save()
+    ImapSettings.objects.create(
+        account=account, imap_host="imap.example.com", username="alice-imap"
+    )
+    ImapSettings.objects.filter(account=account).update(**server.account_settings())
+
+    send_one(smtp_endpoint_for(Account.objects.get(pk=account.pk)))
+    assert [(m.login, m.tls) for m in server.messages] == [("alice-imap", True)]
