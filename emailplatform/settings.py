@@ -297,6 +297,8 @@ THROTTLE_RATES = {
     "account_create": env("THROTTLE_ACCOUNT_CREATE", default="10/hour"),
     "test_connection": env("THROTTLE_TEST_CONNECTION", default="6/minute"),
     "sync": env("THROTTLE_SYNC", default="12/minute"),
+    # Composing and sending mail (outbox creates, sends and uploads).
+    "send": env("THROTTLE_SEND", default="120/minute"),
 }
 
 REST_FRAMEWORK = {
@@ -355,6 +357,18 @@ SPECTACULAR_SETTINGS = {
 STORAGE_SWEEP_GRACE_SECONDS = env.int("STORAGE_SWEEP_GRACE_SECONDS", default=3600)
 STORAGE_SWEEP_INTERVAL_MINUTES = env.int("STORAGE_SWEEP_INTERVAL_MINUTES", default=60)
 FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
+# The outbox (messages.outbox): the largest message an account sends, measured on the built
+# MIME (an account's sync_settings "sendMaxBytes" overrides it), and the dispatcher's clock
+# (messages.outbox_dispatch). A send task is enqueued with its ETA when due within the horizon
+# (which must stay below CELERY_VISIBILITY_TIMEOUT, or Redis re-delivers the waiting task); the
+# sweeper, every OUTBOX_SWEEP_INTERVAL_SECONDS, enqueues later ones as they come within it,
+# re-enqueues due ones whose task was lost (waiting past the grace), and marks `unknown` an
+# attempt still `sending` after the timeout (which must exceed the task time limit, 20 min).
+OUTBOUND_MAX_MESSAGE_BYTES = env.int("OUTBOUND_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
+OUTBOX_SWEEP_INTERVAL_SECONDS = env.int("OUTBOX_SWEEP_INTERVAL_SECONDS", default=60)
+OUTBOX_ETA_HORIZON_SECONDS = env.int("OUTBOX_ETA_HORIZON_SECONDS", default=3600)
+OUTBOX_LOST_TASK_GRACE_SECONDS = env.int("OUTBOX_LOST_TASK_GRACE_SECONDS", default=300)
+OUTBOX_SENDING_TIMEOUT_SECONDS = env.int("OUTBOX_SENDING_TIMEOUT_SECONDS", default=25 * 60)
 # Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.
 BEAT_HEARTBEAT_FILE = env("BEAT_HEARTBEAT_FILE", default=None)
 

@@ -24,6 +24,8 @@ from django.utils import timezone
 from emailplatform import topics
 from messages.batches import BatchPublisher
 from messages.models import Account, Message
+from messages.outbox_checks import one_line
+from messages.outbox_mime import reply_references, reply_subject
 
 from . import ids
 from .client import GmailClient, GmailError
@@ -47,17 +49,14 @@ def gmail_send_request(account: Account, raw: bytes, *, reply_to: Message | None
 def reply_headers(raw: bytes, reply_to: Message) -> bytes:
     """RAW with In-Reply-To, References and a "Re: " subject that answer REPLY_TO."""
     mail = email.message_from_bytes(raw, policy=email.policy.compat32)
-    parent = reply_to.message_id_header
+    parent, references = reply_references(reply_to.message_id_header, reply_to.references or [])
     if parent:
-        references = [r for r in (reply_to.references or []) if r != parent] + [parent]
         del mail["In-Reply-To"], mail["References"]
         mail["In-Reply-To"] = parent
         mail["References"] = " ".join(references)
-    subject = str(mail.get("Subject") or "").strip() or reply_to.subject
-    if not subject.lower().startswith("re:"):
-        subject = f"Re: {subject}"
+    subject = str(mail.get("Subject") or "").strip() or one_line(reply_to.subject)
     del mail["Subject"]
-    mail["Subject"] = subject
+    mail["Subject"] = reply_subject(subject)
     return mail.as_bytes(policy=email.policy.compat32)
 
 

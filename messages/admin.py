@@ -26,13 +26,18 @@ from .models import (
     Account,
     Attachment,
     DeadLetter,
+    DeliveryReport,
     Folder,
     Message,
     MessageLocation,
+    OutboundAttachment,
+    OutboundMessage,
+    OutboundRecipient,
     RawMessage,
     SyncRun,
     Thread,
 )
+from .outbox_states import outbound_cancel
 from .sanitize import sanitize_mail_html
 from .services import attachment_ensure_stored
 from .signals import account_status_changed_send
@@ -334,3 +339,147 @@ class DeadLetterAdmin(admin.ModelAdmin):
         if can_read_mail(request):
             return fields
         return [f for f in fields if f not in self.content_fields]
+
+
+class OutboundRecipientInline(admin.TabularInline):
+    model = OutboundRecipient
+    extra = 0
+    can_delete = False
+    fields = (
+        "kind",
+        "name",
+        "address",
+        "status",
+        "smtp_code",
+        "smtp_reply",
+        "action",
+        "status_code",
+        "diagnostic_code",
+        "remote_mta",
+        "reported_at",
+        "report_message",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class OutboundAttachmentInline(admin.TabularInline):
+    model = OutboundAttachment
+    extra = 0
+    can_delete = False
+    fields = ("filename", "content_type", "size", "sha256", "source")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+class DeliveryReportInline(admin.TabularInline):
+    model = DeliveryReport
+    fk_name = "outbound"
+    extra = 0
+    can_delete = False
+    fields = ("kind", "message", "matched_by", "recipients", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(OutboundMessage)
+class OutboundMessageAdmin(admin.ModelAdmin):
+    """Outbound mail: who sent what to whom, its state and why it failed. Composing goes through
+    the API (messages.outbox checks everything there); here an operator watches and cancels.
+    Bodies are mail content (READ_MAIL_CONTENT); the MIME bytes are never shown."""
+
+    list_display = (
+        "subject_or_none",
+        "from_address",
+        "account",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "short_error",
+    )
+    list_filter = ("state", "account__provider")
+    search_fields = ("subject", "from_address", "message_id_header", "envelope_id")
+    list_select_related = ("account",)
+    date_hierarchy = "created_at"
+    inlines = (OutboundRecipientInline, OutboundAttachmentInline, DeliveryReportInline)
+    actions = ("cancel",)
+    readonly_fields = (
+        "account",
+        "state",
+        "last_error",
+        "from_name",
+        "from_address",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "message_id_header",
+        "envelope_id",
+        "in_reply_to",
+        "references",
+        "reply_to_message",
+        "forward_of",
+        "notify_success",
+        "send_at",
+        "size",
+        "attempts",
+        "next_attempt_at",
+        "queued_at",
+        "sending_at",
+        "sent_at",
+        "sent_message",
+        "created_at",
+        "updated_at",
+        "body_text",
+        "body_html",
+    )
+    fields = readonly_fields
+    content_fields = ("body_text", "body_html")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # read-only pages: the state changes through its transitions only
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("mailstore.change_outboundmessage")
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        if can_read_mail(request):
+            return self.fields
+        return tuple(f for f in self.fields if f not in self.content_fields)
+
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).defer("raw")
+
+    @admin.display(description="subject")
+    def subject_or_none(self, obj: OutboundMessage) -> str:
+        return obj.subject or "(no subject)"
+
+    @admin.display(description="last error")
+    def short_error(self, obj: OutboundMessage) -> str:
+        return (obj.last_error[:80] + "...") if len(obj.last_error) > 80 else obj.last_error
+
+    @admin.action(description="Cancel (drafts and queued messages)", permissions=["cancel"])
+    def cancel(self, request: HttpRequest, queryset) -> None:
+        done, too_late = 0, 0
+        for outbound_id in queryset.values_list("pk", flat=True):
+            if outbound_cancel(outbound_id) is None:
+                too_late += 1
+            else:
+                done += 1
+        self.message_user(request, f"Cancelled {done} message(s).")
+        if too_late:
+            self.message_user(
+                request,
+                f"{too_late} message(s) were already being sent, sent or cancelled: unchanged.",
+                messages.WARNING,
+            )

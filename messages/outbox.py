@@ -1,27 +1,484 @@
-"""The outbox's dispatcher: hand an outbound message to its provider's send task.
+"""The outbox: compose, change a draft, attach, send (now or at send_at), cancel.
 
-Minimal version written on the delivery branch (the outbox branch owns this module; keep its
-version at merge): the send task of the account's provider (topics.OUTBOUND_SEND_TASKS) is
-enqueued on the provider's queue once the current transaction commits, due at the message's
-`next_attempt_at`.
+Everything a client gives is checked before anything is stored or queued (messages.outbox_checks
+for header values and addresses); a refusal is an OutboxRefused with a 4xx status, a stable code
+and a readable message. The Message-ID (`<uuid@sender-domain>`) and the SMTP ENVID are fixed at
+creation; the MIME bytes are built once, when the message is queued, so every attempt sends the
+same bytes. States change only through messages.outbox_states; sending itself is the provider's
+task, enqueued by messages.outbox_dispatch once the transaction commits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import File
+from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
 
 from emailplatform import topics
 
-from .models import OutboundMessage
+from . import selectors
+from .events import events_record
+from .models import (
+    Account,
+    Attachment,
+    Message,
+    OutboundAttachment,
+    OutboundMessage,
+    OutboundRecipient,
+)
+from .outbox_checks import (
+    HeaderValueError,
+    address_normalized,
+    display_name_checked,
+    header_safe,
+    one_line,
+)
+from .outbox_dispatch import outbox_dispatch
+from .outbox_mime import (
+    FilePart,
+    MimeInput,
+    Person,
+    content_type_clean,
+    forward_subject,
+    mime_build,
+    reply_references,
+    reply_subject,
+)
+from .outbox_states import outbound_cancel, outbound_queue
+from .selectors import User
+from .services import attachment_ensure_stored
+
+__all__ = [
+    "OutboxRefused",
+    "outbound_attachment_add",
+    "outbound_cancel_request",
+    "outbound_create",
+    "outbound_send",
+    "outbound_update",
+    "outbox_dispatch",
+]
+
+State = OutboundMessage.State
+KINDS = ("to", "cc", "bcc")
+MAX_RECIPIENTS = 500
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+# Accounts in these states send nothing: the owner paused it, its login is refused, or it goes.
+NOT_SENDING = {
+    Account.Status.PAUSED: ("account_paused", "The account is paused: resume it to send."),
+    Account.Status.AUTH_ERROR: (
+        "account_auth_error",
+        "The account's login is refused by its server: fix its password to send.",
+    ),
+    Account.Status.DELETING: ("account_deleting", "The account is being deleted."),
+}
 
 
-def outbox_dispatch(outbound: OutboundMessage) -> None:
-    """Enqueue OUTBOUND_SEND_TASKS[provider] for OUTBOUND (on commit), eta = next_attempt_at."""
-    from emailplatform.celery import app
+class OutboxRefused(Exception):
+    """What the outbox will not do, for the client: HTTP STATUS, a stable CODE, a readable
+    MESSAGE, and the input FIELD it is about (a dotted path), if any."""
 
-    provider = outbound.account.provider
-    task = topics.OUTBOUND_SEND_TASKS[provider]
-    queue = topics.PROVIDER_QUEUES[provider]
-    eta = outbound.next_attempt_at
-    args = [outbound.pk]
-    transaction.on_commit(lambda: app.send_task(task, args=args, queue=queue, eta=eta))
+    def __init__(
+        self, message: str, *, code: str = "invalid", status: int = 400, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = status
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Recipient:
+    kind: str
+    name: str
+    address: str
+
+
+def _not_found(what: str, field: str | None = None) -> OutboxRefused:
+    return OutboxRefused(f"No {what} among yours.", code="not_found", status=404, field=field)
+
+
+# Checks ------------------------------------------------------------------------------------
+def size_limit(account: Account) -> int:
+    """The largest message ACCOUNT sends, in bytes of MIME."""
+    own = (account.sync_settings or {}).get("sendMaxBytes")
+    if isinstance(own, int) and not isinstance(own, bool) and own > 0:
+        return own
+    return settings.OUTBOUND_MAX_MESSAGE_BYTES
+
+
+def _check_provider(account: Account) -> None:
+    if account.provider not in topics.OUTBOUND_SEND_TASKS:
+        raise OutboxRefused(
+            f"{account.get_provider_display()} accounts cannot send mail.",
+            code="cannot_send",
+            field="account",
+        )
+
+
+def _check_can_send(account: Account) -> None:
+    _check_provider(account)
+    refusal = NOT_SENDING.get(account.status)
+    if refusal is not None:
+        code, message = refusal
+        raise OutboxRefused(message, code=code, status=409)
+
+
+def _header(value: str, what: str, field: str) -> str:
+    try:
+        return header_safe(value, what)
+    except HeaderValueError as exc:
+        raise OutboxRefused(str(exc), code="header_injection", field=field) from None
+
+
+def _recipients(data: dict[str, Any]) -> list[Recipient]:
+    people: list[Recipient] = []
+    for kind in KINDS:
+        for index, person in enumerate(data.get(kind) or []):
+            field = f"{kind}.{index}"
+            raw_address = str(person.get("address") or "")
+            raw_name = str(person.get("name") or "")
+            try:
+                address = address_normalized(raw_address)
+            except HeaderValueError as exc:
+                code = "header_injection" if _breaks_line(raw_address) else "invalid_address"
+                raise OutboxRefused(str(exc), code=code, field=f"{field}.address") from None
+            try:
+                name = display_name_checked(raw_name, address)
+            except HeaderValueError as exc:
+                code = "header_injection" if _breaks_line(raw_name) else "invalid_name"
+                raise OutboxRefused(str(exc), code=code, field=f"{field}.name") from None
+            people.append(Recipient(kind, name, address))
+    if len(people) > MAX_RECIPIENTS:
+        raise OutboxRefused(f"At most {MAX_RECIPIENTS} recipients.", field="to")
+    return people
+
+
+def _breaks_line(value: str) -> bool:
+    try:
+        header_safe(value, "value")
+    except HeaderValueError:
+        return True
+    return False
+
+
+def _envelope(people: Iterable[Recipient]) -> list[Recipient]:
+    """One envelope recipient per address (case-insensitively), the first one given."""
+    seen: dict[str, Recipient] = {}
+    for person in people:
+        seen.setdefault(person.address.lower(), person)
+    return list(seen.values())
+
+
+def _own_message(user: User, message_id: int | None, field: str) -> Message | None:
+    if message_id is None:
+        return None
+    message = selectors.message_get(user=user, message_id=message_id)
+    if message is None:
+        raise _not_found(f"message {message_id}", field)
+    return message
+
+
+def _own_attachments(user: User, ids: Sequence[int]) -> list[Attachment]:
+    found = []
+    for index, attachment_id in enumerate(ids):
+        attachment = selectors.attachment_get(user=user, attachment_id=attachment_id)
+        if attachment is None:
+            raise _not_found(f"attachment {attachment_id}", f"attachments.{index}")
+        found.append(attachment)
+    return found
+
+
+def _send_at_checked(send_at: datetime | None) -> datetime | None:
+    if send_at is not None and send_at > timezone.now() + MAX_SCHEDULE_AHEAD:
+        raise OutboxRefused("send_at is more than a year ahead.", field="send_at")
+    return send_at
+
+
+# Compose -----------------------------------------------------------------------------------
+def _message_id(address: str) -> str:
+    domain = address.rpartition("@")[2] or "localhost"
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def _forward_text(original: Message, text: str) -> str:
+    lines = [
+        "---------- Forwarded message ----------",
+        f"From: {original.from_name} <{original.from_address}>",
+        f"Date: {original.date.isoformat() if original.date else ''}",
+        f"Subject: {original.subject}",
+    ]
+    body = "\n".join(lines) + "\n\n" + (original.body_text or "")
+    return f"{text}\n\n{body}" if text else body
+
+
+def outbound_create(*, user: User, data: dict[str, Any]) -> OutboundMessage:
+    """A new draft from the API's validated DATA; sent at once when data["send"] (in the same
+    transaction: refused, nothing is stored)."""
+    account = selectors.account_get(user=user, account_id=data["account"])
+    if account is None:
+        raise _not_found(f"account {data['account']}", "account")
+    _check_provider(account)
+    if data.get("send"):
+        _check_can_send(account)
+    people = _recipients(data)
+    subject = _header(data.get("subject") or "", "subject", "subject")
+    text, html = data.get("text") or "", data.get("html") or ""
+    reply_to = _own_message(user, data.get("reply_to_message"), "reply_to_message")
+    forward_of = _own_message(user, data.get("forward_of"), "forward_of")
+    if reply_to is not None and forward_of is not None:
+        raise OutboxRefused("Reply to a message or forward one, not both.", field="forward_of")
+    sources = _own_attachments(user, data.get("attachments") or [])
+    in_reply_to, references = "", []
+    parent = reply_to or forward_of
+    if parent is not None:
+        in_reply_to, references = reply_references(
+            parent.message_id_header, parent.references or []
+        )
+        base = subject or one_line(parent.subject)
+        subject = _header(
+            reply_subject(base) if reply_to else forward_subject(base), "subject", "subject"
+        )
+    if forward_of is not None:
+        text = _forward_text(forward_of, text)
+        if data.get("forward_attachments", True):
+            known = {a.pk for a in sources}
+            sources += [a for a in forward_of.attachments.all() if a.pk not in known]
+    with transaction.atomic():
+        outbound = OutboundMessage.objects.create(
+            account=account,
+            message_id_header=_message_id(account.email_address),
+            envelope_id=uuid.uuid4().hex,
+            from_name=account.display_name,
+            from_address=account.email_address,
+            subject=subject,
+            body_text=text,
+            body_html=html,
+            reply_to_message=reply_to,
+            forward_of=forward_of,
+            in_reply_to=in_reply_to,
+            references=references,
+            notify_success=bool(data.get("notify_success", False)),
+            **_people_fields(people),
+        )
+        _recipients_replace(outbound, people)
+        OutboundAttachment.objects.bulk_create(
+            OutboundAttachment(
+                outbound=outbound,
+                filename=a.filename,
+                content_type=a.content_type,
+                size=a.size,
+                sha256=a.sha256,
+                source=a,
+            )
+            for a in sources
+        )
+        events_record(account, "outbound", "created", [outbound.pk])
+        if data.get("send"):
+            outbound = outbound_send(outbound=outbound, send_at=data.get("send_at"))
+    return outbound
+
+
+def _people_fields(people: list[Recipient]) -> dict[str, list[dict[str, str]]]:
+    return {
+        kind: [{"name": p.name, "address": p.address} for p in people if p.kind == kind]
+        for kind in KINDS
+    }
+
+
+def _recipients_replace(outbound: OutboundMessage, people: list[Recipient]) -> None:
+    OutboundRecipient.objects.filter(outbound=outbound).delete()
+    OutboundRecipient.objects.bulk_create(
+        OutboundRecipient(outbound=outbound, kind=p.kind, name=p.name, address=p.address)
+        for p in _envelope(people)
+    )
+
+
+def _locked_draft(outbound_id: int) -> OutboundMessage:
+    outbound = (
+        OutboundMessage.objects.select_for_update()
+        .select_related("account")
+        .filter(pk=outbound_id)
+        .first()
+    )
+    if outbound is None:
+        raise _not_found("outbound message")
+    if outbound.state != State.DRAFT:
+        raise OutboxRefused(
+            f"Only a draft can change; this message is {outbound.state}.",
+            code="not_a_draft",
+            status=409,
+        )
+    return outbound
+
+
+def outbound_update(*, outbound: OutboundMessage, data: dict[str, Any]) -> OutboundMessage:
+    """Change a draft's recipients, subject or bodies (keys absent from DATA stay)."""
+    people = _recipients(data) if any(kind in data for kind in KINDS) else None
+    with transaction.atomic():
+        draft = _locked_draft(outbound.pk)
+        fields = ["updated_at"]
+        if people is not None:
+            current = {
+                kind: [Recipient(kind, p["name"], p["address"]) for p in getattr(draft, kind)]
+                for kind in KINDS
+            }
+            for kind in KINDS:
+                if kind in data:
+                    current[kind] = [p for p in people if p.kind == kind]
+            merged = [p for kind in KINDS for p in current[kind]]
+            for kind, value in _people_fields(merged).items():
+                setattr(draft, kind, value)
+            fields += list(KINDS)
+            _recipients_replace(draft, merged)
+        for name, column in (("subject", "subject"), ("text", "body_text"), ("html", "body_html")):
+            if name in data:
+                value = data[name] or ""
+                if name == "subject":
+                    value = _header(value, "subject", "subject")
+                setattr(draft, column, value)
+                fields.append(column)
+        if "notify_success" in data:
+            draft.notify_success = bool(data["notify_success"])
+            fields.append("notify_success")
+        draft.save(update_fields=fields)
+        events_record(draft.account, "outbound", "updated", [draft.pk])
+    return draft
+
+
+def outbound_attachment_add(
+    *, outbound: OutboundMessage, upload: File, filename: str, content_type: str
+) -> OutboundAttachment:
+    """Attach an uploaded file to a draft (stored once per content, by its sha256)."""
+    filename = _header(filename, "file name", "file")
+    limit = size_limit(outbound.account)
+    size = upload.size or 0
+    if size > limit:
+        raise OutboxRefused(
+            f"The file is {size} bytes; this account sends at most {limit} bytes a message.",
+            code="too_large",
+            field="file",
+        )
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    sha256 = digest.hexdigest()
+    name = f"outbound/{sha256[:2]}/{sha256}"
+    if not default_storage.exists(name):
+        upload.seek(0)
+        name = default_storage.save(name, upload)
+    with transaction.atomic():
+        draft = _locked_draft(outbound.pk)
+        attached = draft.attachments.aggregate(total=Sum("size"))["total"] or 0
+        if attached + size > limit:
+            raise OutboxRefused(
+                f"With this file the attachments come to {attached + size} bytes; this account "
+                f"sends at most {limit} bytes a message.",
+                code="too_large",
+                field="file",
+            )
+        attachment = OutboundAttachment.objects.create(
+            outbound=draft,
+            filename=filename,
+            content_type=content_type_clean(content_type),
+            size=size,
+            sha256=sha256,
+            file=name,
+        )
+        draft.save(update_fields=["updated_at"])
+        events_record(draft.account, "outbound", "updated", [draft.pk])
+    return attachment
+
+
+# Send and cancel ---------------------------------------------------------------------------
+def _file_parts(outbound: OutboundMessage) -> list[FilePart]:
+    parts = []
+    for attachment in outbound.attachments.select_related("source").order_by("id"):
+        if attachment.file:
+            name = attachment.file.name
+        elif attachment.source is not None:
+            name = attachment_ensure_stored(attachment=attachment.source).file.name
+        else:
+            raise OutboxRefused(
+                f"The attachment {attachment.filename!r} is no longer stored: remove it.",
+                code="attachment_unavailable",
+                status=409,
+            )
+        with default_storage.open(name, "rb") as handle:
+            data = handle.read()
+        parts.append(FilePart(attachment.filename, attachment.content_type, data))
+    return parts
+
+
+def mime_of(outbound: OutboundMessage, *, date: datetime | None = None) -> bytes:
+    """OUTBOUND's MIME bytes, as they will be sent."""
+
+    def people(kind: str) -> list[Person]:
+        return [Person(p.get("name") or "", p["address"]) for p in getattr(outbound, kind)]
+
+    return mime_build(
+        MimeInput(
+            sender=Person(one_line(outbound.from_name), outbound.from_address),
+            to=people("to"),
+            cc=people("cc"),
+            subject=outbound.subject,
+            text=outbound.body_text,
+            html=outbound.body_html,
+            message_id=outbound.message_id_header,
+            date=date or timezone.now(),
+            in_reply_to=outbound.in_reply_to,
+            references=outbound.references or [],
+            attachments=_file_parts(outbound),
+        )
+    )
+
+
+def outbound_send(*, outbound: OutboundMessage, send_at: datetime | None = None) -> OutboundMessage:
+    """draft -> queued: checked, its MIME built and measured, then its send task enqueued (at
+    SEND_AT when given). Refused (nothing queued) when the draft cannot go as it is."""
+    send_at = _send_at_checked(send_at)
+    with transaction.atomic():
+        draft = _locked_draft(outbound.pk)
+        _check_can_send(draft.account)
+        if not draft.recipients.exists():
+            raise OutboxRefused(
+                "No recipients: give at least one address in to, cc or bcc.",
+                code="no_recipients",
+                field="to",
+            )
+        raw = mime_of(draft)
+        limit = size_limit(draft.account)
+        if len(raw) > limit:
+            raise OutboxRefused(
+                f"The message is {len(raw)} bytes once encoded; this account sends at most "
+                f"{limit} bytes.",
+                code="too_large",
+            )
+        queued = outbound_queue(draft.pk, raw, send_at)
+        if queued is None:  # pragma: no cover (the row is locked as a draft above)
+            raise OutboxRefused("The message is no longer a draft.", code="not_a_draft", status=409)
+        outbox_dispatch(queued)
+    return queued
+
+
+def outbound_cancel_request(*, outbound: OutboundMessage) -> OutboundMessage:
+    """draft or queued -> cancelled (again: unchanged); 409 once a worker has started."""
+    cancelled = outbound_cancel(outbound.pk)
+    if cancelled is not None:
+        return cancelled
+    current = OutboundMessage.objects.select_related("account").get(pk=outbound.pk)
+    if current.state == State.CANCELLED:
+        return current
+    raise OutboxRefused(
+        f"Too late to cancel: the message is {current.state}.", code="too_late", status=409
+    )

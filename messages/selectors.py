@@ -28,9 +28,13 @@ from .models import (
     Account,
     Attachment,
     ChangeEvent,
+    DeliveryReport,
     Folder,
     Message,
     MessageLocation,
+    OutboundAttachment,
+    OutboundMessage,
+    OutboundRecipient,
     RawMessage,
     SyncRun,
     Thread,
@@ -221,6 +225,32 @@ def message_has_folder(*, message: Message, folder_name: str) -> bool:
 
 def account_has_trash(*, account: Account) -> bool:
     return Folder.objects.filter(account=account, role=Folder.Role.TRASH).exists()
+
+
+# Outbox ------------------------------------------------------------------------------------
+OUTBOUND_LIST_DEFERRED = ("raw", "body_text", "body_html")
+
+
+def outbound_list(*, user: User) -> QuerySet[OutboundMessage]:
+    """The user's outbound messages (bodies and MIME bytes left out)."""
+    return OutboundMessage.objects.filter(account__in=_visible_accounts(user)).defer(
+        *OUTBOUND_LIST_DEFERRED
+    )
+
+
+def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
+    """One outbound message with its recipients, attachments and delivery reports."""
+    return (
+        OutboundMessage.objects.filter(account__in=_visible_accounts(user), pk=outbound_id)
+        .defer("raw")
+        .select_related("account")
+        .prefetch_related(
+            Prefetch("recipients", queryset=OutboundRecipient.objects.order_by("id")),
+            Prefetch("attachments", queryset=OutboundAttachment.objects.order_by("id")),
+            Prefetch("reports", queryset=DeliveryReport.objects.order_by("id")),
+        )
+        .first()
+    )
 
 
 # Changes feed ------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Files are written before the rows that name them commit (a raw segment is fsynce
 committed row never names a missing file). A process killed between the two (kill -9, OOM, a
 lost container) leaves the file with no row; so does a deletion whose after-commit file removal
 never ran. Beat runs this every STORAGE_SWEEP_INTERVAL_MINUTES: a file under `raw/` that no
-RawMessage names, or under `attachments/` that no Attachment names, is removed once it is older
+RawMessage names, under `attachments/` that no Attachment names, or under `outbound/` (files
+uploaded for outbound mail) that no OutboundAttachment names, is removed once it is older
 than STORAGE_SWEEP_GRACE_SECONDS (far longer than a batch takes from its write to its commit,
 which the task time limit bounds). `staged/` (big messages on their way through the queue) is
 removed once no batch in flight (an `IngestBatch` row not yet stored) names it; batch rows
@@ -30,7 +31,7 @@ from django.utils import timezone
 
 from emailplatform.tempdirs import temp_dirs_remove_dead
 
-from .models import Attachment, IngestBatch, RawMessage
+from .models import Attachment, IngestBatch, OutboundAttachment, RawMessage
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ TASK_STORAGE_SWEEP = "messages.storage_sweep"
 RECHECK_CHUNK = 1000
 
 # The storage directories the sweeper owns, and the rows whose `file` names their files.
-SWEPT: dict[str, type[RawMessage] | type[Attachment]] = {
+SWEPT: dict[str, type[RawMessage] | type[Attachment] | type[OutboundAttachment]] = {
     "raw": RawMessage,
     "attachments": Attachment,
+    "outbound": OutboundAttachment,
 }
 
 

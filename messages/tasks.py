@@ -10,6 +10,7 @@ from django.db import InterfaceError, OperationalError
 from emailplatform import topics
 
 from .batch_store import batch_store
+from .outbox_dispatch import outbox_sweep_task  # noqa: F401  (registers beat's outbox sweeper)
 from .services import account_delete, full_syncs_schedule
 from .storage_sweep import storage_sweep_task  # noqa: F401  (registers beat's sweeper task)
 

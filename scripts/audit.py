@@ -261,6 +261,7 @@ def main() -> int:
     from knox.models import AuthToken
 
     from messages.models import Account, Attachment, Folder, Message
+    from messages.outbox import outbound_create
     from smtp_sync.accounts import ImapAccountInput, imap_account_create
     from smtp_sync.sync import ImapAccountSync
 
@@ -311,6 +312,18 @@ def main() -> int:
         "thread": message.thread_id,
         "attachment": Attachment.objects.filter(message=message).first().pk,
         "folder": Folder.objects.filter(account=account).first().pk,
+        "outbound": outbound_create(
+            user=alice,
+            data={
+                "account": account.pk,
+                "to": [{"name": "Carol", "address": "carol@example.net"}],
+                "subject": "Audit draft",
+            },
+        ).pk,
+        # Bob's own account (it sends), to name alice's mail from.
+        "bob_account": Account.objects.create(
+            owner=bob, provider="imap", email_address="bob@example.org"
+        ).pk,
     }
     alice_token = AuthToken.objects.create(alice)[1]
     bob_token = AuthToken.objects.create(bob)[1]
@@ -480,6 +493,10 @@ TARGETED = [
     ("PATCH", "/api/messages/{message}/", {"trash": True}),
     ("GET", "/api/messages/{message}/raw/", None),
     ("GET", "/api/attachments/{attachment}/download/", None),
+    ("GET", "/api/outbound/{outbound}/", None),
+    ("PATCH", "/api/outbound/{outbound}/", {"subject": "pwned"}),
+    ("POST", "/api/outbound/{outbound}/send/", {}),
+    ("POST", "/api/outbound/{outbound}/cancel/", None),
     ("DELETE", "/api/accounts/{account}/", None),
 ]
 LISTS = [
@@ -490,6 +507,7 @@ LISTS = [
     "/api/messages/?thread={thread}",
     "/api/messages/?folder={folder}",
     "/api/messages/?q=quarterly",
+    "/api/outbound/?account={account}",
     "/api/changes/",
 ]
 
@@ -501,11 +519,26 @@ def cross_user(bob: Http, ids: dict) -> Check:
         check.attempts += 1
         if answer.status != 404:
             check.fail(f"{method} {path}: {answer.status}")
+    # Sending from alice's account; answering or forwarding her mail, or sending her
+    # attachment, from his own.
+    to = [{"address": "bob@example.org"}]
+    for extra in (
+        {"account": ids["account"]},
+        {"account": ids["bob_account"], "reply_to_message": ids["message"]},
+        {"account": ids["bob_account"], "forward_of": ids["message"]},
+        {"account": ids["bob_account"], "attachments": [ids["attachment"]]},
+    ):
+        answer = bob.request("POST", "/api/outbound/", {"to": to, "send": True, **extra})
+        check.attempts += 1
+        if answer.status != 404:
+            check.fail(f"POST /api/outbound/ {sorted(extra)}: {answer.status}")
     for path in LISTS:
         answer = bob.request("GET", path.format(**ids))
         check.attempts += 1
         data = answer.json() if answer.status == 200 else {}
-        if answer.status != 200 or data.get("results") or data.get("changes"):
+        owner_key = "id" if path == "/api/accounts/" else "account"
+        alices = [r for r in data.get("results") or [] if r.get(owner_key) == ids["account"]]
+        if answer.status != 200 or alices or data.get("changes"):
             check.fail(f"GET {path}: {answer.status} {answer.body[:80]!r}")
     return check
 

@@ -58,6 +58,7 @@ GENEROUS_RATES = {
     "account_create": "100000/minute",
     "test_connection": "100000/minute",
     "sync": "100000/minute",
+    "send": "100000/minute",
 }
 
 

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from messages.outbox import OutboxRefused
 from messages.providers import ProviderError, UnknownProvider
 from messages.services import AttachmentUnavailable, ConflictError
 
@@ -52,6 +53,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every error in the shape above."""
     if isinstance(exc, ProviderError):
         return Response(error_body(exc.code, exc.message), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, OutboxRefused):
+        fields = {exc.field: [exc.message]} if exc.field else None
+        return Response(error_body(exc.code, exc.message, fields), status=exc.status)
     if isinstance(exc, ConflictError):
         return Response(error_body(exc.code, exc.message), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, AttachmentUnavailable):

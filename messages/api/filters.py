@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from messages import selectors
 from messages.message_page import MessageQuery
-from messages.models import Folder, Message, MessageLocation, Thread
+from messages.models import Folder, Message, MessageLocation, OutboundMessage, Thread
 
 from .schema import MAX_ID
 
@@ -213,6 +213,15 @@ class FolderFilter(django_filters.FilterSet):
 
     class Meta:
         model = Folder
+        fields: list[str] = []
+
+
+class OutboundFilter(django_filters.FilterSet):
+    account = IdFilter(field_name="account_id", help_text="Only this account's outbound mail.")
+    state = ChoiceFilter(choices=OutboundMessage.State.choices)
+
+    class Meta:
+        model = OutboundMessage
         fields: list[str] = []
 
 

@@ -116,6 +116,7 @@ def scoped(name: str) -> type[ScopedUserThrottle]:
 AccountCreateThrottle = scoped("account_create")
 TestConnectionThrottle = scoped("test_connection")
 SyncThrottle = scoped("sync")
+SendThrottle = scoped("send")
 
 
 class LoginLockedOut(exceptions.Throttled):

@@ -2,7 +2,7 @@
 
 from django.urls import path, register_converter
 
-from . import views
+from . import outbox_views, views
 from .schema import MAX_ID
 
 
@@ -55,6 +55,19 @@ urlpatterns = [
         "attachments/<id:pk>/download/",
         views.AttachmentDownloadView.as_view(),
         name="attachment-download",
+    ),
+    path("outbound/", outbox_views.OutboundListView.as_view(), name="outbound-list"),
+    path("outbound/<id:pk>/", outbox_views.OutboundDetailView.as_view(), name="outbound-detail"),
+    path("outbound/<id:pk>/send/", outbox_views.OutboundSendView.as_view(), name="outbound-send"),
+    path(
+        "outbound/<id:pk>/cancel/",
+        outbox_views.OutboundCancelView.as_view(),
+        name="outbound-cancel",
+    ),
+    path(
+        "outbound/<id:pk>/attachments/",
+        outbox_views.OutboundAttachmentView.as_view(),
+        name="outbound-attachments",
     ),
     path("changes/", views.ChangesView.as_view(), name="changes"),
 ]

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from emailplatform.wsgi import application
 from messages import selectors
-from messages.models import Attachment, Message, Thread
+from messages.models import Attachment, Message, OutboundMessage, Thread
 from tests.mailfactory import make_mail
 
 from .conftest import ingest, new_token  # noqa: F401 (fixtures: api, mailbox)
@@ -129,8 +129,17 @@ def fuzz_token(mailbox, user, settings, monkeypatch, in_test_transaction) -> str
         ),
         include_attachments=False,
     )
+    draft = OutboundMessage.objects.create(
+        account=mailbox.account,
+        message_id_header="<fuzz-draft@example.com>",
+        envelope_id="fuzz-draft",
+        from_address=mailbox.account.email_address,
+        to=[{"name": "Bob", "address": "bob@example.org"}],
+        subject="Fuzzing draft",
+    )
     KNOWN_IDS.clear()
     KNOWN_IDS.update(
+        outbound=[draft.pk],
         accounts=[mailbox.account.pk],
         threads=list(Thread.objects.values_list("id", flat=True)),
         messages=list(Message.objects.values_list("id", flat=True)),

@@ -1,0 +1,127 @@
+"""Putting outbound messages on their provider's queue, and the sweeper that makes sure none
+is forgotten.
+
+`outbox_dispatch` is the one path to the send task (topics.OUTBOUND_SEND_TASKS): a first send,
+a scheduled one, a retry (the delivery side calls it after `outbound_retry`) and the sweeper's.
+The task runs when the message is due (Celery ETA = next_attempt_at); a message due beyond the
+horizon (OUTBOX_ETA_HORIZON_SECONDS) is not enqueued yet: Redis would re-deliver a task waiting
+longer than its visibility timeout, and a worker holds every ETA task in memory. Enqueueing
+twice is harmless: the task's claim (outbox_states.outbound_claim) lets one attempt through.
+
+The sweeper (beat, every OUTBOX_SWEEP_INTERVAL_SECONDS) reads only the partial index
+`outbound_due` (queued, sending and unknown rows by next_attempt_at):
+- queued messages coming within the horizon: enqueued with their ETA;
+- queued or unknown messages due for longer than the grace (their task was lost: a broker
+  flush, a worker killed before it acknowledged): enqueued again, at most once per grace
+  period each (a backlog that merely waits for a worker is not multiplied);
+- sending messages whose attempt started longer ago than the timeout (a worker that died
+  mid-send): marked `unknown` (the server may have the message) and enqueued: the delivery
+  side looks for the Message-ID in Sent before any resend.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from emailplatform import topics
+
+from .models import OutboundMessage
+from .outbox_states import outbound_unknown
+
+logger = logging.getLogger(__name__)
+
+TASK_OUTBOX_SWEEP = "messages.outbox_sweep"
+SWEEP_BATCH = 1000
+STUCK_REASON = (
+    "The sending worker stopped answering during the attempt: the server may have the "
+    "message, so it is looked for in Sent before any resend."
+)
+
+State = OutboundMessage.State
+
+
+def outbox_dispatch(outbound: OutboundMessage) -> bool:
+    """Enqueue OUTBOUND's send task on its provider's queue once the current transaction
+    commits, to run at next_attempt_at; False when it is not enqueued now (its provider
+    cannot send, or it is due beyond the horizon: the sweeper enqueues it later)."""
+    provider = outbound.account.provider
+    task_name = topics.OUTBOUND_SEND_TASKS.get(provider)
+    if task_name is None:
+        logger.warning("outbound %s: provider %s cannot send", outbound.pk, provider)
+        return False
+    due = outbound.next_attempt_at
+    horizon = timedelta(seconds=settings.OUTBOX_ETA_HORIZON_SECONDS)
+    if due is not None and due > timezone.now() + horizon:
+        return False
+    outbound_id = outbound.pk
+    queue = topics.PROVIDER_QUEUES[provider]
+    transaction.on_commit(lambda: _send(task_name, outbound_id, queue, due))
+    return True
+
+
+def _send(task_name: str, outbound_id: int, queue: str, due: datetime | None) -> None:
+    from emailplatform.celery import app
+
+    eta = due if due is not None and due > timezone.now() else None
+    app.send_task(task_name, args=[outbound_id], queue=queue, eta=eta)
+
+
+def _due_rows(**lookups: object) -> list[OutboundMessage]:
+    return list(
+        OutboundMessage.objects.filter(**lookups)
+        .select_related("account")
+        .only("id", "state", "next_attempt_at", "sending_at", "account__provider")
+        .order_by("next_attempt_at")[:SWEEP_BATCH]
+    )
+
+
+def _first_in_grace(outbound_id: int, grace: timedelta) -> bool:
+    return cache.add(f"outbox:redispatched:{outbound_id}", 1, timeout=grace.total_seconds())
+
+
+def outbox_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """One pass of the sweeper (see the module's docstring); what it did, counted."""
+    now = now or timezone.now()
+    horizon = timedelta(seconds=settings.OUTBOX_ETA_HORIZON_SECONDS)
+    window = timedelta(seconds=2 * settings.OUTBOX_SWEEP_INTERVAL_SECONDS)
+    grace = timedelta(seconds=settings.OUTBOX_LOST_TASK_GRACE_SECONDS)
+    timeout = timedelta(seconds=settings.OUTBOX_SENDING_TIMEOUT_SECONDS)
+    outcome = {"scheduled": 0, "lost": 0, "stuck": 0}
+
+    for outbound in _due_rows(
+        state=State.QUEUED,
+        next_attempt_at__gt=max(now, now + horizon - window),
+        next_attempt_at__lte=now + horizon,
+    ):
+        outcome["scheduled"] += outbox_dispatch(outbound)
+
+    for outbound in _due_rows(
+        state__in=[State.QUEUED, State.UNKNOWN], next_attempt_at__lte=now - grace
+    ):
+        if _first_in_grace(outbound.pk, grace):
+            outcome["lost"] += outbox_dispatch(outbound)
+
+    # A claimed attempt keeps the next_attempt_at it was due at, which is before its start:
+    # the index narrows the rows, sending_at decides.
+    for outbound in _due_rows(
+        state=State.SENDING, next_attempt_at__lte=now - timeout, sending_at__lte=now - timeout
+    ):
+        marked = outbound_unknown(outbound.pk, STUCK_REASON, check_at=now)
+        if marked is not None:
+            outcome["stuck"] += outbox_dispatch(marked)
+
+    if any(outcome.values()):
+        logger.warning("outbox sweep: %s", outcome)
+    return outcome
+
+
+@shared_task(name=TASK_OUTBOX_SWEEP, ignore_result=True)
+def outbox_sweep_task() -> dict[str, int]:
+    return outbox_sweep()

@@ -1,0 +1,135 @@
+"""The MIME bytes of an outbound message, built with `email.message.EmailMessage`.
+
+Rules: the SMTP policy (CRLF line ends, headers folded at 78 characters, non-ASCII header text
+as RFC 2047 encoded words, non-ASCII file names as RFC 2231), 7-bit bodies (quoted-printable or
+base64 when needed: any server takes them, 8BITMIME or not), a Date, a From with the display
+name, the Message-ID fixed at creation, In-Reply-To/References for replies and forwards. Bcc
+recipients are envelope recipients only: never in the headers.
+
+Also the reply rules the providers share: "Re: "/"Fwd: " subjects and the References chain.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address, Group
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+POLICY = email.policy.SMTP.clone(cte_type="7bit")
+_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}$")
+_REPLY_PREFIX = re.compile(r"^\s*(re|aw|sv)\s*:", re.I)
+_FORWARD_PREFIX = re.compile(r"^\s*(fwd?|wg)\s*:", re.I)
+MAX_REFERENCES = 50
+_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]+>$")
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
+class FilePart:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class MimeInput:
+    sender: Person
+    to: Sequence[Person]
+    cc: Sequence[Person]
+    subject: str
+    text: str
+    html: str
+    message_id: str
+    date: datetime
+    in_reply_to: str = ""
+    references: Sequence[str] = ()
+    attachments: Sequence[FilePart] = ()
+
+
+def _address(person: Person) -> Address:
+    return Address(display_name=person.name, addr_spec=person.address)
+
+
+def mime_build(mail: MimeInput) -> bytes:
+    """The message as it goes on the wire (CRLF line ends)."""
+    message = EmailMessage(policy=POLICY)
+    message["Date"] = format_datetime(mail.date)
+    message["From"] = _address(mail.sender)
+    if mail.to:
+        message["To"] = [_address(p) for p in mail.to]
+    elif not mail.cc:
+        message["To"] = Group("undisclosed-recipients")
+    if mail.cc:
+        message["Cc"] = [_address(p) for p in mail.cc]
+    message["Subject"] = mail.subject
+    message["Message-ID"] = mail.message_id
+    if mail.in_reply_to:
+        message["In-Reply-To"] = mail.in_reply_to
+    if mail.references:
+        message["References"] = " ".join(mail.references)
+    if mail.html and mail.text:
+        message.set_content(mail.text)
+        message.add_alternative(mail.html, subtype="html")
+    elif mail.html:
+        message.set_content(mail.html, subtype="html")
+    else:
+        message.set_content(mail.text)
+    for part in mail.attachments:
+        _attach(message, part)
+    return message.as_bytes(policy=POLICY)
+
+
+def _attach(message: EmailMessage, part: FilePart) -> None:
+    content_type = part.content_type.lower() if _TYPE.match(part.content_type) else ""
+    filename = part.filename or None
+    if content_type == "message/rfc822":
+        inner = email.message_from_bytes(part.data, policy=POLICY)
+        message.add_attachment(inner, filename=filename)
+        return
+    if not content_type or content_type.startswith(("message/", "multipart/")):
+        content_type = "application/octet-stream"
+    maintype, subtype = content_type.split("/", 1)
+    message.add_attachment(part.data, maintype=maintype, subtype=subtype, filename=filename)
+
+
+def content_type_clean(value: str) -> str:
+    """A client's content type if it is one (type/subtype), else application/octet-stream."""
+    value = (value or "").split(";", 1)[0].strip()
+    return value.lower() if _TYPE.match(value) else "application/octet-stream"
+
+
+# Replies and forwards ----------------------------------------------------------------------
+def reply_subject(subject: str) -> str:
+    """SUBJECT with one "Re: " in front (none added when it already has one)."""
+    subject = subject.strip()
+    return subject if _REPLY_PREFIX.match(subject) else f"Re: {subject}"
+
+
+def forward_subject(subject: str) -> str:
+    subject = subject.strip()
+    return subject if _FORWARD_PREFIX.match(subject) else f"Fwd: {subject}"
+
+
+def reply_references(parent_id: str, parent_references: Iterable[str]) -> tuple[str, list[str]]:
+    """(In-Reply-To, References) of an answer to the message PARENT_ID whose References are
+    PARENT_REFERENCES: its chain plus itself, the first and the latest kept when long
+    (RFC 5322 3.6.4)."""
+    if not _MSG_ID.match(parent_id or ""):
+        parent_id = ""
+    chain = [r for r in parent_references or [] if _MSG_ID.match(r or "") and r != parent_id]
+    if parent_id:
+        chain.append(parent_id)
+    if len(chain) > MAX_REFERENCES:
+        chain = chain[:1] + chain[-(MAX_REFERENCES - 1) :]
+    return parent_id, chain
