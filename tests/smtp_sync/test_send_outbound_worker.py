@@ -3,6 +3,8 @@ worker itself when its ETA comes (outbox_dispatch), and the message delivered on
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.utils import timezone
 
@@ -10,9 +12,10 @@ from emailplatform import topics
 from emailplatform.celery import app
 from messages.models import OutboundMessage
 from messages.outbox import outbox_dispatch
-from messages.outbox_states import outbound_unknown
+from messages.outbox_dispatch import outbox_sweep
 from smtp_sync import tasks  # noqa: F401  (registers smtp_sync.send_outbound)
 from smtp_sync.models import ImapSettings
+from tests.messages.api.conftest import broker
 from tests.outbound_factory import outbound_create
 from tests.smtp_fake import SmtpBehaviour
 from tests.worker import start_worker, stop_worker, wait_for
@@ -20,6 +23,13 @@ from tests.worker import start_worker, stop_worker, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SEND = topics.OUTBOUND_SEND_TASKS["imap"]
+
+
+@pytest.fixture(autouse=True)
+def _smtp_queue_emptied():
+    broker().delete(topics.QUEUE_SMTP)
+    yield
+    broker().delete(topics.QUEUE_SMTP)
 
 
 def test_a_worker_retries_a_4xx_when_due_and_delivers_once(
@@ -92,7 +102,9 @@ def test_a_worker_killed_while_the_server_holds_the_message_never_resends_it(
         stop_worker(worker)
     assert OutboundMessage.objects.get(pk=outbound.pk).state == "sending"
 
-    assert outbound_unknown(outbound.pk, "the sending worker stopped answering")  # the sweeper
+    later = timezone.now() + timedelta(seconds=settings.OUTBOX_SENDING_TIMEOUT_SECONDS + 1)
+    assert outbox_sweep(now=later)["stuck"] == 1
+    OutboundMessage.objects.filter(pk=outbound.pk).update(next_attempt_at=timezone.now())
     assert app.tasks[SEND].apply(args=[outbound.pk]).get() == {"unknown": "cannot tell yet"}
     settings.OUTBOUND_UNKNOWN_GIVE_UP_SECONDS = 0
     OutboundMessage.objects.filter(pk=outbound.pk).update(next_attempt_at=timezone.now())
