@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -69,3 +69,8 @@ bench-gmail-push: bootstrap-test
 # services and prints a table; exits 1 if any check fails.
 audit: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) scripts/audit.py
+
+# 2,000 messages through the outbox API to a local SMTP server (aiosmtpd), API call to "sent",
+# next to a bare smtplib loop over one connection. Options: BENCH_ARGS="--no-sent-copy".
+bench-smtp: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/smtp_send.py $(BENCH_ARGS)

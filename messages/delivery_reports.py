@@ -27,7 +27,7 @@ from email.utils import collapse_rfc2231_value, parsedate_to_datetime
 
 from flufl.bounce import all_failures
 
-from .mime import ParsedMessage
+from .mime import ParsedMessage, fix_text
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _blocks(text: str) -> tuple[list[list[tuple[str, str]]], int]:
 
 
 def _read_status_fields(text: str, report: ParsedReport) -> None:
-    blocks, junk = _blocks(text)
+    blocks, junk = _blocks(fix_text(text))  # no NUL, no escaped 8-bit bytes: storable
     if junk:
         report.defects.append(f"{junk} line(s) of the status part are not fields")
     recipients: list[dict[str, str]] = []
@@ -422,7 +422,7 @@ def _returned_message_id(children: list[Message], defects: list[str]) -> str:
 
 
 def _message_id(value: str) -> str:
-    match = _MESSAGE_ID.search(value)
+    match = _MESSAGE_ID.search(fix_text(value))
     return f"<{match[1]}>"[:998] if match else ""
 
 
@@ -455,6 +455,7 @@ def _flufl_recipients(msg: Message, defects: list[str]) -> list[ReportedRecipien
     recipients = []
     for address, action in found[:MAX_RECIPIENTS]:
         text = address.decode("utf-8", "replace") if isinstance(address, bytes) else str(address)
+        text = fix_text(text)
         recipients.append(ReportedRecipient(address=text.strip().strip("<>")[:998], action=action))
     return recipients
 

@@ -306,7 +306,7 @@ def _recipients_replace(outbound: OutboundMessage, people: list[Recipient]) -> N
 
 def _locked_draft(outbound_id: int) -> OutboundMessage:
     outbound = (
-        OutboundMessage.objects.select_for_update()
+        OutboundMessage.objects.select_for_update(of=("self",))
         .select_related("account")
         .filter(pk=outbound_id)
         .first()

@@ -5,7 +5,10 @@
     unknown -> sent (found in the Sent folder) | queued (proven not sent) | failed
 
 Each transition is one transaction that locks the row, checks the state it leaves, and records
-an "outbound" change event for the feed. A transition from the wrong state returns None (the
+an "outbound" change event for the feed. Only the outbound row is locked (`of=("self",)`), not
+its account: FOR UPDATE on the account row, then the owner's event lock, deadlocked with a
+transaction storing the sent copy (event lock, then its foreign keys' KEY SHARE on the account
+at commit). A transition from the wrong state returns None (the
 caller lost a race, e.g. a cancel against a worker's claim) and changes nothing.
 """
 
@@ -28,7 +31,7 @@ def _transition(
 ) -> OutboundMessage | None:
     with transaction.atomic():
         outbound = (
-            OutboundMessage.objects.select_for_update()
+            OutboundMessage.objects.select_for_update(of=("self",))
             .select_related("account")
             .filter(pk=outbound_id, state__in=list(leaving))
             .first()
@@ -73,7 +76,7 @@ def outbound_claim(outbound_id: int) -> OutboundMessage | None:
     now = timezone.now()
     with transaction.atomic():
         outbound = (
-            OutboundMessage.objects.select_for_update()
+            OutboundMessage.objects.select_for_update(of=("self",))
             .select_related("account")
             .filter(pk=outbound_id, state=State.QUEUED, next_attempt_at__lte=now)
             .first()

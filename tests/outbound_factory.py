@@ -1,15 +1,14 @@
-"""Outbound messages for the delivery tests: created with the ORM and queued through
-`outbox_states.outbound_queue` (the outbox's compose service lives on another branch), with
-MIME bytes built by `email.message.EmailMessage`."""
+"""Outbound messages for the delivery tests, composed and queued through the outbox's service
+(messages.outbox: its MIME builder, its dispatcher). The send task it enqueues is taken off the
+provider's queue here: each test runs the delivery itself."""
 
 from __future__ import annotations
 
-import uuid
-from email.message import EmailMessage
-from email.utils import formatdate
-
+from emailplatform import topics
 from messages.models import Account, Message, OutboundMessage, OutboundRecipient
-from messages.outbox_states import outbound_queue
+from messages.outbox import outbound_create as outbox_create
+from messages.outbox import outbound_send
+from tests.messages.api.conftest import queued
 
 
 def outbound_create(
@@ -23,47 +22,23 @@ def outbound_create(
     reply_to: Message | None = None,
     notify_success: bool = False,
 ) -> OutboundMessage:
-    domain = account.email_address.rsplit("@", 1)[-1]
-    message_id = f"<{uuid.uuid4().hex}@{domain}>"
-    mail = EmailMessage()
-    mail["From"] = account.email_address
-    mail["To"] = ", ".join(to)
-    if cc:
-        mail["Cc"] = ", ".join(cc)
-    mail["Subject"] = subject
-    mail["Date"] = formatdate(localtime=False)
-    mail["Message-ID"] = message_id
-    in_reply_to, references = "", []
+    data = {
+        "account": account.pk,
+        "to": [{"address": a} for a in to],
+        "cc": [{"address": a} for a in cc],
+        "bcc": [{"address": a} for a in bcc],
+        "subject": subject,
+        "text": body,
+        "notify_success": notify_success,
+    }
     if reply_to is not None:
-        in_reply_to = reply_to.message_id_header
-        references = [*(reply_to.references or []), in_reply_to]
-        mail["In-Reply-To"] = in_reply_to
-        mail["References"] = " ".join(references)
-    mail.set_content(body)
-    raw = mail.as_bytes(policy=mail.policy.clone(linesep="\r\n"))
-    outbound = OutboundMessage.objects.create(
-        account=account,
-        message_id_header=message_id,
-        envelope_id=uuid.uuid4().hex,
-        from_address=account.email_address,
-        to=[{"name": "", "address": a} for a in to],
-        cc=[{"name": "", "address": a} for a in cc],
-        bcc=[{"name": "", "address": a} for a in bcc],
-        subject=subject,
-        body_text=body,
-        reply_to_message=reply_to,
-        in_reply_to=in_reply_to,
-        references=references,
-        notify_success=notify_success,
-    )
-    OutboundRecipient.objects.bulk_create(
-        OutboundRecipient(outbound=outbound, kind=kind, address=address)
-        for kind, addresses in (("to", to), ("cc", cc), ("bcc", bcc))
-        for address in addresses
-    )
-    queued = outbound_queue(outbound.pk, raw)
-    assert queued is not None
-    return queued
+        data["reply_to_message"] = reply_to.pk
+    draft = outbox_create(user=account.owner, data=data)
+    outbound = outbound_send(outbound=draft)
+    task = topics.OUTBOUND_SEND_TASKS[account.provider]
+    dispatched = queued(topics.PROVIDER_QUEUES[account.provider])
+    assert (task, [outbound.pk]) in dispatched, dispatched
+    return outbound
 
 
 def recipients_of(outbound: OutboundMessage) -> dict[str, tuple[str, int | None, str]]:

@@ -187,3 +187,24 @@ def test_excess_over_the_sending_limit_waits_and_is_sent_later(
     assert OutboundMessage.objects.filter(state="sent").count() == 5
     assert {o.attempts for o in OutboundMessage.objects.all()} == {1}
     assert sum(len(sent_in_gmail(gmail_account.box, o)) for o in outbounds) == 5
+
+
+def test_past_the_daily_limit_the_next_message_waits_for_a_free_slot(gmail_account, gmail_queue):
+    account = gmail_account.account
+    response = gmail_account.api.patch(
+        f"/api/accounts/{account.pk}/",
+        {"sync_settings": {"sendPerMinute": 0, "sendPerDay": 1}},
+        format="json",
+    )
+    assert response.status_code == 200, response.content
+    first, second = (outbound_create(account, to=["carol@example.net"]) for _ in range(2))
+
+    assert "sent" in deliver(first)
+    before = timezone.now()
+    assert "waiting" in deliver(second)
+
+    second = fresh(second)
+    assert second.state == "queued" and second.attempts == 0
+    wait = (second.next_attempt_at - before).total_seconds()
+    assert 23.9 * 3600 < wait <= 24 * 3600 + 1
+    assert sent_in_gmail(gmail_account.box, second) == []

@@ -199,6 +199,19 @@ def test_damaged_report_is_stored_with_its_defects(account):
     assert bytes(message.raw.content()) == raw
 
 
+def test_nul_and_8bit_bytes_in_a_report_are_stored_cleanly(account):
+    sent = outbound(account)
+    status = GOOD_STATUS.encode().replace(
+        b"Recipient address rejected", b"Destinat\xe1rio rejeitado\x00"
+    )
+    raw = dsn("@@STATUS@@").replace(b"@@STATUS@@", status)
+    message = ingest(account, raw)  # stored in full: not split off as damaged
+    bob = recipient(sent)
+    assert bob.status == "bounced" and "rejeitado" in bob.diagnostic_code
+    assert "\x00" not in bob.diagnostic_code
+    assert message.delivery_report.recipients[0]["diagnostic_code"] == bob.diagnostic_code
+
+
 def test_import_mail_records_the_report(account, tmp_path):
     sent = outbound(account)
     (tmp_path / "dsn.eml").write_bytes(dsn(GOOD_STATUS))
@@ -248,3 +261,16 @@ def test_report_in_another_account_of_the_same_owner_matches(account, user):
     sent = outbound(other)
     ingest(account, dsn(GOOD_STATUS))
     assert recipient(sent).status == "bounced"
+
+
+def test_a_failure_to_record_a_report_never_stops_the_ingest(account, monkeypatch):
+    def broken(account, found):
+        raise RuntimeError("report recording broke")
+
+    monkeypatch.setattr("messages.ingest.delivery_reports_record", broken)
+    raws = [dsn(GOOD_STATUS), make_mail("Lunch")]
+    result = messages_upsert(account=account, items=[incoming(r, folder="INBOX") for r in raws])
+    assert result.created == 2 and not result.dead_letters
+    assert "report recording broke" in result.problems[0]
+    assert not DeliveryReport.objects.exists()
+    assert Message.objects.get(subject="Lunch").defects == []

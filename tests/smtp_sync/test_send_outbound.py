@@ -5,26 +5,38 @@ messages.outbox_delivery with the SMTP sender."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.utils import timezone
 
 from emailplatform import topics
 from emailplatform.celery import app
 from messages.models import Account, Message, OutboundMessage
 from messages.outbox_delivery import outbound_deliver
-from messages.outbox_states import outbound_unknown
+from messages.outbox_dispatch import outbox_sweep
 from smtp_sync import tasks  # noqa: F401  (registers smtp_sync.send_outbound)
 from smtp_sync.models import ImapSettings
 from smtp_sync.outbound import SENDING_KEYWORD, SmtpOutboundSender
 from smtp_sync.sync import ImapAccountSync
 from tests.mailfactory import make_mail
+from tests.messages.api.conftest import broker
 from tests.outbound_factory import outbound_create, recipients_of
 from tests.smtp_fake import SmtpBehaviour
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SEND = topics.OUTBOUND_SEND_TASKS["imap"]
+
+
+@pytest.fixture(autouse=True)
+def _smtp_queue_emptied():
+    """Retries and waits are dispatched on the smtp queue (Redis): none is left for the next
+    test."""
+    broker().delete(topics.QUEUE_SMTP)
+    yield
+    broker().delete(topics.QUEUE_SMTP)
 
 
 @pytest.fixture
@@ -55,9 +67,12 @@ def due_now(outbound: OutboundMessage) -> None:
 
 
 def sweeper_marks_stuck(outbound: OutboundMessage) -> None:
-    """What the outbox's beat sweeper does to a message left `sending` past its timeout (its
-    worker died): the transition to `unknown` (the sweeper itself is on the outbox branch)."""
-    assert outbound_unknown(outbound.pk, "the sending worker stopped answering") is not None
+    """The outbox's beat sweeper, run once its timeout has passed since the attempt began (its
+    worker died): the message becomes `unknown` and is dispatched again."""
+    later = timezone.now() + timedelta(seconds=django_settings.OUTBOX_SENDING_TIMEOUT_SECONDS + 1)
+    assert outbox_sweep(now=later)["stuck"] == 1
+    assert fresh(outbound).state == "unknown"
+    due_now(outbound)  # the sweep ran "later": its check is due
 
 
 def sent_folder(imap_user, outbound: OutboundMessage) -> list[set[str]]:

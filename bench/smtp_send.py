@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""SMTP send benchmark: messages through the outbox API to a local SMTP server, end to end (from
+the first API call until every message is `sent`), next to a bare smtplib loop sending the same
+messages over one connection to the same server in the same run.
+
+    make bench-smtp
+    python bench/smtp_send.py --messages 2000 [--concurrency 2] [--no-sent-copy]
+                              (services' env already set: scripts/devservices.py exec --temp)
+
+The platform's path, as in production: `POST /api/outbound/` with `send: true` through the whole
+Django stack in-process (token auth, DRF, the outbox's checks, the MIME built, the row queued,
+the change events), one client calling in sequence; the send task on the `smtp` queue (Redis);
+a real Celery worker (`celery worker -Q smtp`, prefork, --concurrency processes) running
+`smtp_sync.send_outbound`: claim, sending limits, SMTP (one connection reused per process for a
+burst), and by default the copy in the account's Sent folder on the private Dovecot (APPEND
+before sending, its keyword removed after; the copy stored in the mail store), then `sent`.
+--no-sent-copy runs the account as one whose server files sent mail itself (saveSentCopy false:
+no IMAP). The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a process of its own) accepts
+and counts every message. The account's sending limits are lifted for the run.
+
+The bare loop: smtplib, one connection, AUTH, then `sendmail` of each message's MIME bytes (the
+very bytes the outbox built) to its recipient, in sequence.
+
+Bench data: the Django user `bench-smtp-send` and a Dovecot user, removed afterwards. The
+database is migrated first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailplatform.settings")
+os.environ.setdefault("INGEST_DELIVERY", "inline")
+os.environ.setdefault("THROTTLE_USER", "10000000/minute")
+os.environ.setdefault("THROTTLE_SEND", "10000000/minute")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from knox.models import AuthToken  # noqa: E402
+from rest_framework.test import APIClient  # noqa: E402
+
+from bench.benchdata import bench_user_remove, dovecot_env  # noqa: E402
+from emailplatform.celery import app  # noqa: E402
+from messages.models import Account, OutboundMessage  # noqa: E402
+from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
+
+BENCH_USERNAME = "bench-smtp-send"
+TARGET_RATIO = 2.0
+BODY = (
+    "Hello,\n\nthe figures for the quarter are in; the summary follows below, the details in "
+    "the shared folder.\n\n" + "A line of the report, long enough to look like prose. " * 30
+)
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+class Sink:
+    """bench/smtp_sink_process.py, started and stopped."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "smtp_sink_process.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "PORT":
+            raise SystemExit("the SMTP sink did not start")
+        self.port = int(line[1])
+
+    def received(self) -> int:
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline().split()[1])
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+class SendWorker:
+    """A real worker on the smtp queue, started as `make run` starts one."""
+
+    def __init__(self, concurrency: int, log_path: Path, env: dict[str, str]) -> None:
+        self.name = f"bench-smtp-{concurrency}-{os.getpid()}@{socket.gethostname()}"
+        cmd = [
+            str(Path(sys.executable).with_name("celery")),
+            "-A",
+            "emailplatform",
+            "worker",
+            "--loglevel=WARNING",
+            "-n",
+            self.name,
+            f"--concurrency={concurrency}",
+            "-Q",
+            "smtp",
+        ]
+        self.log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the worker exited ({self.proc.returncode}): see {log_path}")
+            if app.control.ping(destination=[self.name], timeout=0.5):
+                return
+        raise SystemExit("the worker did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def dovecot_user(users_dir: Path) -> tuple[str, str]:
+    username = f"benchsmtp{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    (users_dir / username).write_text(f"{username}:{{PLAIN}}{password}\n")
+    return username, password
+
+
+def compose(client: APIClient, account: Account, i: int) -> int:
+    response = client.post(
+        "/api/outbound/",
+        {
+            "account": account.pk,
+            "to": [{"name": f"Recipient {i}", "address": f"rcpt{i}@example.org"}],
+            "subject": f"Quarterly figures, part {i}",
+            "text": BODY,
+            "send": True,
+        },
+        format="json",
+    )
+    if response.status_code != 201:
+        raise SystemExit(f"POST /api/outbound/ answered {response.status_code}: {response.content}")
+    return response.json()["id"]
+
+
+def wait_sent(ids: list[int], timeout: float) -> float:
+    """Seconds (perf_counter) when every message of IDS is sent; exits on a failure."""
+    deadline = time.monotonic() + timeout
+    pending = OutboundMessage.objects.filter(pk__in=ids).exclude(state="sent")
+    while True:
+        states = dict(pending.values_list("state").annotate(n=django.db.models.Count("id")))
+        if not states:
+            return time.perf_counter()
+        bad = {s: n for s, n in states.items() if s in ("failed", "cancelled", "unknown")}
+        if bad or time.monotonic() > deadline:
+            example = pending.exclude(last_error="").values_list("last_error", flat=True).first()
+            raise SystemExit(f"not sent: {states} (e.g. {example!r})")
+        time.sleep(0.02)
+
+
+def outbox_run(client: APIClient, account: Account, count: int) -> tuple[list[int], float, float]:
+    """(ids, seconds to submit, seconds until all sent)."""
+    ids = []
+    start = time.perf_counter()
+    for i in range(count):
+        ids.append(compose(client, account, i))
+    submitted = time.perf_counter()
+    done = wait_sent(ids, timeout=max(600, count))
+    return ids, submitted - start, done - start
+
+
+def bare_run(port: int, messages: list[tuple[str, str, bytes]]) -> float:
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    smtp.login("bench", "bench")
+    start = time.perf_counter()
+    for sender, recipient, raw in messages:
+        smtp.sendmail(sender, [recipient], raw)
+    took = time.perf_counter() - start
+    smtp.quit()
+    return took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--no-sent-copy", action="store_true", help="no APPEND to Sent (saveSentCopy false)"
+    )
+    args = parser.parse_args()
+
+    host, imap_port, users_dir, _home = dovecot_env("make bench-smtp")
+    allowed = sorted({*settings.OUTBOUND_ALLOWED_NETWORKS, host, "127.0.0.1"})
+    settings.OUTBOUND_ALLOWED_NETWORKS = allowed
+    if "testserver" not in settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    call_command("migrate", verbosity=0)
+    bench_user_remove(BENCH_USERNAME)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
+    imap_user, imap_password = dovecot_user(users_dir)
+    sink = Sink()
+    worker = None
+    try:
+        owner = get_user_model().objects.create_user(BENCH_USERNAME)
+        account = imap_account_create(
+            owner=owner,
+            data=ImapAccountInput(
+                email_address=f"{imap_user}@example.com",
+                display_name="Bench Sender",
+                imap_host=host,
+                imap_port=imap_port,
+                imap_security="none",
+                username=imap_user,
+                password=imap_password,
+                smtp_host="127.0.0.1",
+                smtp_port=sink.port,
+                smtp_security="none",
+                allow_internal=True,
+            ),
+            start_sync=False,
+        )
+        account.sync_settings = {
+            **(account.sync_settings or {}),
+            "sendPerMinute": 10**7,
+            "sendPerDay": 10**7,
+            "saveSentCopy": not args.no_sent_copy,
+        }
+        account.save(update_fields=["sync_settings"])
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(owner)[1]}")
+
+        worker = SendWorker(
+            args.concurrency,
+            work / "worker.log",
+            {"INGEST_DELIVERY": "inline", "OUTBOUND_ALLOWED_NETWORKS": ",".join(allowed)},
+        )
+        log(
+            f"{args.messages} messages, worker concurrency {args.concurrency}, sent copy "
+            f"{'off' if args.no_sent_copy else 'on (APPEND to Dovecot)'}; "
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs"
+        )
+        outbox_run(client, account, args.warmup)
+        bare_run(sink.port, [(account.email_address, "warm@example.org", b"Subject: w\r\n\r\nw")])
+        before = sink.received()
+
+        ids, submit_s, outbox_s = outbox_run(client, account, args.messages)
+        received = sink.received() - before
+        rows = OutboundMessage.objects.filter(pk__in=ids).order_by("id")
+        messages = [(account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows]
+        bare_s = bare_run(sink.port, messages)
+        if received != args.messages:
+            raise SystemExit(f"the SMTP server received {received} of {args.messages}")
+    finally:
+        if worker is not None:
+            worker.stop()
+        sink.stop()
+        bench_user_remove(BENCH_USERNAME)
+        (users_dir / imap_user).unlink(missing_ok=True)
+
+    n = args.messages
+    outbox_rate, bare_rate = n / outbox_s, n / bare_s
+    ratio = bare_rate / outbox_rate
+    log("")
+    log(f"{'path':<58} {'seconds':>8} {'msg/s':>8}")
+    log(
+        f"{'outbox: API calls (201 queued), one client in sequence':<58} {submit_s:>8.2f} "
+        f"{n / submit_s:>8.1f}"
+    )
+    log(
+        f"{'outbox end to end: first API call -> all sent':<58} {outbox_s:>8.2f} "
+        f"{outbox_rate:>8.1f}"
+    )
+    log(f"{'bare smtplib loop, one connection':<58} {bare_s:>8.2f} {bare_rate:>8.1f}")
+    verdict = "met" if ratio <= TARGET_RATIO else "missed"
+    log(f"\nbare / outbox: {ratio:.2f}x (target within {TARGET_RATIO:.0f}x: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
