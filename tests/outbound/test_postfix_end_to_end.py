@@ -177,6 +177,24 @@ def test_an_unknown_recipient_bounces_with_postfix_s_report(
     assert list(mine.values_list("pk", flat=True)) == [outbound.sent_message_id]
 
 
+def test_a_bounce_for_an_address_with_plus_and_capitals_finds_its_recipient(
+    api, account, sender_box, postfix
+):
+    """ORCPT carries the address as sent (xtext-encoded: "+" as "+2B"); Postfix's report
+    gives it back decoded, capitals kept, and names the final recipient as it routed it."""
+    nobody = f"No.Body+Tag-{uuid.uuid4().hex[:8]}@{postfix.domain}"
+
+    sent = send(api, account, [nobody])
+
+    outbound = OutboundMessage.objects.get(pk=sent["id"])
+    dsn = postfix.wait_for_message(sender_box, body=outbound.envelope_id)
+    imap_sync_account(account.pk)
+
+    [(address, status)] = recipients(api, sent["id"]).items()
+    assert address.lower() == nobody.lower()
+    assert (status["status"], status["status_code"]) == ("bounced", "5.1.1"), dsn.decode()
+
+
 def test_notify_success_brings_a_delivered_status(api, account, sender_box, friend_box, postfix):
     friend = postfix.address(friend_box)
 
