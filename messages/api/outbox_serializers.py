@@ -9,12 +9,12 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from messages.models import DeliveryReport, OutboundMessage, OutboundRecipient
+from messages.models import OutboundMessage, OutboundRecipient
 
 from .fields import StrictJsonInput
 from .filters import check_utc_offset
 from .schema import MAX_ID
-from .serializers import Person, _people
+from .serializers import DeliveryReportOutput, Person, _people
 
 MAX_TEXT_CHARS = 10 * 1024 * 1024
 
@@ -170,15 +170,6 @@ class OutboundAttachmentOutput(serializers.Serializer):
     source = serializers.IntegerField(
         source="source_id", allow_null=True, help_text="The stored attachment forwarded."
     )
-
-
-class DeliveryReportOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    kind = serializers.ChoiceField(choices=DeliveryReport.Kind.choices)
-    message = serializers.IntegerField(source="message_id", help_text="The report mail.")
-    matched_by = serializers.CharField()
-    recipients = serializers.JSONField(help_text="What the report says, per recipient.")
-    created_at = serializers.DateTimeField()
 
 
 class OutboundOutput(serializers.Serializer):

@@ -13,7 +13,6 @@ from rest_framework import status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from messages import outbox, selectors
 from messages.models import OutboundMessage
@@ -22,7 +21,7 @@ from . import outbox_serializers as s
 from .errors import ErrorResponse
 from .filters import OutboundFilter
 from .throttling import SendThrottle, UserThrottle
-from .views import ListView, _found, _validated
+from .views import ApiView, ListView, _found, _validated
 
 REFUSED = OpenApiResponse(
     ErrorResponse,
@@ -81,7 +80,7 @@ class OutboundListView(ListView):
         return Response(_detail(request, created.pk), status=status.HTTP_201_CREATED)
 
 
-class OutboundDetailView(APIView):
+class OutboundDetailView(ApiView):
     @extend_schema(
         tags=["outbox"],
         responses=s.OutboundDetailOutput,
@@ -103,7 +102,7 @@ class OutboundDetailView(APIView):
         return Response(_detail(request, pk))
 
 
-class OutboundSendView(APIView):
+class OutboundSendView(ApiView):
     throttle_classes = [UserThrottle, SendThrottle]
 
     @extend_schema(
@@ -119,7 +118,7 @@ class OutboundSendView(APIView):
         return Response(_detail(request, pk), status=status.HTTP_202_ACCEPTED)
 
 
-class OutboundCancelView(APIView):
+class OutboundCancelView(ApiView):
     throttle_classes = [UserThrottle]
 
     @extend_schema(
@@ -133,7 +132,7 @@ class OutboundCancelView(APIView):
         return Response(_detail(request, pk))
 
 
-class OutboundAttachmentView(APIView):
+class OutboundAttachmentView(ApiView):
     parser_classes = [MultiPartParser]
     throttle_classes = [UserThrottle, SendThrottle]
 

@@ -412,6 +412,11 @@ class ReportedRecipientOutput(serializers.Serializer):
 
 
 class DeliveryReportOutput(serializers.Serializer):
+    """A received message found to be a delivery report (on the message, and on the outbound
+    message it reports on)."""
+
+    id = serializers.IntegerField()
+    message = serializers.IntegerField(source="message_id", help_text="The report mail.")
     kind = serializers.ChoiceField(
         choices=["dsn", "bounce"], help_text="dsn: RFC 3464; bounce: another MTA's format."
     )
@@ -423,6 +428,7 @@ class DeliveryReportOutput(serializers.Serializer):
     )
     recipients = ReportedRecipientOutput(many=True)
     defects = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
 
 
 class MessageDetailOutput(MessageSummaryOutput):

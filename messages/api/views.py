@@ -106,6 +106,7 @@ API_INDEX = {
     "folders": "api:folder-list",
     "threads": "api:thread-list",
     "messages": "api:message-list",
+    "outbound": "api:outbound-list",
     "changes": "api:changes",
     "schema": "schema",
     "docs": "docs",

@@ -181,6 +181,11 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "/api/messages/{id}/raw/",
         "/api/attachments/{id}/download/",
         "/api/changes/",
+        "/api/outbound/",
+        "/api/outbound/{id}/",
+        "/api/outbound/{id}/send/",
+        "/api/outbound/{id}/cancel/",
+        "/api/outbound/{id}/attachments/",
     }
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     for path, operations in paths.items():
@@ -196,6 +201,8 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "account",
         "folder",
         "thread",
+        "is_read",
+        "is_flagged",
         "unread",
         "flagged",
         "has_attachments",

@@ -124,6 +124,7 @@ def test_malformed_filters_are_400_naming_the_parameter(api, mailbox, query, fie
         ("/api/folders/", "name=INBOX"),
         ("/api/threads/", "is_read=false"),
         ("/api/changes/", "since=0"),
+        ("/api/outbound/", "status=sent"),
         ("/api/messages/{message}/", "include=raw"),
         ("/api/messages/{message}/raw/", "inline=1"),
     ],
@@ -138,7 +139,8 @@ def test_a_parameter_an_endpoint_does_not_take_is_a_400_naming_it(api, mailbox, 
 
 
 def test_known_parameters_and_format_still_work_everywhere(api, mailbox):
-    for path in ("/api/accounts/", "/api/folders/", "/api/threads/", "/api/changes/"):
+    paths = ("/api/accounts/", "/api/folders/", "/api/threads/", "/api/changes/", "/api/outbound/")
+    for path in paths:
         assert api.get(f"{path}?format=json").status_code == 200, path
     assert api.get("/api/threads/?unread=true&page_size=5").status_code == 200
     assert api.get("/api/changes/?cursor=0&limit=5").status_code == 200
