@@ -129,6 +129,14 @@ class FolderStatus:
     uidnext: int
     exists: int
     highest_modseq: int | None
+    # SELECT's PERMANENTFLAGS (b"\\*": new keywords may be stored); empty from STATUS and
+    # from a read-only SELECT (EXAMINE: nothing may be changed).
+    permanent_flags: tuple[bytes, ...] = ()
+
+    def keeps_keyword(self, keyword: str) -> bool:
+        """Whether a message's KEYWORD is stored for good in this (selected) folder."""
+        flags = {f.lower() for f in self.permanent_flags}
+        return b"\\*" in flags or keyword.lower().encode() in flags
 
 
 @dataclass
@@ -191,6 +199,7 @@ def _folder_status(response: dict, *, count_key: bytes) -> FolderStatus:
         uidnext=int(response.get(b"UIDNEXT", 0)),
         exists=int(response.get(count_key, 0)),
         highest_modseq=int(modseq) if modseq is not None else None,
+        permanent_flags=tuple(response.get(b"PERMANENTFLAGS", ())),
     )
 
 

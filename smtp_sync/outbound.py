@@ -14,6 +14,8 @@ message whose outcome was lost:
 - a copy with the keyword: the transaction may or may not have completed (a cut after DATA,
   or a crash between the server's answer and the keyword's removal) -> cannot tell; the
   delivery step never resends such a message (it fails it after a bounded time).
+A Sent folder whose PERMANENTFLAGS allow no new keyword cannot carry that proof: a copy found
+there is "cannot tell" (absence still proves the transaction never began).
 A definite failure (refused, or 4xx: nothing was accepted) deletes the copy again. A retry for
 recipients refused for now (the others got the message) reuses the copy: the keyword is put
 back for the attempt and removed when the server answers, so a lost outcome of the retry is
@@ -219,11 +221,14 @@ class SmtpOutboundSender:
                 if not uids:
                     return False
                 flags = conn.fetch_flags(uids)
+                keywords_kept = conn.select(folder, readonly=False).keeps_keyword(SENDING_KEYWORD)
         except ImapAuthError as exc:
             raise SendAuthFailed(str(exc)) from exc
         except ImapError as exc:
             logger.info("outbound %s: Sent cannot be searched now: %s", outbound.pk, exc)
             return None
+        if self.saves_copy and not keywords_kept:
+            return None  # a server that drops keywords: a copy proves nothing
         if any(SENDING_KEYWORD.lower() not in {f.lower() for f in f_} for f_ in flags.values()):
             return True
         return None  # copied before sending, never confirmed: may or may not have gone
