@@ -231,6 +231,7 @@ def outbound_create(*, user: User, data: dict[str, Any]) -> OutboundMessage:
     _check_provider(account)
     if data.get("send"):
         _check_can_send(account)
+    send_at = _send_at_checked(data.get("send_at"))
     people = _recipients(data)
     subject = _header(data.get("subject") or "", "subject", "subject")
     text, html = data.get("text") or "", data.get("html") or ""
@@ -285,7 +286,8 @@ def outbound_create(*, user: User, data: dict[str, Any]) -> OutboundMessage:
         )
         events_record(account, "outbound", "created", [outbound.pk])
         if data.get("send"):
-            outbound = outbound_send(outbound=outbound, send_at=data.get("send_at"))
+            # Created in this transaction: no one else sees the draft, no lock to take.
+            outbound = _queue(outbound, send_at, has_recipients=bool(people))
     return outbound
 
 
@@ -449,25 +451,32 @@ def outbound_send(*, outbound: OutboundMessage, send_at: datetime | None = None)
     send_at = _send_at_checked(send_at)
     with transaction.atomic():
         draft = _locked_draft(outbound.pk)
-        _check_can_send(draft.account)
-        if not draft.recipients.exists():
-            raise OutboxRefused(
-                "No recipients: give at least one address in to, cc or bcc.",
-                code="no_recipients",
-                field="to",
-            )
-        raw = mime_of(draft)
-        limit = size_limit(draft.account)
-        if len(raw) > limit:
-            raise OutboxRefused(
-                f"The message is {len(raw)} bytes once encoded; this account sends at most "
-                f"{limit} bytes.",
-                code="too_large",
-            )
-        queued = outbound_queue(draft.pk, raw, send_at)
-        if queued is None:  # pragma: no cover (the row is locked as a draft above)
-            raise OutboxRefused("The message is no longer a draft.", code="not_a_draft", status=409)
-        outbox_dispatch(queued)
+        return _queue(draft, send_at, has_recipients=draft.recipients.exists())
+
+
+def _queue(
+    draft: OutboundMessage, send_at: datetime | None, *, has_recipients: bool
+) -> OutboundMessage:
+    """DRAFT (locked, or created in this transaction) checked, built and queued."""
+    _check_can_send(draft.account)
+    if not has_recipients:
+        raise OutboxRefused(
+            "No recipients: give at least one address in to, cc or bcc.",
+            code="no_recipients",
+            field="to",
+        )
+    raw = mime_of(draft)
+    limit = size_limit(draft.account)
+    if len(raw) > limit:
+        raise OutboxRefused(
+            f"The message is {len(raw)} bytes once encoded; this account sends at most "
+            f"{limit} bytes.",
+            code="too_large",
+        )
+    queued = outbound_queue(draft.pk, raw, send_at)
+    if queued is None:  # pragma: no cover (the row is locked as a draft)
+        raise OutboxRefused("The message is no longer a draft.", code="not_a_draft", status=409)
+    outbox_dispatch(queued)
     return queued
 
 
