@@ -12,18 +12,16 @@ A later report never takes a recipient back: "delayed" does not overwrite a fina
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .delivery_reports import ParsedReport, ReportedRecipient
 from .models import Account, DeliveryReport, Message, OutboundMessage, OutboundRecipient
 from .outbox_states import recipients_update
-
-logger = logging.getLogger(__name__)
 
 Status = OutboundRecipient.Status
 ACTION_STATUS = {
@@ -39,52 +37,74 @@ FINAL_STATUSES = frozenset({Status.BOUNCED, Status.DELIVERED, Status.RELAYED, St
 def delivery_reports_record(
     account: Account, found: Sequence[tuple[Message, ParsedReport]]
 ) -> list[DeliveryReport]:
-    """Record the reports FOUND in ACCOUNT's newly stored messages (inside their transaction)."""
-    return [_record(account, message, report) for message, report in found]
+    """Record the reports FOUND in ACCOUNT's newly stored messages (inside their transaction):
+    one query finds their outbound messages, one insert stores them."""
+    candidates = _OutboundIndex(account, found)
+    rows = []
+    for message, report in found:
+        outbound, matched_by = candidates.match(report, message.in_reply_to)
+        applied = _apply(outbound, message, report.recipients) if outbound is not None else {}
+        rows.append(
+            DeliveryReport(
+                message=message,
+                kind=report.kind,
+                outbound=outbound,
+                matched_by=matched_by,
+                recipients=[
+                    {**r.as_json(), "recipient": applied.get(i)}
+                    for i, r in enumerate(report.recipients)
+                ],
+                envelope_id=report.envelope_id,
+                original_message_id=report.original_message_id[:998],
+                reporting_mta=report.reporting_mta,
+                defects=report.defects,
+            )
+        )
+    return DeliveryReport.objects.bulk_create(rows)
 
 
-def _record(account: Account, message: Message, report: ParsedReport) -> DeliveryReport:
-    outbound, matched_by = outbound_for_report(account, report, message.in_reply_to)
-    applied: dict[int, str] = {}
-    if outbound is not None:
-        applied = _apply(outbound, message, report.recipients)
-    return DeliveryReport.objects.create(
-        message=message,
-        kind=report.kind,
-        outbound=outbound,
-        matched_by=matched_by,
-        recipients=[
-            {**r.as_json(), "recipient": applied.get(i)} for i, r in enumerate(report.recipients)
-        ],
-        envelope_id=report.envelope_id,
-        original_message_id=report.original_message_id[:998],
-        reporting_mta=report.reporting_mta,
-        defects=report.defects,
-    )
+class _OutboundIndex:
+    """The owner's outbound messages the reports can name, by ENVID and by Message-ID."""
+
+    def __init__(self, account: Account, found: Sequence[tuple[Message, ParsedReport]]) -> None:
+        envelope_ids = {r.envelope_id for _, r in found if r.envelope_id}
+        message_ids = {
+            form
+            for message, report in found
+            for value in (report.original_message_id, message.in_reply_to)
+            if value
+            for form in _id_forms(value)
+        }
+        self.by_envelope: dict[str, OutboundMessage] = {}
+        self.by_message_id: dict[str, OutboundMessage] = {}
+        if not envelope_ids and not message_ids:
+            return
+        for outbound in OutboundMessage.objects.filter(
+            Q(envelope_id__in=envelope_ids) | Q(message_id_header__in=message_ids),
+            account__owner_id=account.owner_id,
+        ).select_related("account"):
+            if outbound.envelope_id:
+                self.by_envelope[outbound.envelope_id] = outbound
+            if outbound.message_id_header:
+                self.by_message_id[_bare(outbound.message_id_header)] = outbound
+
+    def match(self, report: ParsedReport, in_reply_to: str) -> tuple[OutboundMessage | None, str]:
+        """By ENVID, else the returned message's Message-ID, else the report's In-Reply-To."""
+        if report.envelope_id and report.envelope_id in self.by_envelope:
+            return self.by_envelope[report.envelope_id], "envelope_id"
+        keys = (("message_id", report.original_message_id), ("in_reply_to", in_reply_to))
+        for key, value in keys:
+            if value and _bare(value) in self.by_message_id:
+                return self.by_message_id[_bare(value)], key
+        return None, ""
 
 
-def outbound_for_report(
-    account: Account, report: ParsedReport, in_reply_to: str = ""
-) -> tuple[OutboundMessage | None, str]:
-    """The outbound message of ACCOUNT's owner the report is about, and the key that found it."""
-    mine = OutboundMessage.objects.filter(account__owner_id=account.owner_id).select_related(
-        "account"
-    )
-    if report.envelope_id:
-        found = mine.filter(envelope_id=report.envelope_id).first()
-        if found is not None:
-            return found, "envelope_id"
-    for key, value in (("message_id", report.original_message_id), ("in_reply_to", in_reply_to)):
-        if value:
-            found = mine.filter(message_id_header__in=_id_forms(value)).first()
-            if found is not None:
-                return found, key
-    return None, ""
+def _bare(message_id: str) -> str:
+    return message_id.strip().strip("<>")
 
 
 def _id_forms(message_id: str) -> list[str]:
-    bare = message_id.strip().strip("<>")
-    return [f"<{bare}>", bare]
+    return [f"<{_bare(message_id)}>", _bare(message_id)]
 
 
 def _apply(

@@ -274,3 +274,21 @@ def test_a_failure_to_record_a_report_never_stops_the_ingest(account, monkeypatc
     assert "report recording broke" in result.problems[0]
     assert not DeliveryReport.objects.exists()
     assert Message.objects.get(subject="Lunch").defects == []
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "expected"),
+    [
+        ("delivered", "2.0.0", "delivered"),
+        ("relayed", "2.0.0", "relayed"),
+        ("expanded", "2.0.0", "expanded"),
+        ("delayed", "4.4.7", "delayed"),
+        ("failed", "5.7.1", "bounced"),
+    ],
+)
+def test_each_dsn_action_sets_its_recipient_status(account, action, status, expected):
+    sent = outbound(account)
+    fields = GOOD_STATUS.replace("Action: failed", f"Action: {action}")
+    ingest(account, dsn(fields.replace("Status: 5.1.1", f"Status: {status}")))
+    bob = recipient(sent)
+    assert (bob.status, bob.action, bob.status_code) == (expected, action, status)
