@@ -1,19 +1,14 @@
 """Gmail's write tasks: a client's change to a message (topics.MESSAGE_CHANGE_TASKS), and
-sending a message.
+sending an outbound message (topics.OUTBOUND_SEND_TASKS, see messages.outbox_delivery).
 
 Failures: Gmail unreachable or rate limited after the client's own retries (GmailUnavailable)
 is retried with backoff; a refused authorization parks the account (auth_error) with the
 reason; a message Gmail no longer has (404) leaves the store; a change Gmail refuses (400, an
 unknown label) is shown on the account and not retried.
-
-Sending is retried only when Gmail refused it for a rate limit (nothing was sent then): after a
-server error or a cut connection the message may have gone, and a second send would be a
-second message to its recipients.
 """
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from celery import Task, shared_task
@@ -27,14 +22,11 @@ from messages.outbox_delivery import outbound_deliver
 from .changes import ChangeError, gmail_message_change
 from .client import (
     GmailAuthError,
-    GmailError,
     GmailNotFound,
     GmailRequestError,
     GmailUnavailable,
-    rate_limited,
 )
 from .outbound import GmailOutboundSender
-from .send import SEND_TASK, gmail_send
 
 RETRY = {
     "autoretry_for": (GmailUnavailable,),
@@ -71,40 +63,6 @@ def apply_message_change(
             account_mark_error(account, f"could not apply a change to message {message_id}: {exc}")
         raise
     return {"applied": change, "labelIds": labels}
-
-
-@shared_task(name=SEND_TASK, bind=True, max_retries=10)
-def send_message(
-    self: Task, account_id: int, raw_b64: str, reply_to_message_id: int | None = None
-) -> dict[str, Any]:
-    """Send a raw RFC 5322 message (base64) from the account, as a reply to a stored message
-    when REPLY_TO_MESSAGE_ID is given; the sent copy is stored at once."""
-    account = Account.objects.filter(pk=account_id).first()
-    if account is None:
-        return {"error": "account no longer exists"}
-    reply_to = None
-    if reply_to_message_id is not None:
-        reply_to = (
-            Message.objects.select_related("thread")
-            .filter(pk=reply_to_message_id, account=account)
-            .first()
-        )
-        if reply_to is None:
-            return {"error": f"message {reply_to_message_id} no longer exists"}
-    try:
-        gmail_id, stored = gmail_send(account, base64.b64decode(raw_b64), reply_to=reply_to)
-    except GmailAuthError as exc:
-        account_mark_error(account, exc.message, auth=True)
-        return {"error": exc.message}
-    except GmailUnavailable as exc:
-        if rate_limited(exc):
-            raise self.retry(exc=exc, countdown=min(300, 15 * 2**self.request.retries)) from exc
-        account_mark_error(account, f"a message may not have been sent: {exc}")
-        return {"error": str(exc)}
-    except GmailError as exc:
-        account_mark_error(account, f"a message could not be sent: {exc}")
-        return {"error": str(exc)}
-    return {"sent": gmail_id, "messageId": stored.pk if stored else None}
 
 
 @shared_task(name=topics.OUTBOUND_SEND_TASKS["gmail"])

@@ -31,7 +31,7 @@ from messages.outbox_delivery import (
 
 from .client import GmailAuthError, GmailClient, GmailError, GmailUnavailable, rate_limited
 from .connection import gmail_client_for
-from .send import _thread_of, store_sent
+from .send import gmail_thread_of, store_sent
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class GmailOutboundSender:
             thread_id = None
             reply_to = outbound.reply_to_message
             if reply_to is not None and reply_to.account_id == self.account.pk:
-                thread_id = _thread_of(self.client, reply_to)
+                thread_id = gmail_thread_of(self.client, reply_to)
         except GmailError as exc:
             raise _error(exc, sent=False) from exc
         try:
