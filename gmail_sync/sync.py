@@ -245,19 +245,16 @@ class GmailAccountSync:
             pages += 1
             state = {**state, "pageToken": page.next_page_token}
             last = not page.next_page_token
-            if last or pages % CHECKPOINT_PAGES == 0:
-                older = self._fetch_new(unsettled + ids, listing=True)
+            unsettled += ids
+            older = self._fetch_new(ids, listing=True, settle=False)
+            if older or last or pages % CHECKPOINT_PAGES == 0:
+                # The checkpoint moves once what is on its way is stored (what was lost is
+                # fetched again). Older than the window: so is the rest.
+                older = self._fetch_new(unsettled, listing=True) or older
                 unsettled = []
                 if older or last:
                     state["phase"] = "reconcile"
                 self._save_state(state)
-            else:
-                unsettled += ids
-                if self._fetch_new(ids, listing=True, settle=False):
-                    # Older than the window: so is the rest. Settle what is on its way.
-                    self._fetch_new(unsettled, listing=True)
-                    state["phase"] = "reconcile"
-                    self._save_state(state)
         if state.get("reconcile", True):
             self._reconcile()
         self.settings.history_id = state["startHistoryId"]
