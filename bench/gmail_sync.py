@@ -52,6 +52,7 @@ import httplib2  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
 from google.oauth2.credentials import Credentials  # noqa: E402
 from googleapiclient.discovery import build  # noqa: E402
 from googleapiclient.http import BatchHttpRequest  # noqa: E402
@@ -85,6 +86,8 @@ class Run:
     messages: int
     server_cpu: float = 0.0  # CPU seconds of the local Gmail API's process
     client_cpu: float = 0.0  # ours: this process, plus the message worker's tree for a sync
+    worker_cpu: float = 0.0  # of client_cpu, the message worker's tree
+    database_cpu: float = 0.0  # PostgreSQL's processes (the server's tree; not in client_cpu)
 
 
 def own_cpu_seconds() -> float:
@@ -97,20 +100,34 @@ class CpuMeter:
 
     def __init__(self, fake: FakeProcess, worker: MessageWorker | None = None) -> None:
         self.fake, self.worker = fake, worker
+        self.database = database_server_pid()
 
-    def _now(self) -> tuple[float, float]:
-        client = own_cpu_seconds()
+    def _now(self) -> tuple[float, float, float, float]:
+        workers = 0.0
         if self.worker is not None and self.worker.proc is not None:
-            client += tree_cpu_seconds(self.worker.proc.pid)
-        return tree_cpu_seconds(self.fake.pid), client
+            workers = tree_cpu_seconds(self.worker.proc.pid)
+        database = tree_cpu_seconds(self.database) if self.database else 0.0
+        return tree_cpu_seconds(self.fake.pid), own_cpu_seconds() + workers, workers, database
 
     def __enter__(self) -> CpuMeter:
         self.start = self._now()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        end = self._now()
-        self.server, self.client = end[0] - self.start[0], end[1] - self.start[1]
+        spent = [end - start for start, end in zip(self.start, self._now(), strict=True)]
+        self.server, self.client, self.workers, self.database_cpu = spent
+
+
+def database_server_pid() -> int | None:
+    """PostgreSQL's main process, when it runs on this machine (its tree is every backend)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    try:
+        stat = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 def configure(info: FakeInfo, units_per_second: int) -> None:
@@ -202,7 +219,16 @@ def platform_sync(fake: FakeProcess, account: Account, worker: MessageWorker, *,
     requests = fake.ask("calls")["requests"]
     stored = Message.objects.filter(account=account).count()
     units = fake.ask("units", EMAIL) - units_before
-    return Run(seconds, requests, units, stored, meter.server, meter.client)
+    return Run(
+        seconds,
+        requests,
+        units,
+        stored,
+        meter.server,
+        meter.client,
+        meter.workers,
+        meter.database_cpu,
+    )
 
 
 def main() -> None:
@@ -321,6 +347,12 @@ def report(args, bare, full, again, history, unchanged, expected, wall) -> None:
         f"CPU per message:        platform {client:.1f} ms (bare loop {bare_client:.1f} ms), "
         f"the local Gmail API {server:.1f} ms, on {cores} cores (Google's CPU is not ours in "
         "production; here it shares the machine)"
+    )
+    workers = statistics.median(f.worker_cpu for f in full) / n * 1000
+    database = statistics.median(f.database_cpu for f in full) / n * 1000
+    print(
+        f"platform CPU by stage:  sync process {client - workers:.1f} ms, message workers "
+        f"{workers:.1f} ms a message; PostgreSQL {database:.1f} ms (not in the platform's)"
     )
     print(
         f"store equals mailbox:   {'yes' if complete else 'NO'}"

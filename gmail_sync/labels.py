@@ -22,7 +22,7 @@ from emailplatform import topics
 from messages import mailbox
 from messages.models import Account, Folder
 
-from .client import decode_raw, message_internal_date
+from .client import decode_raw, message_internal_date, raw_as_base64
 from .ids import store_id
 
 ALL_MAIL = "ALL_MAIL"
@@ -74,8 +74,11 @@ def message_item(
     """A Gmail message (format raw) as an EmailNewMessage item, in FOLDERS, under Gmail's ids."""
     internal = message_internal_date(resource)
     gmail_id = store_id(resource["id"])
+    raw = resource.get("raw", "")
+    encoded = raw_as_base64(raw)
     return topics.new_message_item(
-        decode_raw(resource.get("raw", "")),
+        decode_raw(raw) if encoded is None else b"",
+        raw_base64=encoded,
         provider_id=gmail_id,
         thread_id=store_id(resource["threadId"]) if resource.get("threadId") else None,
         server_id=gmail_id,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ from messages.services import sync_run_finish, sync_run_start
 from messages.sync_tasks import SYNC_INFRA_ERRORS
 
 from .client import (
+    BatchResult,
     GmailAuthError,
     GmailClient,
     GmailError,
@@ -141,7 +143,7 @@ class GmailAccountSync:
         self.deadline = time.monotonic() + max_seconds if max_seconds else None
         self.after_batch = after_batch
         self.report = GmailSyncReport()
-        self.fetched = 0
+        self.requested = 0  # messages asked for by get (the budget's count)
         self.gone: set[str] = set()  # Gmail ids answered 404
         self.problems: list[str] = []
         options = {**(self.account.sync_settings or {}), **(options or {})}
@@ -243,19 +245,16 @@ class GmailAccountSync:
             pages += 1
             state = {**state, "pageToken": page.next_page_token}
             last = not page.next_page_token
-            if last or pages % CHECKPOINT_PAGES == 0:
-                older = self._fetch_new(unsettled + ids, listing=True)
+            unsettled += ids
+            older = self._fetch_new(ids, listing=True, settle=False)
+            if older or last or pages % CHECKPOINT_PAGES == 0:
+                # The checkpoint moves once what is on its way is stored (what was lost is
+                # fetched again). Older than the window: so is the rest.
+                older = self._fetch_new(unsettled, listing=True) or older
                 unsettled = []
                 if older or last:
                     state["phase"] = "reconcile"
                 self._save_state(state)
-            else:
-                unsettled += ids
-                if self._fetch_new(ids, listing=True, settle=False):
-                    # Older than the window: so is the rest. Settle what is on its way.
-                    self._fetch_new(unsettled, listing=True)
-                    state["phase"] = "reconcile"
-                    self._save_state(state)
         if state.get("reconcile", True):
             self._reconcile()
         self.settings.history_id = state["startHistoryId"]
@@ -420,41 +419,59 @@ class GmailAccountSync:
         return outcome
 
     def _publish(self, gmail_ids: list[str], *, listing: bool) -> bool:
+        """Fetch GMAIL_IDS (batches of GMAIL_BATCH_SIZE) and publish them; True at the first
+        message older than the window (LISTING). The next batch is fetched, in a thread of its
+        own, while this one is converted and published (and while `publish` waits for room):
+        the client is only ever used by one thread at a time."""
         label_map = self._labels_map()
         size = self.client.config.batch_size
-        for start in range(0, len(gmail_ids), size):
-            if listing:  # a history sync is bounded by its changes: it always completes
-                self._check_budget()
-            at = timezone.now()
-            result = self.client.get_messages(gmail_ids[start : start + size], fmt="raw")
-            self.gone |= result.gone
-            older = False
-            batch: list[tuple[str, dict[str, Any]]] = []
-            for gid in gmail_ids[start : start + size]:
-                resource = result.found.get(gid)
-                if resource is None:
-                    continue
-                internal = message_internal_date(resource)
-                if listing and self.since and internal is not None and internal < self.since:
-                    older = True
-                    continue
-                folders = label_map.folders(resource.get("labelIds", []))
-                if folders:
-                    batch.append(
-                        (
-                            gid,
-                            message_item(
-                                resource, folders, include_attachments=self.include_attachments
-                            ),
+        chunks = [gmail_ids[start : start + size] for start in range(0, len(gmail_ids), size)]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gmail-fetch") as fetcher:
+            pending = self._fetch_ahead(fetcher, chunks[0], listing=listing) if chunks else None
+            for number, chunk in enumerate(chunks):
+                if pending is None:
+                    raise BudgetExhausted
+                at, result = pending.result()
+                if number + 1 < len(chunks):
+                    pending = self._fetch_ahead(fetcher, chunks[number + 1], listing=listing)
+                self.gone |= result.gone
+                older = False
+                batch: list[tuple[str, dict[str, Any]]] = []
+                for gid in chunk:
+                    resource = result.found.get(gid)
+                    if resource is None:
+                        continue
+                    internal = message_internal_date(resource)
+                    if listing and self.since and internal is not None and internal < self.since:
+                        older = True
+                        continue
+                    folders = label_map.folders(resource.get("labelIds", []))
+                    if folders:
+                        item = message_item(
+                            resource, folders, include_attachments=self.include_attachments
                         )
-                    )
-            self._publish_items(batch, at)
-            self.fetched += len(result.found)
-            if self.after_batch:
-                self.after_batch()
-            if older:
-                return True
+                        batch.append((gid, item))
+                self._publish_items(batch, at)
+                if self.after_batch:
+                    self.after_batch()
+                if older:
+                    return True
         return False
+
+    def _fetch_ahead(
+        self, fetcher: ThreadPoolExecutor, ids: list[str], *, listing: bool
+    ) -> Future[tuple[datetime, BatchResult]] | None:
+        """Start fetching IDS: a Future of (when they were asked for, what came); None when
+        the budget is spent (a history sync is bounded by its changes: it always completes)."""
+        if listing and self._budget_spent():
+            return None
+        self.requested += len(ids)
+
+        def fetch() -> tuple[datetime, BatchResult]:
+            at = timezone.now()
+            return at, self.client.get_messages(ids, fmt="raw")
+
+        return fetcher.submit(fetch)
 
     def _publish_items(self, batch: list[tuple[str, dict[str, Any]]], at: datetime) -> None:
         """Publish in batches of at most INGEST_BATCH_BYTES of raw mail."""
@@ -473,11 +490,10 @@ class GmailAccountSync:
                 part.append((gid, item))
                 part_bytes += size
 
-    def _check_budget(self) -> None:
-        if self.max_messages is not None and self.fetched >= self.max_messages:
-            raise BudgetExhausted
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise BudgetExhausted
+    def _budget_spent(self) -> bool:
+        if self.max_messages is not None and self.requested >= self.max_messages:
+            return True
+        return self.deadline is not None and time.monotonic() > self.deadline
 
     def _save_state(self, full: dict[str, Any] | None, *fields: str) -> None:
         """Store the full sync's checkpoint FULL (None: no full sync under way)."""
