@@ -10,7 +10,8 @@ one by one: --rounds Gmail modify calls alone (GmailClient.modify, marking read 
 turn: the API's share), --rounds changes through the service the change task runs
 (`gmail_message_change`: modify, then the store set to Gmail's answer with its change events),
 with its parts alone (the account's GmailClient built, `labels_store`),
-and --rounds // 4 sends (`gmail_send`: send, get raw, store through the ingestion pipeline).
+and --rounds // 4 sends (as gmail_sync.outbound does: send, get raw, store through the
+ingestion pipeline).
 Sends are paced, 0.5 s apart (untimed), so that the mailbox's quota bucket is full for each:
 Gmail allows 250 units a second per mailbox and a send costs 100 (its get 5), so back to
 back the quota limiter (gmail_sync.quota) holds each send about 0.4 s, as Gmail would.
@@ -49,7 +50,7 @@ from gmail_sync.connection import gmail_client_for  # noqa: E402
 from gmail_sync.ids import store_id  # noqa: E402
 from gmail_sync.labels import message_flags  # noqa: E402
 from gmail_sync.models import GmailSettings  # noqa: E402
-from gmail_sync.send import gmail_send  # noqa: E402
+from gmail_sync.send import store_sent  # noqa: E402
 from messages.ingest import messages_upsert  # noqa: E402
 from messages.models import Account, Message  # noqa: E402
 from tests.gmail_fake.server import GmailFake  # noqa: E402
@@ -137,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels_store(stored[i % len(stored)], labels)
 
         def send(i: int) -> None:
-            gmail_send(account, make_mail(f"sent {i}", to="bob@example.org"))
+            # What the outbox's Gmail sender does once a message is claimed (gmail_sync.outbound).
+            sender = gmail_client_for(account)
+            sent = sender.send(make_mail(f"sent {i}", to="bob@example.org"))
+            store_sent(account, sender, sent["id"])
 
         modify_ms = timed(args.rounds, modify)
         client_ms = timed(args.rounds, lambda i: gmail_client_for(account))
