@@ -11,21 +11,11 @@ from django.utils.html import escape
 from messages.models import OutboundMessage
 from messages.outbox import outbound_create
 from messages.outbox_states import outbound_claim, outbound_failed
+from tests.messages.test_admin import staff
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_queues")]
 
 BODY = "body-canary-7c1f"
-
-
-def staff(django_user_model, client, *perms: str):
-    user = django_user_model.objects.create_user("op", "op@example.com", "pw-op-123", is_staff=True)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
