@@ -52,7 +52,12 @@ from .models import (
 )
 from .outbox_states import outbound_cancel
 from .sanitize import sanitize_mail_html
-from .services import account_update, attachment_ensure_stored, message_change
+from .services import (
+    account_delete_request,
+    account_update,
+    attachment_ensure_stored,
+    message_change,
+)
 from .signals import account_status_changed_send
 
 READ_MAIL_CONTENT = "mailstore.read_mail_content"
@@ -138,6 +143,19 @@ class AccountAdmin(OwnerScopedAdmin, admin.ModelAdmin):
             "flows": flows,
         }
         return TemplateResponse(request, "admin/mailstore/account/add_choose.html", context)
+
+    def get_deleted_objects(self, objs, request: HttpRequest):
+        """The confirmation lists the accounts, not every message of them (a big mailbox's
+        rows would take minutes to list); deletion runs in the background."""
+        accounts = list(objs)
+        return [str(a) for a in accounts], {"accounts": len(accounts)}, set(), []
+
+    def delete_model(self, request: HttpRequest, obj: Account) -> None:
+        account_delete_request(account=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        for account in queryset:
+            account_delete_request(account=account)
 
     def save_model(self, request: HttpRequest, obj: Account, form, change: bool) -> None:
         settings = form.sync_settings()
@@ -238,6 +256,9 @@ class SyncedAdmin(OwnerScopedAdmin, admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
 
@@ -383,7 +404,7 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     list_display = (
         "subject_or_none",
         "sender",
-        "account",
+        "account_address",
         "sort_date",
         "is_read",
         "is_flagged",
@@ -437,6 +458,9 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # the next sync would bring it back: mail is deleted on its server
+
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).defer("search_vector")
 
@@ -466,9 +490,6 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
                 request, "The change was sent to the mail server; the page shows it once synced."
             )
 
-    def save_related(self, request: HttpRequest, form, formsets, change: bool) -> None:
-        """Nothing related is edited here."""
-
     @admin.display(description="subject", ordering="subject")
     def subject_or_none(self, obj: Message) -> str:
         return clipped(obj.subject or "(no subject)", 70)
@@ -476,6 +497,10 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     @admin.display(description="from", ordering="from_address")
     def sender(self, obj: Message) -> str:
         return clipped(obj.from_name or obj.from_address, 30)
+
+    @admin.display(description="account", ordering="account__email_address")
+    def account_address(self, obj: Message) -> str:
+        return clipped(obj.account.email_address, 30)
 
     @admin.display(description="text")
     def text_body(self, obj: Message) -> str:

@@ -162,3 +162,12 @@ def test_sync_settings_are_edited_as_fields(client, root, synced):
     }
     bad = client.post(url, {"display_name": "x", "window_days": "0"})
     assert bad.status_code == 200 and "greater than or equal to 1" in bad.content.decode()
+
+
+def test_deleting_an_account_runs_in_the_background(client, root, synced):
+    url = reverse("admin:mailstore_account_delete", args=[synced.pk])
+    confirm = client.get(url).content.decode()
+    assert str(synced) in confirm and "One" not in confirm  # the account, not each message
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    synced.refresh_from_db()
+    assert synced.status == Account.Status.DELETING
