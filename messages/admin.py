@@ -249,6 +249,16 @@ def clipped(text: str, limit: int) -> str:
     return format_html('<span title="{}">{}…</span>', text, text[: limit - 1])
 
 
+# The app list beside every page takes ~280 px a list needs (lists must fit 1,400 px); the
+# index page lists the apps anyway.
+admin.site.enable_nav_sidebar = False
+
+
+@admin.display(description="account", ordering="account__email_address")
+def account_column(obj) -> str:
+    return clipped(obj.account.email_address, 28)
+
+
 class SyncedAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     """What syncing writes: shown, never added or edited here (the next sync would undo it)."""
 
@@ -267,7 +277,14 @@ ACCOUNT_FILTER = ("account", admin.RelatedOnlyFieldListFilter)
 
 @admin.register(Folder)
 class FolderAdmin(SyncedAdmin):
-    list_display = ("folder_name", "account", "role", "message_count", "uidvalidity", "uidnext")
+    list_display = (
+        "folder_name",
+        account_column,
+        "role",
+        "message_count",
+        "uidvalidity",
+        "uidnext",
+    )
     list_filter = ("role", ACCOUNT_FILTER)
     search_fields = ("name", "display_name", "account__email_address")
     list_select_related = ("account",)
@@ -275,7 +292,7 @@ class FolderAdmin(SyncedAdmin):
 
     @admin.display(description="folder", ordering="display_name")
     def folder_name(self, obj: Folder) -> str:
-        return clipped(obj.display_name or obj.name, 50)
+        return clipped(obj.display_name or obj.name, 40)
 
     @admin.display(description="messages")
     def message_count(self, obj: Folder) -> str:
@@ -288,7 +305,7 @@ class FolderAdmin(SyncedAdmin):
 
 @admin.register(Thread)
 class ThreadAdmin(SyncedAdmin):
-    list_display = ("thread_subject", "account", "message_count", "last_message_at")
+    list_display = ("thread_subject", account_column, "message_count", "last_message_at")
     list_filter = (ACCOUNT_FILTER,)
     search_fields = ("subject", "provider_thread_id")
     list_select_related = ("account",)
@@ -296,7 +313,7 @@ class ThreadAdmin(SyncedAdmin):
 
     @admin.display(description="subject", ordering="subject")
     def thread_subject(self, obj: Thread) -> str:
-        return clipped(obj.subject or "(no subject)", 70)
+        return clipped(obj.subject or "(no subject)", 60)
 
 
 class AttachmentInline(admin.TabularInline):
@@ -404,12 +421,9 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     list_display = (
         "subject_or_none",
         "sender",
-        "account_address",
+        account_column,
         "sort_date",
-        "is_read",
-        "is_flagged",
-        "has_attachments",
-        "damaged",
+        "flags",
     )
     list_filter = (
         "is_read",
@@ -492,15 +506,22 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
 
     @admin.display(description="subject", ordering="subject")
     def subject_or_none(self, obj: Message) -> str:
-        return clipped(obj.subject or "(no subject)", 70)
+        return clipped(obj.subject or "(no subject)", 60)
 
     @admin.display(description="from", ordering="from_address")
     def sender(self, obj: Message) -> str:
         return clipped(obj.from_name or obj.from_address, 30)
 
-    @admin.display(description="account", ordering="account__email_address")
-    def account_address(self, obj: Message) -> str:
-        return clipped(obj.account.email_address, 30)
+    @admin.display(description="flags")
+    def flags(self, obj: Message) -> str:
+        """One short column instead of four boolean ones (the list must fit 1,400 px)."""
+        words = [
+            "read" if obj.is_read else "unread",
+            "flagged" if obj.is_flagged else "",
+            "attachments" if obj.has_attachments else "",
+            "damaged" if obj.defects else "",
+        ]
+        return ", ".join(w for w in words if w)
 
     @admin.display(description="text")
     def text_body(self, obj: Message) -> str:
@@ -614,7 +635,7 @@ def _safe(html: str):
 @admin.register(SyncRun)
 class SyncRunAdmin(SyncedAdmin):
     list_display = (
-        "account",
+        account_column,
         "kind",
         "status",
         "started_at",
@@ -638,7 +659,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     """Scoped by account_id (no foreign key: a letter outlives its account); letters of no
     account are for superusers only."""
 
-    list_display = ("created_at", "task_name", "account_id", "reason")
+    list_display = ("created_at", "task_name", "account_id", "short_reason")
     search_fields = ("reason", "task_name")
     readonly_fields = ("task_name", "account_id", "reason", "payload", "payload_excerpt")
     # A payload carries raw mail (EmailNewMessage batches): content, not metadata.
@@ -646,6 +667,10 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: DeadLetter) -> str:
+        return clipped(obj.reason, 80)
 
     def get_queryset(self, request: HttpRequest):
         letters = super().get_queryset(request)
@@ -716,8 +741,8 @@ class OutboundMessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
 
     list_display = (
         "subject_or_none",
-        "from_address",
-        "account",
+        "sender",
+        account_column,
         "state",
         "attempts",
         "next_attempt_at",
@@ -780,13 +805,17 @@ class OutboundMessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).defer("raw")
 
-    @admin.display(description="subject")
+    @admin.display(description="subject", ordering="subject")
     def subject_or_none(self, obj: OutboundMessage) -> str:
-        return obj.subject or "(no subject)"
+        return clipped(obj.subject or "(no subject)", 50)
+
+    @admin.display(description="from", ordering="from_address")
+    def sender(self, obj: OutboundMessage) -> str:
+        return clipped(obj.from_address, 28)
 
     @admin.display(description="last error")
     def short_error(self, obj: OutboundMessage) -> str:
-        return (obj.last_error[:80] + "...") if len(obj.last_error) > 80 else obj.last_error
+        return clipped(obj.last_error, 60)
 
     @admin.action(description="Cancel (drafts and queued messages)", permissions=["cancel"])
     def cancel(self, request: HttpRequest, queryset) -> None:
