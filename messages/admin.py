@@ -440,6 +440,7 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     )
     list_select_related = ("account",)
     list_per_page = 50
+    show_full_result_count = False  # a count of every message on each search: a full scan
     date_hierarchy = "sort_date"
     inlines = (LocationInline, AttachmentInline, MessageDeliveryReportInline)
     readonly_fields = (

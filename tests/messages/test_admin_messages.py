@@ -222,3 +222,17 @@ def test_lists_clip_long_text_keeping_it_in_the_tooltip(client, root, account):
     assert f'title="{subject}"' in cell
     shown = re.sub(r"<[^>]+>", "", cell)
     assert shown.startswith("Very long subject xx") and shown.endswith("…") and len(shown) <= 70
+
+
+@pytest.mark.parametrize("with_text", [True, False])
+def test_the_search_can_be_answered_by_the_index(mailbox, with_text):
+    """The plan PostgreSQL has for the admin's search, sequential scans forbidden: it exists
+    only if the GIN index (account, search_vector) answers the @@ condition."""
+    from messages.admin_search import message_search
+
+    found = message_search(Message.objects.all(), "zebracorn", with_text=with_text)
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = found.explain()
+    assert "message_account_search" in plan, plan
+    assert [m.subject for m in found] == (["Invoice 2291"] if with_text else [])
