@@ -89,6 +89,11 @@ class AccountForm(forms.ModelForm):
                 value = "yes" if value else "no"
             self.initial[name] = value
 
+    def clean(self) -> dict[str, Any]:
+        if self.instance.status == Account.Status.DELETING:
+            raise forms.ValidationError("The account is being deleted.")
+        return super().clean()
+
     def sync_settings(self) -> dict[str, Any]:
         """The account's whole sync_settings after this form: its keys from the fields (an
         empty field removes its key), the keys it does not know unchanged."""

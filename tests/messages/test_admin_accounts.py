@@ -171,3 +171,6 @@ def test_deleting_an_account_runs_in_the_background(client, root, synced):
     assert client.post(url, {"post": "yes"}).status_code == 302
     synced.refresh_from_db()
     assert synced.status == Account.Status.DELETING
+    change = reverse("admin:mailstore_account_change", args=[synced.pk])
+    late = client.post(change, {"display_name": "too late"})
+    assert late.status_code == 200 and "The account is being deleted." in late.content.decode()
