@@ -1,7 +1,8 @@
 """Admin for operators: thin over the store; HTML from mail is sanitized before it is shown.
 
-Who reads what: staff see mail *metadata* (accounts, folders, threads, who wrote to whom, when,
-subjects, flags, sizes) with the models' view permissions. Mail *content* (bodies, the
+Who reads what: staff other than superusers see only the objects of accounts they own
+(messages.admin_scope); of those, mail *metadata* (accounts, folders, threads, who wrote to
+whom, when, subjects, flags, sizes) with the models' view permissions. Mail *content* (bodies, the
 rendered HTML, raw sources, attachment files, and dead letters' payloads, which carry raw
 mail) needs the explicit permission `mailstore.read_mail_content` as well: an operator of a
 mail platform has no business reading people's mail without a reason, and granting it is a
