@@ -26,10 +26,10 @@ from emailplatform import syncstate, topics
 from messages.models import Account
 from messages.services import dead_letter_record
 from messages.sync_tasks import (
-    INFRA_RETRY,
-    SYNC_INFRA_ERRORS,
+    ProviderSyncTasks,
+    SyncStop,
     full_sync_payload_read,
-    sync_task_retry,
+    sync_task_run,
 )
 
 from . import (  # noqa: E402  (autodiscovered with this module)
@@ -45,6 +45,18 @@ logger = logging.getLogger(__name__)
 CHUNK_SECONDS = 240
 GMAIL_RETRY = {"base": 30, "cap": 10 * 60, "max_retries": 8}
 
+SYNC_TASKS = ProviderSyncTasks(
+    provider="gmail",
+    sync=gmail_sync_account,
+    unreachable=(GmailUnavailable,),
+    retry_policy=GMAIL_RETRY,
+    stops=(
+        SyncStop(GmailAuthError, "auth_error", "parked until it is connected again"),
+        SyncStop(GmailError),
+    ),
+    chunk_seconds=CHUNK_SECONDS,
+)
+
 
 @shared_task(name=topics.FULL_SYNC_TASKS["gmail"], bind=True, max_retries=None)
 def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +67,16 @@ def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
         return {"deadLetter": letter.pk, "reason": read}
     account_id, options, kind = read
-    return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
+    trigger = payload.get("trigger")
+    return sync_task_run(self, SYNC_TASKS, account_id, kind=kind, options=options, trigger=trigger)
 
 
 @shared_task(name=topics.INCREMENTAL_SYNC_TASKS["gmail"], bind=True, max_retries=None)
 def incremental_sync(self: Task, account_id: int, trigger: str | None = None) -> dict[str, Any]:
     """History sync (or the full sync an account without a cursor needs)."""
-    return _run(self, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger)
+    return sync_task_run(
+        self, SYNC_TASKS, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger
+    )
 
 
 @shared_task(name="gmail_sync.poll_accounts")
@@ -76,44 +91,3 @@ def poll_accounts() -> int:
     for account_id in ids:
         topics.sync_request_now(account_id, Account.Provider.GMAIL, kind=syncstate.INCREMENTAL)
     return len(ids)
-
-
-def _run(
-    task: Task, account_id: int, *, kind: str, options: dict[str, Any], trigger: str | None
-) -> dict[str, Any]:
-    retrying = task.request.retries > 0
-    retry = {
-        "account_id": account_id,
-        "provider": "gmail",
-        "kind": kind,
-        "options": options,
-        "trigger": trigger,
-    }
-    try:
-        if trigger:
-            syncstate.queued_clear(account_id, syncstate.route_of(kind), trigger)
-        report = gmail_sync_account(
-            account_id,
-            full=kind == syncstate.FULL,
-            max_seconds=CHUNK_SECONDS,
-            options=options,
-            request=trigger is None or retrying,
-            retry_errors=(GmailUnavailable, *SYNC_INFRA_ERRORS),
-        )
-    except GmailAuthError as exc:
-        logger.warning("account %s: %s (parked until it is connected again)", account_id, exc)
-        return {"error": "auth_error"}
-    except Account.DoesNotExist:
-        return {"error": "account does not exist"}
-    except SYNC_INFRA_ERRORS as exc:
-        sync_task_retry(task, exc, **retry, policy=INFRA_RETRY, infra=True)
-    except GmailUnavailable as exc:
-        sync_task_retry(task, exc, **retry, policy=GMAIL_RETRY, infra=False)
-    except GmailError as exc:
-        logger.warning("account %s: %s", account_id, exc)
-        return {"error": exc.message}
-    if report is None:
-        return {"coalesced": True}
-    if report.passes == 0:
-        return {"nothing to do": True}
-    return {"done": report.done, "passes": report.passes, "summary": report.summary()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kombu.exceptions
@@ -89,6 +90,76 @@ def sync_task_retry(
         args = [payload]
     logger.warning("account %s: %s; retry %s in %.0f s", account_id, exc, retries + 1, countdown)
     raise task.retry(exc=exc, countdown=countdown, args=args, kwargs={})
+
+
+@dataclass(frozen=True)
+class SyncStop:
+    """An error that ends a sync task without a retry: the task's result is CODE (the error's
+    own text when None), and the log line adds NOTE."""
+
+    error: type[BaseException]
+    code: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderSyncTasks:
+    """What a provider's sync tasks differ in: its sync service (`<provider>_sync_account`),
+    the errors that mean its server is unreachable for now (retried with RETRY_POLICY) and
+    those that stop the task (STOPS, checked in order)."""
+
+    provider: str
+    sync: Callable[..., Any]
+    unreachable: tuple[type[BaseException], ...]
+    retry_policy: dict[str, int]
+    stops: tuple[SyncStop, ...]
+    chunk_seconds: int
+
+
+def sync_task_run(
+    task: Task,
+    tasks: ProviderSyncTasks,
+    account_id: int,
+    *,
+    kind: str,
+    options: dict[str, Any],
+    trigger: str | None,
+) -> dict[str, Any]:
+    """The body of every provider's full and incremental sync task: the sync service under
+    the shared failure policy (the module's docstring)."""
+    retry = {
+        "account_id": account_id,
+        "provider": tasks.provider,
+        "kind": kind,
+        "options": options,
+        "trigger": trigger,
+    }
+    try:
+        if trigger:
+            syncstate.queued_clear(account_id, syncstate.route_of(kind), trigger)  # running now
+        report = tasks.sync(
+            account_id,
+            full=kind == syncstate.FULL,
+            max_seconds=tasks.chunk_seconds,
+            options=options,
+            request=trigger is None or task.request.retries > 0,
+            retry_errors=(*tasks.unreachable, *SYNC_INFRA_ERRORS),
+        )
+    except Account.DoesNotExist:
+        return {"error": "account does not exist"}
+    except SYNC_INFRA_ERRORS as exc:
+        sync_task_retry(task, exc, **retry, policy=INFRA_RETRY, infra=True)
+    except tasks.unreachable as exc:
+        sync_task_retry(task, exc, **retry, policy=tasks.retry_policy, infra=False)
+    except tuple(stop.error for stop in tasks.stops) as exc:
+        stop = next(stop for stop in tasks.stops if isinstance(exc, stop.error))
+        logger.warning("account %s: %s%s", account_id, exc, f" ({stop.note})" if stop.note else "")
+        return {"error": stop.code or str(exc)}
+    if report is None:
+        return {"coalesced": True}  # another sync runs: it runs what was asked at its end
+    if report.passes == 0:
+        return {"nothing to do": True}
+    return {"done": report.done, "passes": report.passes, "summary": report.summary()}
 
 
 def mark_account(account_id: int, reason: str, *, auth: bool = False) -> None:

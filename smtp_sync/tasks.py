@@ -31,10 +31,11 @@ from messages.models import Account, Message
 from messages.outbox_delivery import outbound_deliver
 from messages.services import dead_letter_record
 from messages.sync_tasks import (
-    INFRA_RETRY,
+    ProviderSyncTasks,
+    SyncStop,
     full_sync_payload_read,
     mark_account,
-    sync_task_retry,
+    sync_task_run,
 )
 
 from . import watchdog  # noqa: F401  (starts the sync watchdog in every worker)
@@ -51,6 +52,18 @@ logger = logging.getLogger(__name__)
 CHUNK_SECONDS = 240
 
 IMAP_RETRY = {"base": 15, "cap": 5 * 60, "max_retries": 10}
+
+SYNC_TASKS = ProviderSyncTasks(
+    provider="imap",
+    sync=imap_sync_account,
+    unreachable=(ImapConnectError,),
+    retry_policy=IMAP_RETRY,
+    stops=(
+        SyncStop(ImapAuthError, "auth_error", "parked; its login is re-tested later"),
+        SyncStop(ImapRefusedError, "refused", "the outbound guard refused its host"),
+    ),
+    chunk_seconds=CHUNK_SECONDS,
+)
 
 RETRY = {
     "autoretry_for": (ImapConnectError, *INFRA_ERRORS),
@@ -70,12 +83,15 @@ def full_sync(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         letter = dead_letter_record(task_name=full_sync.name, reason=read, payload=payload)
         return {"deadLetter": letter.pk, "reason": read}
     account_id, options, kind = read
-    return _run(self, account_id, kind=kind, options=options, trigger=payload.get("trigger"))
+    trigger = payload.get("trigger")
+    return sync_task_run(self, SYNC_TASKS, account_id, kind=kind, options=options, trigger=trigger)
 
 
 @shared_task(name="smtp_sync.incremental_sync", bind=True, max_retries=None)
 def incremental_sync(self: Task, account_id: int, trigger: str | None = None) -> dict[str, Any]:
-    return _run(self, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger)
+    return sync_task_run(
+        self, SYNC_TASKS, account_id, kind=syncstate.INCREMENTAL, options={}, trigger=trigger
+    )
 
 
 @shared_task(name=topics.MESSAGE_CHANGE_TASKS["imap"], bind=True, **RETRY)
@@ -141,45 +157,3 @@ def poll_accounts() -> int:
     for account_id in ids:
         topics.sync_request_now(account_id, Account.Provider.IMAP, kind=syncstate.INCREMENTAL)
     return len(ids)
-
-
-def _run(
-    task: Task, account_id: int, *, kind: str, options: dict[str, Any], trigger: str | None
-) -> dict[str, Any]:
-    route = syncstate.route_of(kind)
-    retrying = task.request.retries > 0
-    retry = {
-        "account_id": account_id,
-        "provider": "imap",
-        "kind": kind,
-        "options": options,
-        "trigger": trigger,
-    }
-    try:
-        if trigger:
-            syncstate.queued_clear(account_id, route, trigger)  # running now: not queued
-        report = imap_sync_account(
-            account_id,
-            full=kind == syncstate.FULL,
-            max_seconds=CHUNK_SECONDS,
-            options=options,
-            request=trigger is None or retrying,
-            retry_errors=(ImapConnectError, *INFRA_ERRORS),
-        )
-    except ImapAuthError as exc:
-        logger.warning("account %s: %s (parked; its login is re-tested later)", account_id, exc)
-        return {"error": "auth_error"}
-    except ImapRefusedError as exc:
-        logger.warning("account %s: %s (the outbound guard refused its host)", account_id, exc)
-        return {"error": "refused"}
-    except Account.DoesNotExist:
-        return {"error": "account does not exist"}
-    except INFRA_ERRORS as exc:
-        sync_task_retry(task, exc, **retry, policy=INFRA_RETRY, infra=True)
-    except ImapConnectError as exc:
-        sync_task_retry(task, exc, **retry, policy=IMAP_RETRY, infra=False)
-    if report is None:
-        return {"coalesced": True}  # another sync runs: it runs what was asked at its end
-    if report.passes == 0:
-        return {"nothing to do": True}
-    return {"done": report.done, "passes": report.passes, "summary": report.summary()}

@@ -129,6 +129,7 @@ def test_a_stale_redelivered_task_does_nothing(imap_account, seeded):
 def test_a_paused_full_sync_continues_through_its_requests(
     imap_account, seeded, monkeypatch, settings
 ):
+    import dataclasses
     import functools
 
     from smtp_sync import services, tasks
@@ -136,7 +137,7 @@ def test_a_paused_full_sync_continues_through_its_requests(
     settings.IMAP_FETCH_BATCH = 2
     # Every chunk pauses at its checkpoint after 4 messages.
     chunk = functools.partial(services.imap_sync_account, max_messages=4)
-    monkeypatch.setattr(tasks, "imap_sync_account", chunk)
+    monkeypatch.setattr(tasks, "SYNC_TASKS", dataclasses.replace(tasks.SYNC_TASKS, sync=chunk))
     topics.publish_sync(imap_account.pk, "imap", kind="full")
     outcomes = run_queued_tasks()
     assert len(outcomes) > 2 and outcomes[-1]["done"]
