@@ -1,10 +1,13 @@
 """Settings, all read from the environment (see `.env.example`)."""
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from .dbnames import application_name
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -77,6 +80,11 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default="postgres://localhost/emailplatform")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Connections per kind of process in pg_stat_activity (README, "Database connections").
+DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = application_name(sys.argv)
+# Behind a transaction-pooling pgbouncer: no cursor may outlive its transaction (Django declares
+# the server-side cursors of .iterator() WITH HOLD outside one).
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DB_TRANSACTION_POOLING", False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

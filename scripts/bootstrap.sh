@@ -13,6 +13,7 @@ command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 [ -x /usr/sbin/postfix ] || packages+=(postfix)
 command -v mbsync >/dev/null 2>&1 || packages+=(isync)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+[ -x /usr/sbin/pgbouncer ] || packages+=(pgbouncer)  # tests/emailplatform/test_pgbouncer.py
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
@@ -28,10 +29,11 @@ if [ ${#packages[@]} -gt 0 ]; then
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   # Debian's packages start their own system-wide services; ours are private instances.
   $SUDO apt-get install -y -q --no-install-recommends "${packages[@]}"
-  for unit in postgresql redis-server dovecot postfix; do
+  for unit in postgresql redis-server dovecot postfix pgbouncer; do
     $SUDO service "$unit" stop >/dev/null 2>&1 || true
   done
   $SUDO systemctl disable postfix >/dev/null 2>&1 || $SUDO update-rc.d postfix disable >/dev/null 2>&1 || true
+  $SUDO systemctl disable pgbouncer >/dev/null 2>&1 || $SUDO update-rc.d pgbouncer disable >/dev/null 2>&1 || true
 fi
 
 PYTHON="${PYTHON:-python3.11}"

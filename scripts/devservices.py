@@ -11,6 +11,10 @@
                                                  stop a running service, wait, start it again on
                                                  the same port with the same data (fault drills)
     devservices.py kick USER --dir DIR           cut every IMAP session of a Dovecot user
+    devservices.py adduser USER --dir DIR [--password-stdin] [--owner NAME]
+                                                 a new mailbox USER@example.com in the private
+                                                 Dovecot (password generated unless given on
+                                                 stdin); --owner adds it as NAME's account
 
 A service is started only when its variable (DATABASE_URL, REDIS_URL, IMAP_TEST_HOST,
 POSTFIX_SMTP_HOST) is not already set. Postfix, the MTA that delivers into Dovecot (LMTP) and
@@ -28,6 +32,7 @@ import base64
 import glob
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -692,15 +697,79 @@ class Services:
         )
         return (done.stdout + done.stderr).strip()
 
+    def add_mailbox(self, username: str, password: str) -> dict[str, str]:
+        """A Dovecot user (one passwd-file in DIR/dovecot/users, seen at the next login); its
+        IMAP settings. An existing user gets the new password."""
+        if not USERNAME_RE.fullmatch(username):
+            raise SystemExit(f"bad user name {username!r}: letters, digits, . _ - only")
+        if "IMAP_PORT" not in self.state:
+            raise SystemExit(f"no private Dovecot in {self.base}: start `make run` first")
+        users = self.base / "dovecot" / "users"
+        users.mkdir(parents=True, exist_ok=True)
+        # A new file renamed over the old one: Dovecot sees a new inode, re-reads it at once.
+        staged = users / f".{username}.new"
+        staged.write_text(f"{username}:{{PLAIN}}{password}\n")
+        staged.chmod(0o600)
+        if os.geteuid() == 0:  # Dovecot's auth process reads it as its internal user
+            internal = pwd.getpwnam("dovecot")
+            os.chown(staged, internal.pw_uid, internal.pw_gid)
+        staged.replace(users / username)
+        return {
+            "address": f"{username}@{MAIL_DOMAIN}",
+            "host": "127.0.0.1",
+            "port": self.state["IMAP_PORT"],
+            "username": username,
+            "password": password,
+        }
+
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def add_account(services: Services, mailbox: dict[str, str], owner: str) -> int:
+    """Register MAILBOX as OWNER's IMAP account through `manage.py add_account`, with the
+    environment of the running services (the same database, keys and allowed hosts)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, **services.up()}
+    return subprocess.run(
+        [
+            str(root / ".venv" / "bin" / "python"),
+            "manage.py",
+            "add_account",
+            "--owner",
+            owner,
+            "--email",
+            mailbox["address"],
+            "--imap-host",
+            mailbox["host"],
+            "--imap-port",
+            mailbox["port"],
+            "--security",
+            "none",
+            "--username",
+            mailbox["username"],
+            "--password-stdin",
+        ],
+        cwd=root,
+        env=env,
+        input=mailbox["password"] + "\n",
+        text=True,
+        check=False,
+    ).returncode
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("action", choices=["up", "down", "exec", "restart", "kick"])
+    parser.add_argument("action", choices=["up", "down", "exec", "restart", "kick", "adduser"])
     parser.add_argument(
-        "target", nargs="?", help="restart: postgres|redis|dovecot|postfix; kick: USER"
+        "target", nargs="?", help="restart: postgres|redis|dovecot|postfix; kick, adduser: USER"
     )
+    parser.add_argument(
+        "--password-stdin", action="store_true", help="adduser: read the password from stdin"
+    )
+    parser.add_argument("--owner", help="adduser: add the mailbox as this user's account too")
     parser.add_argument("--dir", type=Path, default=Path(".local"))
     parser.add_argument("--temp", action="store_true", help="use a temporary dir, removed after")
     parser.add_argument(
@@ -714,10 +783,18 @@ def main() -> int:
     args = parser.parse_args(argv[:split])
     cmd = argv[split + 1 :]
 
-    if args.action in ("restart", "kick"):
+    if args.action in ("restart", "kick", "adduser"):
         if not args.target:
-            parser.error(f"{args.action} needs a service (restart) or a user (kick)")
+            parser.error(f"{args.action} needs a service (restart) or a user (kick, adduser)")
         existing = Services.existing(args.dir)
+        if args.action == "adduser":
+            given = sys.stdin.readline().rstrip("\n") if args.password_stdin else ""
+            mailbox = existing.add_mailbox(args.target, given or secrets.token_urlsafe(12))
+            print(
+                f"Mailbox {mailbox['address']}: IMAP {mailbox['host']}:{mailbox['port']}"
+                f" (no TLS), user {mailbox['username']}, password {mailbox['password']}"
+            )
+            return add_account(existing, mailbox, args.owner) if args.owner else 0
         if args.action == "restart":
             existing.restart(args.target, args.down)
         else:

@@ -25,6 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from run_port import port_taken_message  # noqa: E402
+from run_user import cannot_run_as, give_paths, platform_user, popen_as  # noqa: E402
 
 from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES  # noqa: E402
 
@@ -181,16 +185,53 @@ def celery_worker(name: str, queues: tuple[str, ...], concurrency: str) -> list[
     ]
 
 
+def children_popen() -> Callable[..., subprocess.Popen]:
+    """How the children start: as an unprivileged user when `make run` is root (README, "make
+    run as root"), else as whoever runs it."""
+    user = platform_user()
+    if user is None:
+        return subprocess.Popen
+    why = cannot_run_as(user, PY, ROOT)
+    if why:
+        print(
+            f"  Running the platform as root: user {user.pw_name} cannot run it from {ROOT}"
+            f" ({why}).\n  Use a checkout that user can read, or `make run` as a normal user.\n",
+            flush=True,
+        )
+        return subprocess.Popen
+    give_paths(user, [p for p in (os.environ.get("MEDIA_ROOT"),) if p])
+    print(f"  Processes run as user {user.pw_name} (not root).", flush=True)
+    return popen_as(user)
+
+
+def demo_banner() -> str:
+    """How to reach the demo mailbox with any IMAP client ("" without the demo)."""
+    users = os.environ.get("DOVECOT_USERS_DIR")
+    passwd = Path(users) / "demo" if users else None
+    if not passwd or not passwd.exists():
+        return ""
+    password = passwd.read_text().split("{PLAIN}", 1)[-1].strip()
+    host, port = os.environ.get("IMAP_TEST_HOST"), os.environ.get("IMAP_TEST_PORT")
+    return (
+        f"  Demo mailbox over IMAP: {host}:{port}, no TLS, user demo, password {password}\n"
+        "  (more mailboxes: .venv/bin/python scripts/devservices.py adduser NAME --dir .local)\n"
+    )
+
+
 def main() -> int:
     os.environ.setdefault("DEBUG", "1")
     os.chdir(ROOT)
+    port = os.environ.get("PORT", "8000")
+    taken = port_taken_message(int(port))
+    if taken:
+        print(f"\n  {taken}\n", file=sys.stderr, flush=True)
+        return 1
     manage("migrate", "--noinput")
     ensure_admin()
     if os.environ.get("DEMO", "1") != "0" and os.environ.get("DOVECOT_USERS_DIR"):
         manage("seed_demo")
-    port = os.environ.get("PORT", "8000")
     commands = platform_commands(port)
-    supervisor = Supervisor(commands)
+    supervisor = Supervisor(commands, popen=children_popen())
     stopping = False
 
     def stop(*_: object) -> None:
@@ -199,6 +240,7 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    print(demo_banner(), end="", flush=True)
     print(f"  Platform running: http://127.0.0.1:{port}/admin/  (Ctrl-C stops it)\n", flush=True)
     try:
         supervisor.run(lambda: stopping)

@@ -37,6 +37,11 @@ BACKOFF_MAX_SECONDS = 300
 REFRESH_SECONDS = 60
 NUDGE_MIN_SECONDS = 1.0
 CHANGE_RESPONSES = (b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED")
+# Watchers that may hold a database connection at once (reading their account, triggering):
+# with the supervisor's, a listener holds at most IDLE_DB_CONNECTIONS + 1 however many accounts
+# reconnect or hear mail together (README, "Database connections").
+IDLE_DB_CONNECTIONS = 2
+_db_slots = threading.BoundedSemaphore(IDLE_DB_CONNECTIONS)
 
 
 class IdleWatcher(threading.Thread):
@@ -90,13 +95,16 @@ class IdleWatcher(threading.Thread):
 
     def _mark_auth_error(self, message: str) -> bool:
         """Record the refused login; False when the database could not be told (retry then)."""
-        try:
-            account = Account.objects.filter(pk=self.account_id).first()
-            if account is not None:
-                account_mark_error(account, message, auth=True)
-        except DatabaseError:
-            logger.warning("IDLE for account %s: cannot record its auth error", self.account_id)
-            return False
+        with _db_slots:
+            try:
+                account = Account.objects.filter(pk=self.account_id).first()
+                if account is not None:
+                    account_mark_error(account, message, auth=True)
+            except DatabaseError:
+                logger.warning("IDLE for account %s: cannot record its auth error", self.account_id)
+                return False
+            finally:
+                connection.close()
         return True
 
     def _back_off(self, exc: BaseException) -> None:
@@ -108,9 +116,12 @@ class IdleWatcher(threading.Thread):
         self.stopping.wait(delay)
 
     def _watch(self) -> None:
-        close_old_connections()
-        server = server_for(Account.objects.get(pk=self.account_id))
-        connection.close()  # no database connection held through IDLE
+        with _db_slots:
+            try:
+                close_old_connections()
+                server = server_for(Account.objects.get(pk=self.account_id))
+            finally:
+                connection.close()  # no database connection held through IDLE
         with self.connection_factory(server) as conn:
             conn.select(self.folder, readonly=True)
             self._trigger()  # catch up on what happened while we were away
@@ -130,10 +141,11 @@ class IdleWatcher(threading.Thread):
                     self._trigger()
 
     def _trigger(self) -> None:
-        try:
-            self.trigger(self.account_id)
-        finally:
-            connection.close()
+        with _db_slots:
+            try:
+                self.trigger(self.account_id)
+            finally:
+                connection.close()
 
 
 def _is_change(response: tuple) -> bool:

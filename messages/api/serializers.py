@@ -42,18 +42,25 @@ class TokenOutput(serializers.Serializer):
 
 # Accounts ----------------------------------------------------------------------------------
 class SyncSettings(StrictJsonInput):
-    """How the account is synced; every key is optional."""
+    """How the account is synced; every key is optional.
 
-    includeAttachments = serializers.BooleanField(  # noqa: N815 (the topic contract's keys)
-        required=False, help_text="Store attachment files while syncing (else fetched on demand)."
+    snake_case here like the rest of the API; stored (and carried in the topics) under the
+    topic contract's camelCase keys, the fields' sources."""
+
+    include_attachments = serializers.BooleanField(
+        source="includeAttachments",
+        required=False,
+        help_text="Store attachment files while syncing (else fetched on demand).",
     )
-    skipFolders = serializers.ListField(  # noqa: N815
+    skip_folders = serializers.ListField(
+        source="skipFolders",
         child=serializers.CharField(max_length=1024),
         required=False,
         max_length=1000,
         help_text="Folder names not to sync.",
     )
-    windowDays = serializers.IntegerField(  # noqa: N815
+    window_days = serializers.IntegerField(
+        source="windowDays",
         required=False,
         allow_null=True,
         min_value=1,
@@ -63,19 +70,22 @@ class SyncSettings(StrictJsonInput):
     backfill = serializers.BooleanField(
         required=False, help_text="After the window, go on with older mail."
     )
-    sendPerMinute = serializers.IntegerField(  # noqa: N815
+    send_per_minute = serializers.IntegerField(
+        source="sendPerMinute",
         required=False,
         min_value=0,
         max_value=100000,
         help_text="Outbound messages sent per minute at most (0: no limit); excess waits.",
     )
-    sendPerDay = serializers.IntegerField(  # noqa: N815
+    send_per_day = serializers.IntegerField(
+        source="sendPerDay",
         required=False,
         min_value=0,
         max_value=10000000,
         help_text="Outbound messages sent per day at most (0: no limit); excess waits.",
     )
-    saveSentCopy = serializers.BooleanField(  # noqa: N815
+    save_sent_copy = serializers.BooleanField(
+        source="saveSentCopy",
         required=False,
         help_text=(
             "IMAP accounts: put a copy of each sent message in Sent (default: yes, except for "
@@ -108,8 +118,13 @@ class AccountOutput(serializers.Serializer):
     @extend_schema_field(SyncSettings)
     def get_sync_settings(self, account: Account) -> dict[str, Any]:
         stored = account.sync_settings if isinstance(account.sync_settings, dict) else {}
-        serializer = SyncSettings(data=stored)
-        return dict(serializer.validated_data) if serializer.is_valid() else {}
+        fields = SyncSettings().fields
+        stored_as = {field.source: name for name, field in fields.items()}
+        readable = {stored_as[key]: value for key, value in stored.items() if key in stored_as}
+        serializer = SyncSettings(data=readable)
+        if not serializer.is_valid():
+            return {}
+        return {stored_as[key]: value for key, value in serializer.validated_data.items()}
 
     @extend_schema_field(SyncProgress(allow_null=True))
     def get_sync_progress(self, account: Account) -> dict[str, Any] | None:
@@ -582,14 +597,12 @@ class ChangeOutput(serializers.Serializer):
     id = serializers.IntegerField()
     type = serializers.ChoiceField(source="object_type", choices=ChangeEvent.ObjectType.choices)
     kind = serializers.ChoiceField(choices=ChangeEvent.Kind.choices)
-    objectId = serializers.IntegerField(source="object_id")  # noqa: N815
-    accountId = serializers.IntegerField(source="account_id")  # noqa: N815
+    object_id = serializers.IntegerField()
+    account_id = serializers.IntegerField()
     at = serializers.DateTimeField(source="created_at")
 
 
 class ChangesOutput(serializers.Serializer):
     changes = ChangeOutput(many=True)
     cursor = serializers.IntegerField(help_text="Pass it back as `cursor` for what comes next.")
-    hasMore = serializers.BooleanField(  # noqa: N815
-        help_text="More changes are waiting: ask again at once."
-    )
+    has_more = serializers.BooleanField(help_text="More changes are waiting: ask again at once.")

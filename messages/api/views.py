@@ -560,5 +560,5 @@ class ChangesView(ApiView):
         events = events[: query["limit"]]
         cursor = events[-1].pk if events else query["cursor"]
         return Response(
-            {"changes": s.ChangeOutput(events, many=True).data, "cursor": cursor, "hasMore": more}
+            {"changes": s.ChangeOutput(events, many=True).data, "cursor": cursor, "has_more": more}
         )

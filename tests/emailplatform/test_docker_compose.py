@@ -136,7 +136,7 @@ def worker_queues(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
 
 def app_services(services: dict[str, dict[str, Any]]) -> list[str]:
     """Services that run the project's image (web, workers, beat)."""
-    return [name for name, service in services.items() if "build" in service]
+    return [name for name, service in services.items() if service.get("build") == "."]
 
 
 def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
@@ -324,3 +324,24 @@ def test_dockerignore_keeps_secrets_out() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "python:3.11-slim-bookworm" in dockerfile
     assert "requirements.txt" in dockerfile
+
+
+def test_readme_names_exactly_the_variables_config_requires() -> None:
+    required = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):\?", COMPOSE_FILE.read_text()))
+    assert required == set(REQUIRED_SECRETS)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### docker-compose\n", 1)[1].split("\n### ", 1)[0]
+    listed = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, flags=re.MULTILINE))
+    assert listed == required
+
+
+def test_pgbouncer_is_an_opt_in_profile_with_transaction_pooling(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    bouncer = services["pgbouncer"]
+    assert bouncer["profiles"] == ["pgbouncer"]
+    entrypoint = (ROOT / bouncer["build"] / "entrypoint.sh").read_text()
+    assert "pool_mode = transaction" in entrypoint
+    web_env = services["web"]["environment"]
+    assert "${DATABASE_HOST:-postgres}:${DATABASE_PORT:-5432}" in web_env["DATABASE_URL"]
+    assert web_env["DB_TRANSACTION_POOLING"] == "${DB_TRANSACTION_POOLING:-0}"

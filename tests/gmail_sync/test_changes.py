@@ -34,7 +34,7 @@ def patch(gmail_account, message, body) -> list:
 
 def feed(gmail_account, cursor: int) -> set[tuple[str, str, int]]:
     changes = gmail_account.api.get(f"/api/changes/?cursor={cursor}").json()["changes"]
-    return {(c["type"], c["kind"], c["objectId"]) for c in changes}
+    return {(c["type"], c["kind"], c["object_id"]) for c in changes}
 
 
 def cursor_now(gmail_account) -> int:

@@ -163,10 +163,10 @@ def test_excess_over_the_sending_limit_waits_and_is_sent_later(
     monkeypatch.setattr(outbox_limits, "MINUTE_SECONDS", 1.0)
     account = gmail_account.account
     response = gmail_account.api.patch(
-        f"/api/accounts/{account.pk}/", {"sync_settings": {"sendPerMinute": 2}}, format="json"
+        f"/api/accounts/{account.pk}/", {"sync_settings": {"send_per_minute": 2}}, format="json"
     )
     assert response.status_code == 200, response.content
-    assert response.json()["sync_settings"]["sendPerMinute"] == 2
+    assert response.json()["sync_settings"]["send_per_minute"] == 2
     account.refresh_from_db()
     outbounds = [outbound_create(account, to=[f"r{i}@example.net"]) for i in range(5)]
 
@@ -194,7 +194,7 @@ def test_past_the_daily_limit_the_next_message_waits_for_a_free_slot(gmail_accou
     account = gmail_account.account
     response = gmail_account.api.patch(
         f"/api/accounts/{account.pk}/",
-        {"sync_settings": {"sendPerMinute": 0, "sendPerDay": 1}},
+        {"sync_settings": {"send_per_minute": 0, "send_per_day": 1}},
         format="json",
     )
     assert response.status_code == 200, response.content

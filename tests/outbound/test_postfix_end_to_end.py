@@ -103,7 +103,7 @@ def recipients(api: APIClient, outbound_id: int) -> dict[str, dict]:
 
 def changes_since(api: APIClient, cursor: str) -> list[tuple[str, str, int]]:
     changes = api.get(f"/api/changes/?cursor={cursor}&limit=1000").json()["changes"]
-    return [(c["type"], c["kind"], c["objectId"]) for c in changes]
+    return [(c["type"], c["kind"], c["object_id"]) for c in changes]
 
 
 def feed_cursor(api: APIClient) -> str:

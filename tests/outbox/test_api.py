@@ -221,12 +221,12 @@ def test_the_feed_tells_of_outbound_mail(api, sender, empty_queues):
     created = compose(api, sender, send=True)
     api.post(f"/api/outbound/{created['id']}/cancel/")
     changes = api.get(f"/api/changes/?cursor={cursor}").json()["changes"]
-    assert [(c["type"], c["kind"], c["objectId"]) for c in changes] == [
+    assert [(c["type"], c["kind"], c["object_id"]) for c in changes] == [
         ("outbound", "created", created["id"]),
         ("outbound", "updated", created["id"]),  # queued
         ("outbound", "updated", created["id"]),  # cancelled
     ]
-    assert all(c["accountId"] == sender.pk for c in changes)
+    assert all(c["account_id"] == sender.pk for c in changes)
 
 
 def test_the_feed_of_another_user_shows_nothing(api, bob_api, sender, empty_queues):

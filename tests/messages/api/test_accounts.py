@@ -20,7 +20,7 @@ def test_create_a_local_account(api, user):
             "provider": "local",
             "email_address": "archive@example.com",
             "display_name": "Old mail",
-            "sync_settings": {"includeAttachments": False},
+            "sync_settings": {"include_attachments": False},
         },
         format="json",
     )
@@ -32,7 +32,8 @@ def test_create_a_local_account(api, user):
     assert body["email_address"] == "archive@example.com"
     assert body["display_name"] == "Old mail"
     assert body["status"] == "active"
-    assert body["sync_settings"] == {"includeAttachments": False}
+    assert body["sync_settings"] == {"include_attachments": False}
+    assert account.sync_settings == {"includeAttachments": False}  # the topic contract's keys
     assert body["sync_progress"] is None
     assert ChangeEvent.objects.filter(object_type="account", object_id=account.pk).exists()
 
@@ -103,7 +104,7 @@ def test_patch_settings_merges_sync_settings(api, account):
     account.save()
     response = api.patch(
         f"/api/accounts/{account.pk}/",
-        {"display_name": "Work", "sync_settings": {"skipFolders": ["Spam"], "backfill": True}},
+        {"display_name": "Work", "sync_settings": {"skip_folders": ["Spam"], "backfill": True}},
         format="json",
     )
     assert response.status_code == 200, response.content
@@ -115,19 +116,24 @@ def test_patch_settings_merges_sync_settings(api, account):
         "skipFolders": ["Spam"],
         "backfill": True,
     }
-    assert response.json()["sync_settings"] == account.sync_settings
+    assert response.json()["sync_settings"] == {
+        "include_attachments": True,
+        "window_days": 30,
+        "skip_folders": ["Spam"],
+        "backfill": True,
+    }
 
 
 def test_patch_rejects_bad_sync_settings(api, account):
     response = api.patch(
         f"/api/accounts/{account.pk}/",
-        {"sync_settings": {"windowDays": 0, "skipFolders": "Spam"}},
+        {"sync_settings": {"window_days": 0, "skip_folders": "Spam"}},
         format="json",
     )
     assert response.status_code == 400
     assert set(response.json()["error"]["fields"]) == {
-        "sync_settings.windowDays",
-        "sync_settings.skipFolders",
+        "sync_settings.window_days",
+        "sync_settings.skip_folders",
     }
 
 
@@ -273,12 +279,12 @@ def test_sync_waits_for_a_usable_account(api, user, status, code):
 def test_wrong_json_types_are_refused_field_by_field(api, account):
     response = api.patch(
         f"/api/accounts/{account.pk}/",
-        {"display_name": 5, "sync_settings": {"includeAttachments": "yes", "windowDays": "30"}},
+        {"display_name": 5, "sync_settings": {"include_attachments": "yes", "window_days": "30"}},
         format="json",
     )
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {
         "display_name": ["Must be a string."],
-        "sync_settings.includeAttachments": ["Must be true or false."],
-        "sync_settings.windowDays": ["Must be an integer."],
+        "sync_settings.include_attachments": ["Must be true or false."],
+        "sync_settings.window_days": ["Must be an integer."],
     }

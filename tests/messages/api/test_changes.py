@@ -22,23 +22,23 @@ def test_feed_in_order_with_cursor(api, account):
     record(account, "created", "message", [11, 12])
     record(account, "updated", "thread", [5])
     first = api.get("/api/changes/?limit=2").json()
-    assert [(c["type"], c["kind"], c["objectId"]) for c in first["changes"]] == [
+    assert [(c["type"], c["kind"], c["object_id"]) for c in first["changes"]] == [
         ("message", "created", 11),
         ("message", "created", 12),
     ]
-    assert first["hasMore"] is True
+    assert first["has_more"] is True
     assert first["cursor"] == first["changes"][-1]["id"]
-    assert set(first["changes"][0]) == {"id", "type", "kind", "objectId", "accountId", "at"}
-    assert first["changes"][0]["accountId"] == account.pk
+    assert set(first["changes"][0]) == {"id", "type", "kind", "object_id", "account_id", "at"}
+    assert first["changes"][0]["account_id"] == account.pk
 
     rest = api.get(f"/api/changes/?cursor={first['cursor']}").json()
-    assert [(c["type"], c["objectId"]) for c in rest["changes"]] == [("thread", 5)]
-    assert rest["hasMore"] is False
+    assert [(c["type"], c["object_id"]) for c in rest["changes"]] == [("thread", 5)]
+    assert rest["has_more"] is False
     ids = [c["id"] for c in first["changes"] + rest["changes"]]
     assert ids == sorted(ids)
 
     empty = api.get(f"/api/changes/?cursor={rest['cursor']}").json()
-    assert empty == {"changes": [], "cursor": rest["cursor"], "hasMore": False}
+    assert empty == {"changes": [], "cursor": rest["cursor"], "has_more": False}
     beginning = api.get("/api/changes/?cursor=0").json()["changes"]
     assert [c["id"] for c in beginning] == ids
 
@@ -59,7 +59,7 @@ def test_api_writes_appear_in_the_feed(api, mailbox):
     api.patch(f"/api/messages/{mailbox.hello.pk}/", {"is_read": True}, format="json")
     api.patch(f"/api/accounts/{mailbox.account.pk}/", {"display_name": "Home"}, format="json")
     changes = api.get(f"/api/changes/?cursor={cursor}").json()["changes"]
-    assert [(c["type"], c["kind"], c["objectId"]) for c in changes] == [
+    assert [(c["type"], c["kind"], c["object_id"]) for c in changes] == [
         ("message", "updated", mailbox.hello.pk),
         ("thread", "updated", mailbox.hello.thread_id),
         ("account", "updated", mailbox.account.pk),
@@ -85,7 +85,7 @@ def test_long_poll_returns_as_soon_as_an_event_arrives(user):
     response = client.get(f"/api/changes/?cursor={cursor}&wait=20")
     elapsed = time.monotonic() - started
     writer.join()
-    assert [c["objectId"] for c in response.json()["changes"]] == [77]
+    assert [c["object_id"] for c in response.json()["changes"]] == [77]
     assert 0.9 <= elapsed < 5, elapsed
 
 
@@ -95,4 +95,4 @@ def test_long_poll_gives_up_after_wait_with_the_same_cursor(user):
     started = time.monotonic()
     response = client.get("/api/changes/?cursor=999999&wait=1")
     assert 1 <= time.monotonic() - started < 4
-    assert response.json() == {"changes": [], "cursor": 999999, "hasMore": False}
+    assert response.json() == {"changes": [], "cursor": 999999, "has_more": False}

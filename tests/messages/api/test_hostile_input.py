@@ -35,13 +35,13 @@ def test_deeply_nested_json_is_a_parse_error(client, depth, opener):
 
 
 def test_nesting_within_the_limit_is_parsed(api, account):
-    body = {"display_name": "x", "sync_settings": {"skipFolders": [["a"] * 1] * 1}}
+    body = {"display_name": "x", "sync_settings": {"skip_folders": [["a"] * 1] * 1}}
     nested = json.dumps(body)
     response = api.generic(
         "PATCH", f"/api/accounts/{account.pk}/", nested, content_type="application/json"
     )
     assert response.status_code == 400  # a list of lists is the wrong type, not a crash
-    assert "sync_settings.skipFolders" in " ".join(response.json()["error"]["fields"])
+    assert "sync_settings.skip_folders" in " ".join(response.json()["error"]["fields"])
 
 
 def test_brackets_inside_strings_do_not_count(api, account):

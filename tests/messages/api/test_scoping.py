@@ -103,7 +103,7 @@ def test_the_owner_sees_them(api, alices, url):
 
 def test_another_users_changes_are_not_in_the_feed(bob_api, mailbox):
     assert ChangeEvent.objects.filter(owner=mailbox.account.owner).exists()
-    assert bob_api.get("/api/changes/").json() == {"changes": [], "cursor": 0, "hasMore": False}
+    assert bob_api.get("/api/changes/").json() == {"changes": [], "cursor": 0, "has_more": False}
 
 
 def test_bobs_account_creation_stays_his(bob_api, bob, api, mailbox):
