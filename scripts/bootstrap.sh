@@ -15,6 +15,7 @@ command -v mbsync >/dev/null 2>&1 || packages+=(isync)
 command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
 [ -x /usr/sbin/pgbouncer ] || packages+=(pgbouncer)  # tests/emailplatform/test_pgbouncer.py
 command -v runuser >/dev/null 2>&1 || packages+=(util-linux)
+command -v setfacl >/dev/null 2>&1 || packages+=(acl)  # make run as root, checkout under /root
 command -v chromium >/dev/null 2>&1 || packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || packages+=(python3-venv)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from run_port import port_taken_message  # noqa: E402
-from run_user import cannot_run_as, give_paths, platform_user, popen_as  # noqa: E402
+from run_user import cannot_run_as, give_paths, grant_access, platform_user, popen_as  # noqa: E402
 
 from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES  # noqa: E402
 
@@ -192,6 +192,13 @@ def children_popen() -> Callable[..., subprocess.Popen]:
     if user is None:
         return subprocess.Popen
     why = cannot_run_as(user, PY, ROOT)
+    if why and (opened := grant_access(user, PY, ROOT)):
+        print(
+            f"  User {user.pw_name} may now read {', '.join(opened)} (POSIX ACLs; no mode or"
+            " owner changed).",
+            flush=True,
+        )
+        why = cannot_run_as(user, PY, ROOT)
     if why:
         print(
             f"  Running the platform as root: user {user.pw_name} cannot run it from {ROOT}"

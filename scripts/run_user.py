@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -72,6 +74,61 @@ def cannot_run_as(
         return ""
     lines = (done.stderr or done.stdout).strip().splitlines()
     return lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def _can_enter(user: pwd.struct_passwd, path: Path) -> bool:
+    """Whether USER may traverse PATH by its mode bits (ACLs aside)."""
+    st = path.stat()
+    if st.st_uid == user.pw_uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == user.pw_gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _closed_trees(user: pwd.struct_passwd, python: str, root: Path) -> list[Path]:
+    """The checkout and the interpreter's installation, where USER cannot reach them."""
+    done = subprocess.run(
+        [python, "-c", "import sys; print(sys.base_prefix)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    trees = [root.resolve()]
+    if done.returncode == 0 and done.stdout.strip():
+        trees.append(Path(done.stdout.strip()).resolve())
+    return [
+        tree
+        for tree in trees
+        if not all(_can_enter(user, p) for p in [*reversed(tree.parents), tree])
+    ]
+
+
+def grant_access(user: pwd.struct_passwd, python: str, root: Path) -> list[str]:
+    """Let USER run the platform from ROOT when root's files are closed to others (a checkout
+    or a Python under /root, mode 700 on Debian): POSIX ACLs give USER traverse on each parent
+    and read on the tree (inherited by what is created there later), changing no mode and no
+    owner. The trees opened, for the banner; none without `setfacl` (Debian's acl package)."""
+    setfacl = shutil.which("setfacl")
+    if setfacl is None:
+        return []
+    opened = []
+    for tree in _closed_trees(user, python, root):
+        entry = f"u:{user.pw_name}"
+        for parent in reversed(tree.parents):
+            if not _can_enter(user, parent):
+                subprocess.run([setfacl, "-m", f"{entry}:x", str(parent)], check=True)
+        # The services' own state (.local: PostgreSQL, Dovecot and Postfix check its modes)
+        # and .git are left alone.
+        skipped = ["(", "-path", f"{tree}/.local", "-o", "-path", f"{tree}/.git", ")", "-prune"]
+        read, inherit = ["-m", f"{entry}:rX"], ["-d", "-m", f"{entry}:rX"]
+        for kind, options in ((["-o"], read), (["-o", "-type", "d"], inherit)):
+            subprocess.run(
+                ["find", str(tree), *skipped, *kind, "-exec", setfacl, *options, "{}", "+"],
+                check=True,
+            )
+        opened.append(str(tree))
+    return opened
 
 
 def give_paths(user: pwd.struct_passwd, paths: Iterable[str | Path]) -> None:
