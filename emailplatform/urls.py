@@ -6,6 +6,7 @@ from .health import health
 from .observability.views import metrics_view
 
 urlpatterns = [
+    path("admin/overview/", include("messages.admin_overview")),
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
