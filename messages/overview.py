@@ -77,24 +77,31 @@ def accounts_in_error(accounts: QuerySet[Account]) -> list[Account]:
     return list(errors.order_by("-last_error_at")[:RECENT_FAILURES])
 
 
-def ingested_per_hour(
-    accounts: QuerySet[Account], *, hours: int = CHART_HOURS, now: datetime | None = None
-) -> list[tuple[datetime, int]]:
-    """Messages stored in each of the last HOURS whole hours up to the current one (zeros
-    included), by the time they were stored (Message.created_at, a BRIN-indexed column)."""
-    current = (now or timezone.now()).replace(minute=0, second=0, microsecond=0)
-    first = current - timedelta(hours=hours - 1)
-    counts = dict(
-        Message.objects.filter(created_at__gte=first, account__in=accounts)
+def scoped_messages(user: AbstractBaseUser) -> QuerySet[Message]:
+    messages = Message.objects.all()
+    return messages if user.is_superuser else messages.filter(account__owner=user)
+
+
+def hourly_counts(messages: QuerySet[Message], since: datetime) -> QuerySet:
+    return (
+        messages.filter(created_at__gte=since)
         .annotate(hour=TruncHour("created_at"))
         .values_list("hour")
         .annotate(n=Count("id"))
         .order_by()
     )
-    return [
-        (first + timedelta(hours=i), counts.get(first + timedelta(hours=i), 0))
-        for i in range(hours)
-    ]
+
+
+def ingested_per_hour(
+    user: AbstractBaseUser, *, hours: int = CHART_HOURS, now: datetime | None = None
+) -> list[tuple[datetime, int]]:
+    """Messages stored in each of the last HOURS whole hours up to the current one (zeros
+    included), by the time they were stored (Message.created_at, a BRIN-indexed column)."""
+    current = (now or timezone.now()).replace(minute=0, second=0, microsecond=0)
+    first = current - timedelta(hours=hours - 1)
+    counts = dict(hourly_counts(scoped_messages(user), first))
+    hours_shown = [first + timedelta(hours=i) for i in range(hours)]
+    return [(hour, counts.get(hour, 0)) for hour in hours_shown]
 
 
 def queue_depths() -> QueueDepths:
@@ -121,6 +128,6 @@ def overview_get(*, user: AbstractBaseUser) -> Overview:
             Q(account_id__in=account_ids) if not user.is_superuser else Q(), created_at__gte=since
         ).count(),
         queues=queue_depths(),
-        ingested_per_hour=ingested_per_hour(accounts),
+        ingested_per_hour=ingested_per_hour(user),
         scoped=not user.is_superuser,
     )

@@ -70,5 +70,3 @@ def _task_ended(task_id: str, task: Task, state: str | None = None, **_: Any) ->
     metrics.task_finished(
         task=task.name, queue=queue, state=STATES.get(state or "", "other"), seconds=seconds
     )
-    if state == "FAILURE":
-        metrics.error("task_failure")

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import redis
 
@@ -53,13 +53,29 @@ def labels_field(labels: Mapping[str, str]) -> str:
 
 
 def counter_add(name: str, labels: Mapping[str, str], amount: float = 1) -> None:
-    if amount:
-        _run(lambda pipe: pipe.hincrbyfloat(counter_key(name), labels_field(labels), amount))
+    _run(_counter_write(name, labels, amount))
 
 
 def histogram_observe(
     name: str, labels: Mapping[str, str], seconds: float, buckets: Sequence[float]
 ) -> None:
+    _run(_histogram_write(name, labels, seconds, buckets))
+
+
+Write = Callable[[redis.client.Pipeline], None]
+
+
+def _counter_write(name: str, labels: Mapping[str, str], amount: float) -> Write:
+    def write(pipe: redis.client.Pipeline) -> None:
+        if amount:
+            pipe.hincrbyfloat(counter_key(name), labels_field(labels), amount)
+
+    return write
+
+
+def _histogram_write(
+    name: str, labels: Mapping[str, str], seconds: float, buckets: Sequence[float]
+) -> Write:
     """One observation: its bucket's count (cumulated at scrape time), the sum and the count."""
     field = labels_field(labels)
     index = bisect_left(buckets, seconds)
@@ -71,14 +87,17 @@ def histogram_observe(
         pipe.hincrbyfloat(key, f"{field}|sum", seconds)
         pipe.hincrby(key, f"{field}|count", 1)
 
-    _run(write)
+    return write
 
 
-def _run(write) -> None:
+def _run(*writes: Write) -> None:
+    """WRITES in one round trip; a Redis failure loses them, never the caller's work."""
     try:
         pipe = syncstate.client().pipeline(transaction=False)
-        write(pipe)
-        pipe.execute()
+        for write in writes:
+            write(pipe)
+        if len(pipe):
+            pipe.execute()
     except redis.RedisError as exc:
         logger.debug("metric not recorded: %s", exc)
 
@@ -87,22 +106,29 @@ def _run(write) -> None:
 def task_finished(*, task: str, queue: str, state: str, seconds: float | None) -> None:
     """A Celery task ended: STATE succeeded, failed or retried."""
     labels = {"queue": queue, "task": task}
-    counter_add("tasks_total", {**labels, "state": state})
+    writes = [_counter_write("tasks_total", {**labels, "state": state}, 1)]
     if seconds is not None:
-        histogram_observe("task_duration_seconds", labels, seconds, TASK_BUCKETS)
+        writes.append(_histogram_write("task_duration_seconds", labels, seconds, TASK_BUCKETS))
+    if state == "failed":
+        writes.append(_counter_write("errors_total", {"kind": "task_failure"}, 1))
+    _run(*writes)
 
 
 def messages_ingested(*, provider: str, created: int, damaged: int) -> None:
     """A batch was committed: its new messages, and how many of them were stored damaged
     (dead letters are counted where they are recorded, `messages.services.dead_letter_record`)."""
-    counter_add("messages_ingested_total", {"provider": provider}, created)
-    counter_add("errors_total", {"kind": "damaged_message"}, damaged)
+    _run(
+        _counter_write("messages_ingested_total", {"provider": provider}, created),
+        _counter_write("errors_total", {"kind": "damaged_message"}, damaged),
+    )
 
 
 def sync_finished(*, provider: str, kind: str, outcome: str, seconds: float) -> None:
     labels = {"provider": provider, "kind": kind}
-    counter_add("syncs_total", {**labels, "outcome": outcome})
-    histogram_observe("sync_duration_seconds", labels, seconds, SYNC_BUCKETS)
+    _run(
+        _counter_write("syncs_total", {**labels, "outcome": outcome}, 1),
+        _histogram_write("sync_duration_seconds", labels, seconds, SYNC_BUCKETS),
+    )
 
 
 def error(kind: str) -> None:
@@ -112,11 +138,13 @@ def error(kind: str) -> None:
 
 def webhook_delivery(*, outcome: str, seconds: float | None = None) -> None:
     """One webhook delivery attempt: OUTCOME delivered, failed (will retry) or disabled."""
-    counter_add("webhook_deliveries_total", {"outcome": outcome})
+    writes = [_counter_write("webhook_deliveries_total", {"outcome": outcome}, 1)]
     if seconds is not None:
-        histogram_observe(
-            "webhook_delivery_seconds", {"outcome": outcome}, seconds, DELIVERY_BUCKETS
+        labels = {"outcome": outcome}
+        writes.append(
+            _histogram_write("webhook_delivery_seconds", labels, seconds, DELIVERY_BUCKETS)
         )
+    _run(*writes)
 
 
 def idle_connections_report(count: int, *, process: str | None = None) -> None:

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="message",
             index=django.contrib.postgres.indexes.BrinIndex(
-                fields=["created_at"], name="message_created_brin"
+                fields=["created_at"], name="message_created_brin", autosummarize=True
             ),
         ),
     ]
