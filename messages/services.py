@@ -121,7 +121,9 @@ def sync_runs_interrupt(
     if not runs.exists():  # the usual case: one round trip, not a locking transaction's three
         return []
     with transaction.atomic():
-        interrupted = list(runs.select_for_update(skip_locked=True).select_related("account"))
+        interrupted = list(
+            runs.select_for_update(skip_locked=True, of=("self",)).select_related("account")
+        )
         for run in interrupted:
             _sync_run_measure(run, SyncRun.Status.INTERRUPTED)
         SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(
