@@ -33,12 +33,12 @@ class SyncContextFilter(logging.Filter):
 
 @contextmanager
 def log_context(*, account_id: int | None = None, sync_run_id: int | None = None) -> Iterator[None]:
-    """Lines logged inside carry these ids (the enclosing ones where None)."""
-    tokens = []
-    if account_id is not None:
-        tokens.append((account_id_var, account_id_var.set(account_id)))
-    if sync_run_id is not None:
-        tokens.append((sync_run_id_var, sync_run_id_var.set(sync_run_id)))
+    """Lines logged inside carry these ids (the enclosing ones where None); on the way out both
+    are as they were, a run bound inside (`sync_run_bind`) included."""
+    tokens = [
+        (account_id_var, account_id_var.set(account_id or account_id_var.get())),
+        (sync_run_id_var, sync_run_id_var.set(sync_run_id or sync_run_id_var.get())),
+    ]
     try:
         yield
     finally:
