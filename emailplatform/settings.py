@@ -171,6 +171,11 @@ OUTBOUND_SEND_PER_MINUTE = env.int("OUTBOUND_SEND_PER_MINUTE", default=30)
 OUTBOUND_SEND_PER_DAY = env.int("OUTBOUND_SEND_PER_DAY", default=2000)
 OUTBOUND_UNKNOWN_CHECK_SECONDS = env.int("OUTBOUND_UNKNOWN_CHECK_SECONDS", default=5 * 60)
 OUTBOUND_UNKNOWN_GIVE_UP_SECONDS = env.int("OUTBOUND_UNKNOWN_GIVE_UP_SECONDS", default=24 * 60 * 60)
+# Queued messages of an account that cannot send (login refused, paused) wait for it this long,
+# then fail with the reason.
+OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS = env.int(
+    "OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS", default=3 * 24 * 60 * 60
+)
 
 # The message pipeline (messages.batches, messages.batch_store). Producers (IMAP sync, import_mail)
 # publish new mail on `email_new_message` in batches of at most INGEST_BATCH_BYTES, and wait

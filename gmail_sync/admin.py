@@ -13,6 +13,10 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
+from messages.admin_flows import AddFlow, add_flow_register
+from messages.admin_scope import OwnerScopedAdmin, owner_choices
+from messages.models import Account
+
 from .accounts import GmailConnectError, gmail_profile, redirect_uri_for
 from .client import SCOPES
 from .models import GmailSettings
@@ -21,13 +25,17 @@ from .oauth import AuthorizationError, authorization_start
 
 class ConnectForm(forms.Form):
     owner = forms.ModelChoiceField(
-        queryset=get_user_model().objects.filter(is_active=True),
+        queryset=get_user_model().objects.none(),
         help_text="Whose account it becomes. You will sign in to Google in this browser.",
     )
 
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["owner"].queryset = owner_choices(user)
+
 
 @admin.register(GmailSettings)
-class GmailSettingsAdmin(admin.ModelAdmin):
+class GmailSettingsAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     list_display = (
         "account",
         "history_id",
@@ -64,7 +72,9 @@ class GmailSettingsAdmin(admin.ModelAdmin):
     def connect_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = ConnectForm(request.POST or None, initial={"owner": request.user.pk})
+        form = ConnectForm(
+            request.POST or None, initial={"owner": request.user.pk}, user=request.user
+        )
         if request.method == "POST" and form.is_valid():
             try:
                 url = authorization_start(
@@ -97,3 +107,18 @@ class GmailSettingsAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{account}: {exc.message}", level="error")
             else:
                 self.message_user(request, f"{account}: connection OK")
+
+
+add_flow_register(
+    AddFlow(
+        provider=Account.Provider.GMAIL,
+        title="Gmail account",
+        description=(
+            "Through Google's consent screen: you sign in to Google in this browser; no "
+            "password is stored."
+        ),
+        url_name="admin:gmail_sync_gmailsettings_connect",
+        allowed=lambda request: admin.site._registry[GmailSettings].has_add_permission(request),
+        settings_url_name="admin:gmail_sync_gmailsettings_change",
+    )
+)

@@ -13,6 +13,7 @@ from emailplatform.observability import metrics
 
 from .events import events_record
 from .models import Account
+from .outbox_dispatch import outbox_wake
 
 
 def account_mark_error(account: Account, message: str, *, auth: bool = False) -> None:
@@ -54,15 +55,18 @@ def account_reactivate(account: Account) -> bool:
         )
         if changed:
             events_record(account, "account", "updated", [account.pk])
+            outbox_wake([account.pk])
     return bool(changed)
 
 
 def account_mark_ok(account: Account) -> None:
     with transaction.atomic():
-        Account.objects.filter(
+        back = Account.objects.filter(
             pk=account.pk, status__in=[Account.Status.ERROR, Account.Status.AUTH_ERROR]
         ).update(status=Account.Status.ACTIVE)
         Account.objects.filter(pk=account.pk).update(
             last_error="", last_sync_at=timezone.now(), auth_failures=0, auth_retest_at=None
         )
         events_record(account, "account", "updated", [account.pk])
+        if back:
+            outbox_wake([account.pk])

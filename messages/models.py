@@ -300,7 +300,9 @@ class MessageLocation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"message {self.message_id} in folder {self.folder_id} (UID {self.uid})"
+        """Reads like "INBOX, UID 4" (select_related("folder") where many are shown)."""
+        where = self.folder.display_name or self.folder.name
+        return f"{where}, UID {self.uid}" if self.uid is not None else where
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:

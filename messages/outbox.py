@@ -1,4 +1,5 @@
-"""The outbox: compose, change a draft, attach, send (now or at send_at), cancel.
+"""The outbox: compose, change a draft, attach and detach, send (now or at send_at), cancel,
+delete.
 
 Everything a client gives is checked before anything is stored or queued (messages.outbox_checks
 for header values and addresses); a refusal is an OutboxRefused with a 4xx status, a stable code
@@ -61,8 +62,10 @@ from .services import attachment_ensure_stored
 __all__ = [
     "OutboxRefused",
     "outbound_attachment_add",
+    "outbound_attachment_remove",
     "outbound_cancel_request",
     "outbound_create",
+    "outbound_delete",
     "outbound_send",
     "outbound_update",
     "outbox_dispatch",
@@ -400,6 +403,48 @@ def outbound_attachment_add(
         draft.save(update_fields=["updated_at"])
         events_record(draft.account, "outbound", "updated", [draft.pk])
     return attachment
+
+
+def outbound_attachment_remove(*, outbound: OutboundMessage, attachment_id: int) -> None:
+    """Take a file off a draft (its stored file goes with the storage sweep once nothing
+    names it)."""
+    with transaction.atomic():
+        draft = _locked_draft(outbound.pk)
+        removed, _ = draft.attachments.filter(pk=attachment_id).delete()
+        if not removed:
+            raise _not_found("attachment of this message", field="attachment")
+        draft.save(update_fields=["updated_at"])
+        events_record(draft.account, "outbound", "updated", [draft.pk])
+
+
+# Deleting: only what no worker may be sending. A queued message is cancelled first, so that
+# a delete never races a worker's claim.
+DELETABLE = (State.DRAFT, State.CANCELLED, State.FAILED, State.SENT)
+
+
+def outbound_delete(*, outbound: OutboundMessage) -> None:
+    """Delete an outbound message with its recipients, attachments and reports' links; 409
+    while it is queued (cancel it first), being sent or its outcome is being checked. A sent
+    message's copy in Sent stays."""
+    with transaction.atomic():
+        current = (
+            OutboundMessage.objects.select_for_update(of=("self",))
+            .select_related("account")
+            .filter(pk=outbound.pk)
+            .first()
+        )
+        if current is None:
+            raise _not_found("outbound message")
+        if current.state not in DELETABLE:
+            hint = " Cancel it first." if current.state == State.QUEUED else ""
+            raise OutboxRefused(
+                f"The message is {current.state}: it cannot be deleted now.{hint}",
+                code="not_deletable",
+                status=409,
+            )
+        account, pk = current.account, current.pk
+        current.delete()
+        events_record(account, "outbound", "deleted", [pk])
 
 
 # Send and cancel ---------------------------------------------------------------------------

@@ -12,9 +12,16 @@ recipient's answer; then one transition:
 - a transient failure before the server took the message (refused connection, timeout, 4xx):
   queued again after OUTBOUND_RETRY_BASE_SECONDS doubling up to OUTBOUND_RETRY_MAX_SECONDS,
   with jitter (x0.5-1.0), until OUTBOUND_MAX_ATTEMPTS attempts: then failed;
-- a permanent failure (5xx, the login refused): failed at once with the reason (a refused
-  login also marks the account, like a refused IMAP login);
+- a permanent failure (5xx): failed at once with the reason;
+- the login refused: the account is marked (like a refused IMAP login) and the message waits
+  for it, as every queued message of an account that cannot send does (see below);
 - the outcome unknown (the message data went out but no final answer came): `unknown`.
+
+An account that cannot send (its login refused: auth_error; paused by its owner) holds its
+queued messages instead of failing them: each is looked at again after a quarter of the time
+it has waited (1 to 15 minutes), with the reason shown ("Waiting for the account: ..."), and
+comes due at once when the account is active again (`outbox_dispatch.outbox_wake`). After
+OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS (3 days) of waiting it fails with that reason.
 
 No silent second copy. The Message-ID is fixed when the message is created, so the sender can
 look for it (`find_sent`: the account's Sent folder over IMAP, Gmail's rfc822msgid: search).
@@ -39,15 +46,16 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from django.conf import settings
 from django.utils import timezone
 
 from .account_status import account_mark_error
-from .models import Message, OutboundMessage, OutboundRecipient
+from .models import Account, Message, OutboundMessage, OutboundRecipient
 from .outbox import outbox_dispatch
+from .outbox_dispatch import ACCOUNT_WAIT_PREFIX
 from .outbox_limits import send_slot_give_back, send_slot_take
 from .outbox_states import (
     outbound_check_later,
@@ -64,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 State = OutboundMessage.State
 Status = OutboundRecipient.Status
+ACCOUNT_WAIT_MIN = timedelta(minutes=1)
+ACCOUNT_WAIT_MAX = timedelta(minutes=15)
 
 
 class SendError(Exception):
@@ -134,6 +144,9 @@ def outbound_deliver(outbound_id: int, sender: OutboundSender) -> dict:
     now = timezone.now()
     if outbound.next_attempt_at and outbound.next_attempt_at > now:
         return {"skipped": "not due"}
+    blocked = _account_blocks(outbound.account)
+    if blocked:
+        return _wait_for_account(outbound, blocked, now)
     slot = send_slot_take(outbound.account)
     if slot.wait > 0:
         waiting = outbound_postpone(outbound.pk, now + timedelta(seconds=slot.wait))
@@ -145,6 +158,37 @@ def outbound_deliver(outbound_id: int, sender: OutboundSender) -> dict:
         send_slot_give_back(outbound.account, slot)
         return {"skipped": "claimed elsewhere"}
     return _send(claimed, sender)
+
+
+def _account_blocks(account: Account) -> str:
+    """Why ACCOUNT cannot send now ("" when it can)."""
+    if account.status == Account.Status.PAUSED:
+        return "it is paused; resume it to send"
+    if account.status == Account.Status.AUTH_ERROR:
+        why = f" ({account.last_error})" if account.last_error else ""
+        return f"its login is refused{why}; reconnect it or fix its password"
+    return ""
+
+
+def account_wait_delay(waited: timedelta) -> timedelta:
+    """When a message held by its account is looked at again: a quarter of the time it has
+    waited, 1 to 15 minutes (the account's return also wakes it at once)."""
+    return min(ACCOUNT_WAIT_MAX, max(ACCOUNT_WAIT_MIN, waited / 4))
+
+
+def _wait_for_account(outbound: OutboundMessage, blocked: str, now: datetime) -> dict:
+    waited = now - (outbound.queued_at or outbound.created_at)
+    give_up = timedelta(seconds=settings.OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS)
+    if waited >= give_up:
+        reason = f"not sent: the account could not send for {give_up}: {blocked}"
+        outbound_failed(outbound.pk, reason, leaving=[State.QUEUED])
+        return {"failed": reason}
+    later = outbound_postpone(
+        outbound.pk, now + account_wait_delay(waited), reason=ACCOUNT_WAIT_PREFIX + blocked
+    )
+    if later is not None:
+        outbox_dispatch(later)
+    return {"waiting for the account": blocked}
 
 
 def _send(outbound: OutboundMessage, sender: OutboundSender) -> dict:
@@ -169,6 +213,10 @@ def _failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError
         return {"unknown": error.reason}
     if isinstance(error, SendAuthFailed):
         account_mark_error(outbound.account, error.reason, auth=True)
+        held = outbound_retry(outbound.pk, ACCOUNT_WAIT_PREFIX + error.reason, ACCOUNT_WAIT_MIN)
+        if held is not None:
+            outbox_dispatch(held)
+        return {"waiting for the account": error.reason}
     outbound_failed(outbound.pk, error.reason)
     return {"failed": error.reason}
 

@@ -22,6 +22,7 @@ The sweeper (beat, every OUTBOX_SWEEP_INTERVAL_SECONDS) reads only the partial i
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -32,13 +33,16 @@ from django.utils import timezone
 
 from emailplatform import topics
 
-from .models import OutboundMessage
+from .models import Account, OutboundMessage
 from .outbox_states import outbound_unknown
 
 logger = logging.getLogger(__name__)
 
 TASK_OUTBOX_SWEEP = "messages.outbox_sweep"
 SWEEP_BATCH = 1000
+# The reason shown on a queued message held by its account (outbox_delivery): also how
+# `outbox_wake` tells those from messages waiting for a retry, a sending limit or their time.
+ACCOUNT_WAIT_PREFIX = "Waiting for the account: "
 STUCK_REASON = (
     "The sending worker stopped answering during the attempt: the server may have the "
     "message, so it is looked for in Sent before any resend."
@@ -71,6 +75,41 @@ def _send(task_name: str, outbound_id: int, queue: str, due: datetime | None) ->
 
     eta = due if due is not None and due > timezone.now() else None
     app.send_task(task_name, args=[outbound_id], queue=queue, eta=eta)
+
+
+def outbox_wake(account_ids: Iterable[int]) -> int:
+    """The queued messages these accounts held while they could not send come due now (the
+    account is active again); how many were enqueued."""
+    now = timezone.now()
+    with transaction.atomic():
+        woken = list(
+            OutboundMessage.objects.select_for_update(of=("self",))
+            .select_related("account")
+            .filter(
+                account_id__in=list(account_ids),
+                account__status=Account.Status.ACTIVE,
+                state=State.QUEUED,
+                next_attempt_at__gt=now,
+                last_error__startswith=ACCOUNT_WAIT_PREFIX,
+            )
+        )
+        for outbound in woken:
+            outbound.next_attempt_at = now
+        OutboundMessage.objects.bulk_update(woken, ["next_attempt_at"])
+        return sum(outbox_dispatch(outbound) for outbound in woken)
+
+
+def wake_on_status(sender: type, account_ids: list[int], status: str, **kwargs: object) -> None:
+    """`account_status_changed` receiver: accounts resumed by a queryset update (admin)."""
+    if status == Account.Status.ACTIVE:
+        outbox_wake(account_ids)
+
+
+def wake_on_save(sender: type, instance: Account, **kwargs: object) -> None:
+    """post_save receiver: a status saved by name as active (a new password, a reconnect)."""
+    if "status" in (kwargs.get("update_fields") or ()) and instance.status == Account.Status.ACTIVE:
+        account_ids = [instance.pk]
+        transaction.on_commit(lambda: outbox_wake(account_ids))
 
 
 def _due_rows(**lookups: object) -> list[OutboundMessage]:

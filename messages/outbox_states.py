@@ -144,9 +144,15 @@ def outbound_unknown(
     )
 
 
-def outbound_postpone(outbound_id: int, until: datetime) -> OutboundMessage | None:
-    """queued -> queued, due at UNTIL: a sending limit made it wait (no attempt counted)."""
-    return _transition(outbound_id, [State.QUEUED], next_attempt_at=until)
+def outbound_postpone(
+    outbound_id: int, until: datetime, reason: str | None = None
+) -> OutboundMessage | None:
+    """queued -> queued, due at UNTIL: a sending limit or its account made it wait (no attempt
+    counted); REASON, when given, is shown as why it waits."""
+    changes: dict[str, object] = {"next_attempt_at": until}
+    if reason is not None:
+        changes["last_error"] = reason
+    return _transition(outbound_id, [State.QUEUED], **changes)
 
 
 def outbound_check_later(outbound_id: int, check_at: datetime) -> OutboundMessage | None:

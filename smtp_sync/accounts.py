@@ -38,6 +38,7 @@ class ImapAccountInput:
     smtp_host: str = ""
     smtp_port: int = 465
     smtp_security: str = "ssl"
+    smtp_username: str = ""  # blank: the IMAP username
     smtp_trust_self_signed: bool = False
     display_name: str = ""
     sync_settings: dict[str, Any] = field(default_factory=dict)
@@ -143,15 +144,17 @@ def imap_account_create(
     data: ImapAccountInput,
     test_connection: bool = True,
     start_sync: bool = True,
+    capabilities: list[str] | None = None,
 ) -> Account:
     """Raises ServerSettingRefused for a host the guard refuses, ImapError when the server
-    cannot be reached or refuses the login. `data.allow_internal` is kept on the account."""
+    cannot be reached or refuses the login. `data.allow_internal` is kept on the account.
+    CAPABILITIES: the server's, from a connection test the caller made (test_connection off)."""
     data = replace(
         data,
         imap_host=_normalized(data.imap_host, "imap_host"),
         smtp_host=_normalized(data.smtp_host, "smtp_host") if data.smtp_host else "",
     )
-    capabilities: list[str] = []
+    capabilities = list(capabilities or [])
     if test_connection:
         try:
             capabilities = imap_connection_test(data.server())
@@ -179,6 +182,7 @@ def imap_account_create(
             smtp_host=data.smtp_host,
             smtp_port=data.smtp_port,
             smtp_security=data.smtp_security,
+            smtp_username=data.smtp_username,
             smtp_trust_self_signed=data.smtp_trust_self_signed,
             capabilities=capabilities,
             allow_internal=data.allow_internal,

@@ -7,10 +7,14 @@ types them (accounts.may_reach_internal); the account keeps that rule for its sy
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 
 from emailplatform import netguard
+from messages.admin_flows import AddFlow, add_flow_register
+from messages.admin_scope import OwnerScopedAdmin, owner_choices
 from messages.models import Account
 
 from .accounts import (
@@ -61,13 +65,23 @@ class HostsForm(forms.ModelForm):
 
 
 class NewImapAccountForm(HostsForm):
-    owner = forms.ModelChoiceField(queryset=get_user_model().objects.all())
+    owner = forms.ModelChoiceField(queryset=get_user_model().objects.none())
     email_address = forms.EmailField()
+    display_name = forms.CharField(max_length=255, required=False)
     password = forms.CharField(widget=forms.PasswordInput(render_value=False), strip=False)
+
+    request_user = None  # set by the admin on each request's form class, like allow_internal
 
     class Meta:
         model = ImapSettings
-        fields = SERVER_FIELDS
+        fields = (*SERVER_FIELDS, "smtp_username", "smtp_trust_self_signed")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.request_user is not None:
+            self.fields["owner"].queryset = owner_choices(self.request_user)
+            self.fields["owner"].initial = self.request_user.pk
+        self.fields["username"].help_text = "The IMAP login name."
 
     def clean(self):
         cleaned = super().clean()
@@ -83,12 +97,15 @@ class NewImapAccountForm(HostsForm):
             smtp_host=cleaned.get("smtp_host", ""),
             smtp_port=cleaned.get("smtp_port") or 465,
             smtp_security=cleaned.get("smtp_security") or Security.SSL,
+            smtp_username=cleaned.get("smtp_username") or "",
+            smtp_trust_self_signed=bool(cleaned.get("smtp_trust_self_signed")),
+            display_name=cleaned.get("display_name") or "",
             allow_internal=self.allow_internal,
         )
         data = self.account_input
         try:
             smtp_settings_check(data)
-            imap_connection_test(data.server())
+            self.capabilities = imap_connection_test(data.server())
         except ServerSettingRefused as exc:
             self.add_error(exc.field, str(exc))
         except ImapRefusedError as exc:
@@ -130,8 +147,30 @@ class ChangeImapSettingsForm(HostsForm):
         return cleaned
 
 
+NEW_ACCOUNT_FIELDSETS = (
+    ("Account", {"fields": ("owner", "email_address", "display_name")}),
+    (
+        "Incoming mail (IMAP)",
+        {"fields": ("imap_host", "imap_port", "imap_security", "username", "password")},
+    ),
+    (
+        "Outgoing mail (SMTP)",
+        {
+            "fields": (
+                "smtp_host",
+                "smtp_port",
+                "smtp_security",
+                "smtp_username",
+                "smtp_trust_self_signed",
+            ),
+            "description": "Leave the host empty for an account that only receives.",
+        },
+    ),
+)
+
+
 @admin.register(ImapSettings)
-class ImapSettingsAdmin(admin.ModelAdmin):
+class ImapSettingsAdmin(OwnerScopedAdmin, admin.ModelAdmin):
     list_display = ("account", "imap_host", "imap_port", "imap_security", "username", "idle")
     search_fields = ("account__email_address", "imap_host", "username")
     list_select_related = ("account",)
@@ -145,11 +184,17 @@ class ImapSettingsAdmin(admin.ModelAdmin):
         kwargs["form"] = ChangeImapSettingsForm if obj else NewImapAccountForm
         form = super().get_form(request, obj, change=change, **kwargs)
         form.allow_internal = may_reach_internal(request.user)  # a class made for this request
+        form.request_user = request.user
         return form
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return NEW_ACCOUNT_FIELDSETS
+        return super().get_fieldsets(request, obj)
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("owner", "email_address", "password", *NewImapAccountForm.Meta.fields)
+            return [f for _, options in NEW_ACCOUNT_FIELDSETS for f in options["fields"]]
         return (*ChangeImapSettingsForm.Meta.fields, "new_password", "allow_internal")
 
     def get_readonly_fields(self, request, obj=None):
@@ -158,9 +203,12 @@ class ImapSettingsAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             account = imap_account_create(
-                owner=form.cleaned_data["owner"], data=form.account_input, test_connection=False
+                owner=form.cleaned_data["owner"],
+                data=form.account_input,
+                test_connection=False,
+                capabilities=form.capabilities,
             )
-            form.instance = obj = ImapSettings.objects.get(account=account)
+            obj.account = account  # response_add reads it
             return
         if ADDRESS_FIELDS & set(form.changed_data):
             obj.allow_internal = form.allow_internal
@@ -177,6 +225,16 @@ class ImapSettingsAdmin(admin.ModelAdmin):
         if change:
             super().save_related(request, form, formsets, change)
 
+    def response_add(self, request, obj, post_url_continue=None):
+        """To the account's page, where its first sync shows."""
+        account = obj.account
+        self.message_user(
+            request,
+            f"Account {account.email_address} added; its first sync has started.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:mailstore_account_change", args=[account.pk]))
+
     @admin.action(description="Test the connection")
     def test_connection(self, request, queryset) -> None:
         for settings in queryset.select_related("account"):
@@ -186,3 +244,18 @@ class ImapSettingsAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{settings.account}: {exc}", level="error")
             else:
                 self.message_user(request, f"{settings.account}: connection OK")
+
+
+add_flow_register(
+    AddFlow(
+        provider=Account.Provider.IMAP,
+        title="IMAP / SMTP mailbox",
+        description=(
+            "Any mail server: host, security, login and password; the connection is tested "
+            "before the account is created."
+        ),
+        url_name="admin:smtp_sync_imapsettings_add",
+        allowed=lambda request: admin.site._registry[ImapSettings].has_add_permission(request),
+        settings_url_name="admin:smtp_sync_imapsettings_change",
+    )
+)

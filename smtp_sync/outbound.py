@@ -43,7 +43,6 @@ from contextlib import AbstractContextManager
 
 from django.utils import timezone
 
-from emailplatform import topics
 from messages.batches import BatchPublisher
 from messages.folders import folders_by_name
 from messages.models import Account, Folder, Message, OutboundMessage
@@ -68,7 +67,7 @@ from .smtp_transport import (
     SmtpSession,
     smtp_endpoint_for,
 )
-from .sync import server_for
+from .sync import fetched_item, server_for
 
 logger = logging.getLogger(__name__)
 
@@ -330,17 +329,7 @@ class SmtpOutboundSender:
         # Under a UIDVALIDITY the store does not know (its folder is stale), no UID: the
         # message is stored in the folder and the next sync gives it its UID.
         uid = fetched.uid if folder.uidvalidity in (None, uidvalidity) else None
-        internal = fetched.internal_date
-        item = topics.new_message_item(
-            fetched.raw or b"",
-            provider_id=f"gm:{fetched.gm_msgid}" if fetched.gm_msgid else None,
-            thread_id=f"gm:{fetched.gm_thrid}" if fetched.gm_thrid else None,
-            server_id=fetched.server_id,
-            folder=folder_name,
-            uid=uid,
-            flags=list(fetched.flags),
-            internal_date=internal.isoformat() if internal else None,
-        )
+        item = fetched_item(fetched, folder_name, uid=uid)
         publisher = BatchPublisher(self.account.pk, self.account.provider, inline=True)
         publisher.publish(
             [item],

@@ -470,21 +470,31 @@ class ImapAccountSync:
             raise BudgetExhausted
 
     def _item(self, folder: Folder, message: FetchedMessage) -> dict:
-        internal = message.internal_date
-        if internal is not None:
-            internal = internal.astimezone(UTC)
-        return topics.new_message_item(
-            message.raw or b"",
-            raw_file=message.raw_file,
-            provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
-            thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
-            server_id=message.server_id,
-            folder=folder.name,
-            uid=message.uid,
-            flags=list(message.flags),
-            internal_date=internal.isoformat() if internal else None,
-            include_attachments=self.include_attachments,
+        return fetched_item(
+            message, folder.name, uid=message.uid, include_attachments=self.include_attachments
         )
+
+
+def fetched_item(
+    message: FetchedMessage, folder_name: str, *, uid: int | None, include_attachments: bool = True
+) -> dict:
+    """The pipeline item of a message fetched from FOLDER_NAME (imapclient gives the internal
+    date as naive local time: it travels as UTC with its offset)."""
+    internal = message.internal_date
+    if internal is not None:
+        internal = internal.astimezone(UTC)
+    return topics.new_message_item(
+        message.raw or b"",
+        raw_file=message.raw_file,
+        provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
+        thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+        server_id=message.server_id,
+        folder=folder_name,
+        uid=uid,
+        flags=list(message.flags),
+        internal_date=internal.isoformat() if internal else None,
+        include_attachments=include_attachments,
+    )
 
 
 @dataclass

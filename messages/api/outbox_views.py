@@ -101,6 +101,15 @@ class OutboundDetailView(ApiView):
         outbox.outbound_update(outbound=outbound, data=data)
         return Response(_detail(request, pk))
 
+    @extend_schema(
+        tags=["outbox"],
+        responses={204: None, 409: NOT_NOW},
+        summary="Delete a draft, or a cancelled, failed or sent message (409 while queued)",
+    )
+    def delete(self, request: Request, pk: int) -> Response:
+        outbox.outbound_delete(outbound=_outbound(request, pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 class OutboundSendView(ApiView):
     throttle_classes = [UserThrottle, SendThrottle]
@@ -153,3 +162,16 @@ class OutboundAttachmentView(ApiView):
             content_type=upload.content_type or "",
         )
         return Response(s.OutboundAttachmentOutput(attachment).data, status=status.HTTP_201_CREATED)
+
+
+class OutboundAttachmentDetailView(ApiView):
+    throttle_classes = [UserThrottle]
+
+    @extend_schema(
+        tags=["outbox"],
+        responses={204: None, 404: NOT_FOUND, 409: NOT_NOW},
+        summary="Take a file off a draft",
+    )
+    def delete(self, request: Request, pk: int, attachment: int) -> Response:
+        outbox.outbound_attachment_remove(outbound=_outbound(request, pk), attachment_id=attachment)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -70,5 +70,10 @@ urlpatterns = [
         outbox_views.OutboundAttachmentView.as_view(),
         name="outbound-attachments",
     ),
+    path(
+        "outbound/<id:pk>/attachments/<id:attachment>/",
+        outbox_views.OutboundAttachmentDetailView.as_view(),
+        name="outbound-attachment-detail",
+    ),
     path("changes/", views.ChangesView.as_view(), name="changes"),
 ]

@@ -140,7 +140,7 @@ def test_a_rate_limit_is_retried_later_with_backoff(gmail_account, gmail_queue, 
     assert sent_in_gmail(gmail_account.box, outbound) == []
 
 
-def test_a_revoked_authorization_fails_the_message_and_marks_the_account(gmail_account):
+def test_a_revoked_authorization_marks_the_account_and_holds_the_message(gmail_account):
     outbound = outbound_create(gmail_account.account, to=["carol@example.net"])
     refresh_token = gmail_account.account.get_credentials()["refresh_token"]
     gmail_account.server.tokens.revoke(refresh_token)
@@ -149,7 +149,8 @@ def test_a_revoked_authorization_fails_the_message_and_marks_the_account(gmail_a
 
     outbound = fresh(outbound)
     account = Account.objects.get(pk=gmail_account.account.pk)
-    assert outbound.state == "failed" and "connect the account again" in outbound.last_error
+    assert outbound.state == "queued" and "connect the account again" in outbound.last_error
+    assert outbound.last_error.startswith("Waiting for the account: ")
     assert account.status == "auth_error"
     assert sent_in_gmail(gmail_account.box, outbound) == []
 

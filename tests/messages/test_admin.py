@@ -124,17 +124,24 @@ def mail(account):
         attachments=[("q.pdf", "application/pdf", b"%PDF attachment-canary")],
     )
     messages_upsert(account=account, items=[incoming(raw, folder="INBOX", uid=1)])
-    DeadLetter.objects.create(task_name="t", reason="bad", payload={"raw": BODY_CANARY})
+    DeadLetter.objects.create(
+        task_name="t", reason="bad", payload={"raw": BODY_CANARY}, account_id=account.pk
+    )
     SyncRun.objects.create(account=account, kind="full")
     return Message.objects.get(account=account)
 
 
-def staff(django_user_model, client, *perms):
+def staff(django_user_model, client, *perms, owning=()):
+    """A logged-in staff user (not a superuser) with PERMS, owner of the accounts OWNING: such
+    a user sees only their own accounts' objects in the admin."""
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.create_user("op", "op@example.com", "pw-op-12345")
     user.is_staff = True
     user.save()
+    for account in owning:
+        account.owner = user
+        account.save(update_fields=["owner"])
     for perm in perms:
         app_label, codename = perm.split(".")
         user.user_permissions.add(
@@ -236,6 +243,7 @@ def test_view_permission_shows_metadata_but_not_content(client, django_user_mode
         "mailstore.view_message",
         "mailstore.view_attachment",
         "mailstore.view_deadletter",
+        owning=[mail.account],
     )
     page = op.get(reverse("admin:mailstore_message_change", args=[mail.pk]))
     assert page.status_code == 200
@@ -253,7 +261,13 @@ def test_view_permission_shows_metadata_but_not_content(client, django_user_mode
 
 
 def test_read_mail_content_permission_opens_the_content(client, django_user_model, mail):
-    op = staff(django_user_model, client, "mailstore.view_message", "mailstore.read_mail_content")
+    op = staff(
+        django_user_model,
+        client,
+        "mailstore.view_message",
+        "mailstore.read_mail_content",
+        owning=[mail.account],
+    )
     text = op.get(reverse("admin:mailstore_message_change", args=[mail.pk])).content.decode()
     assert BODY_CANARY in text and "Download .eml" in text
     raw = op.get(reverse("admin:mailstore_message_raw", args=[mail.pk]))

@@ -45,8 +45,8 @@ def change_url(outbound: OutboundMessage) -> str:
     return reverse("admin:mailstore_outboundmessage_change", args=[outbound.pk])
 
 
-def test_list_shows_state_and_last_error(client, django_user_model, outbox):
-    op = staff(django_user_model, client, "mailstore.view_outboundmessage")
+def test_list_shows_state_and_last_error(client, django_user_model, outbox, sender):
+    op = staff(django_user_model, client, "mailstore.view_outboundmessage", owning=[sender])
     page = op.get(reverse("admin:mailstore_outboundmessage_changelist")).content.decode()
     assert "Quarterly numbers" in page and "Refused one" in page
     assert "550 5.7.1 Relaying denied" in page
@@ -54,9 +54,9 @@ def test_list_shows_state_and_last_error(client, django_user_model, outbox):
 
 
 def test_page_shows_recipients_but_body_needs_the_content_permission(
-    client, django_user_model, outbox
+    client, django_user_model, outbox, sender
 ):
-    op = staff(django_user_model, client, "mailstore.view_outboundmessage")
+    op = staff(django_user_model, client, "mailstore.view_outboundmessage", owning=[sender])
     page = op.get(change_url(outbox["queued"]))
     assert page.status_code == 200
     text = page.content.decode()
@@ -78,12 +78,13 @@ def test_staff_without_permission_sees_nothing(client, django_user_model, outbox
     assert op.get(change_url(outbox["queued"])).status_code == 403
 
 
-def test_the_cancel_action(client, django_user_model, outbox):
+def test_the_cancel_action(client, django_user_model, outbox, sender):
     op = staff(
         django_user_model,
         client,
         "mailstore.view_outboundmessage",
         "mailstore.change_outboundmessage",
+        owning=[sender],
     )
     ids = [o.pk for o in outbox.values()]
     response = op.post(

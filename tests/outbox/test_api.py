@@ -264,3 +264,51 @@ def test_the_outbox_is_in_the_schema(api):
         "multipart/form-data"
         in paths["/api/outbound/{id}/attachments/"]["post"]["requestBody"]["content"]
     )
+
+
+def test_a_draft_and_its_files_are_deleted(api, bob_api, sender, empty_queues):
+    draft = compose(api, sender)
+    files = [
+        api.post(
+            f"/api/outbound/{draft['id']}/attachments/",
+            {"file": SimpleUploadedFile(name, name.encode())},
+            format="multipart",
+        ).json()
+        for name in ("a.txt", "b.txt")
+    ]
+    cursor = api.get("/api/changes/?limit=1000").json()["cursor"]
+
+    gone = f"/api/outbound/{draft['id']}/attachments/{files[0]['id']}/"
+    assert bob_api.delete(gone).status_code == 404
+    assert api.delete(gone).status_code == 204
+    assert api.delete(gone).status_code == 404
+    detail = api.get(f"/api/outbound/{draft['id']}/").json()
+    assert [a["filename"] for a in detail["attachments"]] == ["b.txt"]
+
+    assert bob_api.delete(f"/api/outbound/{draft['id']}/").status_code == 404
+    assert api.delete(f"/api/outbound/{draft['id']}/").status_code == 204
+    assert api.get(f"/api/outbound/{draft['id']}/").status_code == 404
+    assert not OutboundMessage.objects.filter(pk=draft["id"]).exists()
+    changes = api.get(f"/api/changes/?cursor={cursor}").json()["changes"]
+    assert [c["kind"] for c in changes] == ["updated", "deleted"]
+
+
+def test_a_queued_message_is_cancelled_before_it_is_deleted(api, sender, empty_queues):
+    queued = compose(api, sender, send=True)
+    refused = api.delete(f"/api/outbound/{queued['id']}/")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "not_deletable"
+    assert "Cancel it first" in refused.json()["error"]["message"]
+    attachment = api.delete(f"/api/outbound/{queued['id']}/attachments/1/")
+    assert attachment.status_code == 409 and attachment.json()["error"]["code"] == "not_a_draft"
+
+    api.post(f"/api/outbound/{queued['id']}/cancel/")
+    assert api.delete(f"/api/outbound/{queued['id']}/").status_code == 204
+
+
+def test_a_message_being_sent_is_not_deleted(api, sender, empty_queues):
+    queued = compose(api, sender, send=True)
+    outbound_claim(queued["id"])
+    response = api.delete(f"/api/outbound/{queued['id']}/")
+    assert response.status_code == 409 and "sending" in response.json()["error"]["message"]
+    assert OutboundMessage.objects.get(pk=queued["id"]).state == "sending"

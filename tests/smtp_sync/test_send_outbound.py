@@ -13,15 +13,16 @@ from django.utils import timezone
 
 from emailplatform import topics
 from emailplatform.celery import app
+from messages.account_status import account_reactivate
 from messages.models import Account, Message, OutboundMessage
-from messages.outbox_delivery import outbound_deliver
-from messages.outbox_dispatch import outbox_sweep
+from messages.outbox_delivery import account_wait_delay, outbound_deliver
+from messages.outbox_dispatch import ACCOUNT_WAIT_PREFIX, outbox_sweep
 from smtp_sync import tasks  # noqa: F401  (registers smtp_sync.send_outbound)
 from smtp_sync.models import ImapSettings
 from smtp_sync.outbound import SENDING_KEYWORD, SmtpOutboundSender
 from smtp_sync.sync import ImapAccountSync
 from tests.mailfactory import make_mail
-from tests.messages.api.conftest import broker
+from tests.messages.api.conftest import broker, queued
 from tests.outbound_factory import outbound_create, recipients_of
 from tests.smtp_fake import SmtpBehaviour
 
@@ -190,17 +191,86 @@ def test_a_permanent_refusal_fails_at_once(imap_account, imap_user, smtp_for):
     assert server.messages == [] and sent_folder(imap_user, outbound) == []
 
 
-def test_a_refused_login_fails_the_message_and_marks_the_account(imap_account, smtp_for):
-    server = smtp_for(password="not-the-password")
+def test_a_refused_login_marks_the_account_and_holds_the_message_until_it_is_back(
+    imap_account, imap_user, smtp_for
+):
+    """The password changed on the server: the message is not failed but waits, shown why,
+    without logging in again while the account is parked; once the login works again (the
+    watchdog's re-test reactivates the account) it comes due at once and is sent."""
+    refusing = smtp_for(password="not-the-password")
     outbound = outbound_create(imap_account, to=["bob@example.net"])
 
     deliver(outbound)
 
     outbound = fresh(outbound)
     account = Account.objects.get(pk=imap_account.pk)
-    assert outbound.state == "failed" and "login refused" in outbound.last_error
     assert account.status == "auth_error" and "login refused" in account.last_error
+    assert outbound.state == "queued" and outbound.attempts == 1
+    assert outbound.last_error.startswith(ACCOUNT_WAIT_PREFIX)
+    assert "login refused" in outbound.last_error
+    assert refusing.messages == []
+    assert queued(topics.QUEUE_SMTP) == [(SEND, [outbound.pk])]
+
+    due_now(outbound)
+    outcome = deliver(outbound)
+    outbound = fresh(outbound)
+    assert "waiting for the account" in outcome and outbound.attempts == 1
+    assert outbound.next_attempt_at > timezone.now() + timedelta(seconds=50)
+    assert queued(topics.QUEUE_SMTP) == [(SEND, [outbound.pk])]
+
+    accepting = smtp_for()
+    assert account_reactivate(account)
+    assert fresh(outbound).next_attempt_at <= timezone.now()
+    assert queued(topics.QUEUE_SMTP) == [(SEND, [outbound.pk])]
+    deliver(outbound)
+
+    outbound = fresh(outbound)
+    assert outbound.state == "sent" and outbound.last_error == ""
+    assert [m.rcpt_tos for m in accepting.messages] == [["bob@example.net"]]
+
+
+def test_a_paused_account_holds_its_queue_and_resuming_sends_it(imap_account, smtp_for):
+    server = smtp_for()
+    outbound = outbound_create(imap_account, to=["bob@example.net"])
+    Account.objects.filter(pk=imap_account.pk).update(status=Account.Status.PAUSED)
+
+    deliver(outbound)
+
+    outbound = fresh(outbound)
+    assert outbound.state == "queued" and outbound.attempts == 0
+    assert outbound.last_error == ACCOUNT_WAIT_PREFIX + "it is paused; resume it to send"
     assert server.messages == []
+    queued(topics.QUEUE_SMTP)
+
+    account = Account.objects.get(pk=imap_account.pk)
+    account.status = Account.Status.ACTIVE
+    account.save(update_fields=["status"])
+    assert queued(topics.QUEUE_SMTP) == [(SEND, [outbound.pk])]
+    deliver(outbound)
+
+    assert fresh(outbound).state == "sent" and len(server.messages) == 1
+
+
+def test_a_message_held_longer_than_the_wait_fails_with_the_reason(imap_account, smtp_for):
+    server = smtp_for()
+    outbound = outbound_create(imap_account, to=["bob@example.net"])
+    waited = timedelta(seconds=django_settings.OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS + 60)
+    OutboundMessage.objects.filter(pk=outbound.pk).update(queued_at=timezone.now() - waited)
+    Account.objects.filter(pk=imap_account.pk).update(
+        status=Account.Status.AUTH_ERROR, last_error="535 login refused"
+    )
+
+    deliver(outbound)
+
+    outbound = fresh(outbound)
+    assert outbound.state == "failed" and "could not send for 3 days" in outbound.last_error
+    assert "535 login refused" in outbound.last_error and server.messages == []
+
+
+def test_a_held_message_is_looked_at_again_less_often_the_longer_it_waits():
+    assert account_wait_delay(timedelta(seconds=10)) == timedelta(minutes=1)
+    assert account_wait_delay(timedelta(minutes=20)) == timedelta(minutes=5)
+    assert account_wait_delay(timedelta(days=2)) == timedelta(minutes=15)
 
 
 def test_a_server_that_hangs_times_out_with_a_reason_and_frees_the_worker(

@@ -6,7 +6,8 @@ import os
 import secrets
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, make_msgid, parsedate_to_datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -113,6 +114,19 @@ def demo_mailbox() -> dict[str, list[tuple[bytes, tuple[str, ...]]]]:
     return {"INBOX": inbox, "Archive": archive, "Samples": [(raw, ("\\Seen",)) for raw in samples]}
 
 
+def internal_date(raw: bytes) -> datetime | None:
+    """The message's Date as its IMAP internal date, so the mailbox sorts as a real inbox
+    would (an APPEND without one is dated by the server's clock: all the same minute)."""
+    value = BytesHeaderParser().parsebytes(raw).get("Date")
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 class Command(BaseCommand):
     help = "Seed the private Dovecot with a demo mailbox and add it as the admin's account."
 
@@ -140,7 +154,12 @@ class Command(BaseCommand):
                     if not client.folder_exists(folder):
                         client.create_folder(folder)
                     for raw, flags in messages:
-                        client.append(folder, raw, flags=[f.encode() for f in flags])
+                        client.append(
+                            folder,
+                            raw,
+                            flags=[f.encode() for f in flags],
+                            msg_time=internal_date(raw),
+                        )
         address = "demo@example.com"
         if Account.objects.filter(owner=owner, email_address=address).exists():
             self.stdout.write(f"Demo account {address} already set up.")
