@@ -1,5 +1,6 @@
 """What the admin's operations overview shows (messages.admin_overview), read for one staff
-user: a superuser sees every account, any other staff user only the accounts they own."""
+user: a superuser sees every account, any other staff user only the accounts they own (the
+admin's owner scoping, messages.admin_scope)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.utils import timezone
 
 from emailplatform.observability import queues
 
+from .admin_scope import owned, sees_everyone
 from .models import Account, DeadLetter, Message, SyncRun
 
 CHART_HOURS = 24
@@ -44,8 +46,7 @@ class Overview:
 
 
 def scoped_accounts(user: AbstractBaseUser) -> QuerySet[Account]:
-    accounts = Account.objects.all()
-    return accounts if user.is_superuser else accounts.filter(owner=user)
+    return owned(Account.objects.all(), user, "owner")
 
 
 def accounts_by_status(accounts: QuerySet[Account]) -> list[tuple[str, str, int]]:
@@ -78,8 +79,7 @@ def accounts_in_error(accounts: QuerySet[Account]) -> list[Account]:
 
 
 def scoped_messages(user: AbstractBaseUser) -> QuerySet[Message]:
-    messages = Message.objects.all()
-    return messages if user.is_superuser else messages.filter(account__owner=user)
+    return owned(Message.objects.all(), user, "account__owner")
 
 
 def hourly_counts(messages: QuerySet[Message], since: datetime) -> QuerySet:
@@ -125,9 +125,9 @@ def overview_get(*, user: AbstractBaseUser) -> Overview:
         failed_runs=failed_runs(accounts, since=since),
         accounts_in_error=accounts_in_error(accounts),
         dead_letters_24h=DeadLetter.objects.filter(
-            Q(account_id__in=account_ids) if not user.is_superuser else Q(), created_at__gte=since
+            Q() if sees_everyone(user) else Q(account_id__in=account_ids), created_at__gte=since
         ).count(),
         queues=queue_depths(),
         ingested_per_hour=ingested_per_hour(user),
-        scoped=not user.is_superuser,
+        scoped=not sees_everyone(user),
     )
