@@ -13,6 +13,7 @@ from django.conf import settings  # noqa: E402
 from django.db import close_old_connections  # noqa: E402
 
 from . import topics  # noqa: E402  (needs the app's settings module chosen above)
+from .observability import celery_signals  # noqa: E402, F401  (task metrics, log context)
 
 app.conf.update(
     task_queues=topics.celery_queues(),

@@ -398,17 +398,38 @@ if _proxy_ssl_header:
     SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header)
 USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
-# Health checks come from inside the deployment, over plain HTTP.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# Health checks and Prometheus scrapes come from inside the deployment, over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
+# LOG_FORMAT=json: one JSON object a line (python-json-logger), for a log pipeline; "plain" (the
+# default) for people. Either way a line logged during a sync carries account_id and
+# sync_run_id (emailplatform.observability.logcontext; JSON fields, or attributes for a format).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT is plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"sync_context": {"()": "emailplatform.observability.logcontext.SyncContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC, with microseconds
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["sync_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # flufl.bounce logs each of its 17 detectors at INFO for every bounce it scans.
     "loggers": {"flufl.bounce": {"level": "WARNING"}},
@@ -443,3 +464,16 @@ try:
     _parse_allow_list(tuple(OUTBOUND_ALLOWED_NETWORKS))
 except ValueError as _exc:
     raise ImproperlyConfigured(f"OUTBOUND_ALLOWED_NETWORKS: {_exc}") from _exc
+
+# Prometheus metrics at /metrics (emailplatform.observability): served to a scraper that sends
+# `Authorization: Bearer <METRICS_TOKEN>`, or whose address is in METRICS_ALLOWED_NETWORKS
+# (comma separated CIDRs; behind NUM_PROXIES proxies, the address the outermost one saw).
+# Neither set: /metrics answers 403 to everyone.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+try:
+    from emailplatform.observability.networks import parse_networks as _parse_networks
+
+    _parse_networks(tuple(METRICS_ALLOWED_NETWORKS))
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_exc}") from _exc

@@ -3,10 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .health import health
+from .observability.views import metrics_view
 
 urlpatterns = [
+    path("admin/overview/", include("messages.admin_overview")),
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("messages.api.urls")),

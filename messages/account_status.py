@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from emailplatform.observability import metrics
+
 from .events import events_record
 from .models import Account
 from .outbox_dispatch import outbox_wake
@@ -31,6 +33,7 @@ def account_mark_error(account: Account, message: str, *, auth: bool = False) ->
             )
         Account.objects.filter(pk=account.pk).update(**fields)
         events_record(account, "account", "updated", [account.pk])
+        transaction.on_commit(lambda: metrics.error("auth" if auth else "account"))
 
 
 def auth_retest_delay(failures: int) -> timedelta:

@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from emailplatform import topics
+from emailplatform.observability import metrics
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
@@ -206,11 +207,21 @@ def messages_write(
     as_of = flags_as_of or timezone.now()
     batch.known_folders = {f.name: f for f in known_folders if f.account_id == account.pk}
     if not isolate:
-        return _write(account, batch.prepared, batch, as_of=as_of)
-    result = _write_isolating(account, batch.prepared, batch, as_of)
-    if result.problems or result.dead_letters:
-        account_note_message_problems(account, result.problems_text())
+        result = _write(account, batch.prepared, batch, as_of=as_of)
+    else:
+        result = _write_isolating(account, batch.prepared, batch, as_of)
+        if result.problems or result.dead_letters:
+            account_note_message_problems(account, result.problems_text())
+    _measure_on_commit(account.provider, result)
     return result
+
+
+def _measure_on_commit(provider: str, result: IngestResult) -> None:
+    created, damaged = result.created, result.damaged
+    if created or damaged:
+        transaction.on_commit(
+            lambda: metrics.messages_ingested(provider=provider, created=created, damaged=damaged)
+        )
 
 
 def account_note_message_problems(account: Account, text: str) -> None:

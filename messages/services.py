@@ -19,6 +19,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from emailplatform import topics
+from emailplatform.observability import metrics
+from emailplatform.observability.logcontext import sync_run_bind
 from emailplatform.tempdirs import process_temp_dir
 
 from . import providers
@@ -58,6 +60,7 @@ def dead_letter_record(*, task_name: str, reason: str, payload: Any) -> DeadLett
         payload = None
     if len(text) > DEAD_LETTER_PAYLOAD_LIMIT:
         payload = None
+    transaction.on_commit(lambda: metrics.error("dead_letter"))
     return DeadLetter.objects.create(
         task_name=task_name,
         account_id=account_id,
@@ -68,7 +71,9 @@ def dead_letter_record(*, task_name: str, reason: str, payload: Any) -> DeadLett
 
 
 def sync_run_start(*, account: Account, kind: str, total: int | None = None) -> SyncRun:
-    return SyncRun.objects.create(account=account, kind=kind, progress_total=total)
+    run = SyncRun.objects.create(account=account, kind=kind, progress_total=total)
+    sync_run_bind(run.pk)
+    return run
 
 
 def sync_run_add(*, run_id: int, result: IngestResult) -> None:
@@ -88,6 +93,17 @@ def sync_run_finish(*, run: SyncRun, error: str = "") -> None:
     run.save(update_fields=["status", "error", "finished_at"])
     if not error:
         Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
+    _sync_run_measure(run, run.status)
+
+
+def _sync_run_measure(run: SyncRun, outcome: str) -> None:
+    provider, kind = run.account.provider, run.kind
+    seconds = max(0.0, (timezone.now() - run.started_at).total_seconds())
+    transaction.on_commit(
+        lambda: metrics.sync_finished(
+            provider=provider, kind=kind, outcome=outcome, seconds=seconds
+        )
+    )
 
 
 def sync_runs_interrupt(
@@ -105,7 +121,11 @@ def sync_runs_interrupt(
     if not runs.exists():  # the usual case: one round trip, not a locking transaction's three
         return []
     with transaction.atomic():
-        interrupted = list(runs.select_for_update(skip_locked=True))
+        interrupted = list(
+            runs.select_for_update(skip_locked=True, of=("self",)).select_related("account")
+        )
+        for run in interrupted:
+            _sync_run_measure(run, SyncRun.Status.INTERRUPTED)
         SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(
             status=SyncRun.Status.INTERRUPTED,
             finished_at=timezone.now(),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from emailplatform import syncstate
+from emailplatform.observability.logcontext import log_context
 from emailplatform.synclock import SyncLock, account_sync_lock
 
 from .models import Account, SyncRun
@@ -51,7 +52,32 @@ def account_sync_passes(
 ) -> Report | None:
     """Run RUN_PASS under the account's lock for what is owed; NO_PASS() when nothing ran
     (a parked or paused account, nothing owed), None when another sync holds the lock (it runs
-    what was asked at its end). Raises Account.DoesNotExist."""
+    what was asked at its end). Raises Account.DoesNotExist. Lines logged meanwhile carry the
+    account's id (and its run's, once a pass started one), from a task or a command alike."""
+    with log_context(account_id=account_id):
+        return _passes(
+            account_id,
+            provider,
+            full=full,
+            request=request,
+            max_seconds=max_seconds,
+            retry_errors=retry_errors,
+            run_pass=run_pass,
+            no_pass=no_pass,
+        )
+
+
+def _passes(
+    account_id: int,
+    provider: str,
+    *,
+    full: bool,
+    request: bool,
+    max_seconds: float | None,
+    retry_errors: tuple[type[BaseException], ...],
+    run_pass: RunPass,
+    no_pass: Callable[[], Report],
+) -> Report | None:
     account = Account.objects.filter(pk=account_id).first()
     if account is None:
         syncstate.forget_account(account_id)

@@ -161,13 +161,25 @@ def platform_commands(port: str) -> dict[str, list[str]]:
     core (MESSAGE_WORKER_CONCURRENCY; parsing and storing is CPU-bound: more only contend)."""
     sync_concurrency = os.environ.get("SYNC_WORKER_CONCURRENCY", "4")
     message_concurrency = os.environ.get("MESSAGE_WORKER_CONCURRENCY", str(os.cpu_count() or 1))
-    return {
+    commands = {
         "web": [PY, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         "sync-worker": celery_worker("sync", SYNC_WORKER_QUEUES, sync_concurrency),
         "message-worker": celery_worker("message", MESSAGE_WORKER_QUEUES, message_concurrency),
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
         "imap-idle": [PY, "manage.py", "imap_idle"],
     }
+    if os.environ.get("FLOWER_PORT"):
+        commands["flower"] = flower_command(os.environ["FLOWER_PORT"])
+    return commands
+
+
+def flower_command(port: str) -> list[str]:
+    """Flower (FLOWER_PORT set) on the loopback address; FLOWER_BASIC_AUTH=user:password adds
+    HTTP basic auth."""
+    command = [CELERY, "-A", "emailplatform", "flower", "--address=127.0.0.1", f"--port={port}"]
+    if os.environ.get("FLOWER_BASIC_AUTH"):
+        command.append(f"--basic_auth={os.environ['FLOWER_BASIC_AUTH']}")
+    return command
 
 
 def celery_worker(name: str, queues: tuple[str, ...], concurrency: str) -> list[str]:
@@ -248,6 +260,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(demo_banner(), end="", flush=True)
+    if "flower" in commands:
+        print(f"  Flower: http://127.0.0.1:{os.environ['FLOWER_PORT']}/", flush=True)
     print(f"  Platform running: http://127.0.0.1:{port}/admin/  (Ctrl-C stops it)\n", flush=True)
     try:
         supervisor.run(lambda: stopping)

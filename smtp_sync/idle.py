@@ -22,6 +22,7 @@ from pathlib import Path
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, close_old_connections, connection
 
+from emailplatform.observability import metrics
 from messages.account_status import account_mark_error
 from messages.models import Account
 
@@ -62,6 +63,7 @@ class IdleWatcher(threading.Thread):
         self.connection_factory = connection_factory
         self.stopping = threading.Event()
         self.failures = 0
+        self.connected = False  # holds an IDLE session now (reported to the metrics)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -90,6 +92,7 @@ class IdleWatcher(threading.Thread):
                 logger.exception("IDLE for account %s failed", self.account_id)
                 self._back_off(exc)
             finally:
+                self.connected = False
                 close_old_connections()
                 connection.close()
 
@@ -125,6 +128,7 @@ class IdleWatcher(threading.Thread):
         with self.connection_factory(server) as conn:
             conn.select(self.folder, readonly=True)
             self._trigger()  # catch up on what happened while we were away
+            self.connected = True
             while not self.stopping.is_set():
                 conn.imap.idle()
                 renew_at = time.monotonic() + IDLE_RENEW_SECONDS
@@ -228,6 +232,7 @@ class IdleSupervisor:
         try:
             close_old_connections()  # a kept connection the server closed is not reused
             self.refresh()
+            metrics.idle_connections_report(sum(w.connected for w in self.watchers.values()))
             if heartbeat is not None:
                 heartbeat.touch()
             return 0

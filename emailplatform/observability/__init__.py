@@ -1,0 +1,1 @@
+"""Operators' view of the platform: Prometheus metrics, log context, the admin overview's data."""
