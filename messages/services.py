@@ -85,9 +85,11 @@ def sync_run_finish(*, run: SyncRun, error: str = "") -> None:
     run.status = SyncRun.Status.FAILED if error else SyncRun.Status.SUCCEEDED
     run.error = error
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "error", "finished_at"])
-    if not error:
-        Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
+    with transaction.atomic():
+        run.save(update_fields=["status", "error", "finished_at"])
+        if not error:
+            Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
+        events_record(run.account, "sync_run", "updated", [run.pk])
 
 
 def sync_runs_interrupt(
@@ -105,12 +107,14 @@ def sync_runs_interrupt(
     if not runs.exists():  # the usual case: one round trip, not a locking transaction's three
         return []
     with transaction.atomic():
-        interrupted = list(runs.select_for_update(skip_locked=True))
+        interrupted = list(runs.select_related("account").select_for_update(skip_locked=True))
         SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(
             status=SyncRun.Status.INTERRUPTED,
             finished_at=timezone.now(),
             error="interrupted: the worker running it stopped; its work was handed on",
         )
+        for run in sorted(interrupted, key=lambda r: r.account.owner_id):
+            events_record(run.account, "sync_run", "updated", [run.pk])
     return interrupted
 
 
