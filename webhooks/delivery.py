@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import requests
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -260,7 +260,24 @@ def _disable(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> None:
     logger.warning("webhook endpoint %s disabled: %s", endpoint.pk, endpoint.disabled_reason)
 
 
-_FIELDS = [
+_TABLE = WebhookDelivery._meta.db_table
+# The outcomes of a chunk in one statement (Django's bulk_update builds a CASE per field and row:
+# 20 ms a row measured, more than the POST itself).
+_SAVE = f"""
+    UPDATE {_TABLE} AS d
+       SET status = v.status, attempts = v.attempts, last_attempt_at = v.last_attempt_at,
+           next_attempt_at = v.next_attempt_at, first_failed_at = v.first_failed_at,
+           response_status = v.response_status, latency_ms = v.latency_ms, error = v.error,
+           delivered_at = v.delivered_at
+      FROM unnest(%s::bigint[], %s::varchar[], %s::integer[], %s::timestamptz[],
+                  %s::timestamptz[], %s::timestamptz[], %s::smallint[], %s::integer[],
+                  %s::text[], %s::timestamptz[])
+           AS v(id, status, attempts, last_attempt_at, next_attempt_at, first_failed_at,
+                response_status, latency_ms, error, delivered_at)
+     WHERE d.id = v.id
+"""
+_COLUMNS = (
+    "pk",
     "status",
     "attempts",
     "last_attempt_at",
@@ -270,7 +287,13 @@ _FIELDS = [
     "latency_ms",
     "error",
     "delivered_at",
-]
+)
+
+
+def _deliveries_save(done: list[WebhookDelivery]) -> None:
+    columns = [[getattr(d, name) for d in done] for name in _COLUMNS]
+    with connection.cursor() as cursor:
+        cursor.execute(_SAVE, columns)
 
 
 def _save(endpoint: WebhookEndpoint, done: list[WebhookDelivery]) -> None:
@@ -292,7 +315,7 @@ def _save(endpoint: WebhookEndpoint, done: list[WebhookDelivery]) -> None:
             disabled_reason=endpoint.disabled_reason,
         )
     with transaction.atomic():
-        WebhookDelivery.objects.bulk_update(done, _FIELDS)
+        _deliveries_save(done)
         WebhookEndpoint.objects.filter(pk=endpoint.pk).update(**changes, updated_at=now)
     endpoint.failing_since = changes.get("failing_since", endpoint.failing_since)
 
