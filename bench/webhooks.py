@@ -13,7 +13,9 @@ updated` of real stored messages, --per-commit events each), the commit's nudge 
 running `webhooks.deliver`: the fan-out from the owner's events into delivery rows with their
 payloads (the messages read from PostgreSQL), then the POSTs (signed, through the outbound
 guard's connections, keep-alive) and the log rows written in bulk. One endpoint: its deliveries
-go out in event order, one at a time, so the worker's concurrency does not help here.
+go out in event order, one at a time, so the worker's concurrency does not help here. Then the
+same number of events as a backlog (recorded while the endpoint is disabled, then enabled):
+delivery alone, with no producer competing for the CPUs.
 
 The bare loop: one `requests.Session`, `post` of each delivered body in sequence (no signature,
 no guard, no database). The receiver (bench/webhook_receiver_process.py, http.server in a
@@ -56,7 +58,7 @@ from messages.events import events_record  # noqa: E402
 from messages.ingest import messages_upsert  # noqa: E402
 from messages.models import Account  # noqa: E402
 from webhooks.models import WebhookDelivery  # noqa: E402
-from webhooks.services import endpoint_create  # noqa: E402
+from webhooks.services import endpoint_create, endpoint_update  # noqa: E402
 
 BENCH_USERNAME = "bench-webhooks"
 MESSAGES = 200  # distinct stored messages the events name (payloads read them)
@@ -220,6 +222,14 @@ def main() -> int:
         ]
         bare_run(receiver.url, bodies[:50])  # warm-up
         bare_s = bare_run(receiver.url, bodies)
+
+        # A backlog (the endpoint was down or disabled): delivery alone, nothing else running.
+        endpoint_update(endpoint=endpoint, data={"is_active": False})
+        produce(account, message_ids, events, args.per_commit)
+        base = receiver.count()
+        backlog_started = time.perf_counter()
+        endpoint_update(endpoint=endpoint, data={"is_active": True})
+        backlog_s = receiver.wait_for(base + events, timeout=600) - backlog_started
     finally:
         if worker is not None:
             worker.stop()
@@ -237,10 +247,17 @@ def main() -> int:
         f"{'platform end to end: first commit -> all received':<62} {platform_s:>8.2f} "
         f"{platform_rate:>9.1f}"
     )
+    log(
+        f"{'platform, a backlog: enabled -> all received (nothing else runs)':<62} "
+        f"{backlog_s:>8.2f} {events / backlog_s:>9.1f}"
+    )
     log(f"{'bare requests loop, one Session, same bodies':<62} {bare_s:>8.2f} {bare_rate:>9.1f}")
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    log(f"\nbare / platform: {bare_rate / platform_rate:.2f}x")
+    log(
+        f"\nbare / platform: {bare_rate / platform_rate:.2f}x end to end, "
+        f"{bare_rate / (events / backlog_s):.2f}x for a backlog"
+    )
     log(f"POST latency recorded per delivery: p50 {p50} ms, p99 {p99} ms")
     return 0
 

@@ -107,7 +107,9 @@ def sync_runs_interrupt(
     if not runs.exists():  # the usual case: one round trip, not a locking transaction's three
         return []
     with transaction.atomic():
-        interrupted = list(runs.select_related("account").select_for_update(skip_locked=True))
+        interrupted = list(
+            runs.select_related("account").select_for_update(skip_locked=True, of=("self",))
+        )
         SyncRun.objects.filter(pk__in=[r.pk for r in interrupted]).update(
             status=SyncRun.Status.INTERRUPTED,
             finished_at=timezone.now(),

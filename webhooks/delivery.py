@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 FAN_OUT_BATCH = 1000
 SEND_CHUNK = 100
 USER_AGENT = "emailplatform-webhooks/1"
-UNDELIVERED = (WebhookDelivery.Status.PENDING, WebhookDelivery.Status.RETRYING)
 
 
 def endpoint_fan_out(endpoint_id: int, *, limit: int = FAN_OUT_BATCH) -> int:
@@ -160,7 +159,8 @@ class PassResult:
 
 def due_deliveries(endpoint: WebhookEndpoint, now: datetime, limit: int) -> list[WebhookDelivery]:
     return list(
-        WebhookDelivery.objects.filter(endpoint=endpoint, status__in=UNDELIVERED)
+        WebhookDelivery.objects.filter(endpoint=endpoint)
+        .exclude(status=WebhookDelivery.Status.DELIVERED)  # the partial index's condition
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("event_id")[:limit]
     )
@@ -331,8 +331,10 @@ def endpoints_due() -> list[int]:
     newer_events = ChangeEvent.objects.filter(
         owner_id=OuterRef("owner_id"), id__gt=OuterRef("cursor")
     )
-    due = WebhookDelivery.objects.filter(endpoint_id=OuterRef("pk"), status__in=UNDELIVERED).filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    due = (
+        WebhookDelivery.objects.filter(endpoint_id=OuterRef("pk"))
+        .exclude(status=WebhookDelivery.Status.DELIVERED)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
     )
     return list(
         WebhookEndpoint.objects.filter(is_active=True)
