@@ -243,3 +243,29 @@ def test_a_day_of_failures_disables_the_endpoint_with_the_reason(user, account, 
 def _make_due(delivery: WebhookDelivery) -> None:
     WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
     WebhookEndpoint.objects.filter(pk=delivery.endpoint_id).update(retry_at=None)
+
+
+def test_a_bounce_reaches_the_endpoint_as_outbound_delivery_status(user, account, receiver):
+    from messages.models import OutboundMessage, OutboundRecipient
+    from messages.outbox_states import recipients_update
+
+    outbound = OutboundMessage.objects.create(
+        account=account,
+        state=OutboundMessage.State.SENT,
+        message_id_header="<out-1@example.com>",
+        envelope_id="env-1",
+        from_address="alice@example.com",
+        subject="Offer",
+    )
+    OutboundRecipient.objects.create(outbound=outbound, kind="to", address="bob@example.org")
+    endpoint, _ = endpoint_for(user, receiver.url, event_types=["outbound.updated"])
+    recipients_update(outbound, {"bob@example.org": {"status": "bounced", "smtp_code": 550}})
+    endpoint_deliver(endpoint.pk)
+
+    [event] = receiver.events()
+    assert event["type"] == "outbound.updated"
+    assert event["data"]["state"] == "sent"
+    assert event["data"]["message_id"] == "<out-1@example.com>"
+    assert event["data"]["recipients"] == [
+        {"kind": "to", "address": "bob@example.org", "status": "bounced", "smtp_code": 550}
+    ]
