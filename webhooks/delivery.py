@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 FAN_OUT_BATCH = 1000
 SEND_CHUNK = 100
 USER_AGENT = "emailplatform-webhooks/1"
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def endpoint_fan_out(endpoint_id: int, *, limit: int = FAN_OUT_BATCH) -> int:
@@ -102,9 +103,17 @@ def send(
     started = time.perf_counter()
     try:
         response = session.post(
-            endpoint.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            endpoint.url,
+            data=body,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
         )
-        response.close()
+        try:
+            _drain(response, started + timeout)
+        finally:
+            response.close()
     except netguard.GuardError as exc:
         return Outcome(False, error=str(exc), unreachable=True, latency_ms=_ms(started))
     except requests.Timeout:
@@ -128,6 +137,17 @@ def send(
     return Outcome(
         False, response.status_code, latency, f"HTTP {response.status_code} {response.reason}"[:200]
     )
+
+
+def _drain(response: requests.Response, deadline: float) -> None:
+    """Read and forget the answer's body, at most MAX_RESPONSE_BYTES and until DEADLINE: a
+    short body read whole keeps the connection for the next delivery; a long or slow one is
+    cut (the connection is dropped), never held in memory."""
+    read = 0
+    for chunk in response.iter_content(16384):
+        read += len(chunk)
+        if read > MAX_RESPONSE_BYTES or time.perf_counter() > deadline:
+            return
 
 
 def _ms(started: float) -> int:
