@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp bench-webhooks audit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -74,3 +74,9 @@ audit: bootstrap-test
 # next to a bare smtplib loop over one connection. Options: BENCH_ARGS="--no-sent-copy".
 bench-smtp: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/smtp_send.py $(BENCH_ARGS)
+
+# 5,000 change events delivered by a real webhook worker to a local receiver (first commit to
+# last POST received), next to a bare requests loop posting the same bodies. Options:
+# BENCH_ARGS="--events 20000 --per-commit 1".
+bench-webhooks: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/webhooks.py $(BENCH_ARGS)

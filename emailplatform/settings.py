@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "messages.apps.MailStoreConfig",
     "smtp_sync.apps.SmtpSyncConfig",
     "gmail_sync.apps.GmailSyncConfig",
+    "webhooks.apps.WebhooksConfig",
 ]
 
 MIDDLEWARE = [
@@ -477,3 +478,20 @@ try:
     _parse_networks(tuple(METRICS_ALLOWED_NETWORKS))
 except ValueError as _exc:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_exc}") from _exc
+
+# Webhooks (the webhooks app, README "Webhooks"). Each delivery is a POST with this timeout
+# (connect and read, each); a failure is retried after RETRY_BASE seconds, doubling up to
+# RETRY_MAX (with jitter); a delivery still failing GIVE_UP seconds after its first failure
+# disables its endpoint, with the reason. A pass sends for at most PASS_SECONDS, then yields
+# the worker. Beat sweeps every SWEEP_SECONDS for retries that are due. CA_CERTS: a CA bundle
+# to trust instead of the system's (tests, private CAs). Endpoint URLs obey the outbound rules
+# above (OUTBOUND_ALLOWED_NETWORKS: plain http only to those hosts).
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=60 * 60)
+WEBHOOK_GIVE_UP_SECONDS = env.int("WEBHOOK_GIVE_UP_SECONDS", default=24 * 60 * 60)
+WEBHOOK_PASS_SECONDS = env.float("WEBHOOK_PASS_SECONDS", default=20.0)
+WEBHOOK_SWEEP_SECONDS = env.int("WEBHOOK_SWEEP_SECONDS", default=15)
+WEBHOOK_CA_CERTS = env("WEBHOOK_CA_CERTS", default=None)
+WEBHOOK_ENDPOINT_CACHE_SECONDS = env.float("WEBHOOK_ENDPOINT_CACHE_SECONDS", default=5.0)
+WEBHOOK_MAX_ENDPOINTS = env.int("WEBHOOK_MAX_ENDPOINTS", default=20)

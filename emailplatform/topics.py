@@ -10,6 +10,7 @@ Topics (queue; task name; producers):
 - provider topics (smtp, gmail; <provider>.*; IDLE listener, push webhook, beat, API: incremental
   sync and message changes)
 - account deletion (default; messages.delete_account; API)
+- Webhooks (webhooks; webhooks.deliver, webhooks.sweep; change events committed, beat)
 """
 
 from __future__ import annotations
@@ -28,12 +29,23 @@ QUEUE_FULL_SYNC = "email_full_sync"
 QUEUE_NEW_MESSAGE = "email_new_message"
 QUEUE_SMTP = "smtp"
 QUEUE_GMAIL = "gmail"
-ALL_QUEUES = (QUEUE_DEFAULT, QUEUE_FULL_SYNC, QUEUE_NEW_MESSAGE, QUEUE_SMTP, QUEUE_GMAIL)
+# Webhook deliveries (the webhooks app): a worker of their own, so that a slow or dead
+# endpoint never holds a slot a sync needs.
+QUEUE_WEBHOOKS = "webhooks"
+ALL_QUEUES = (
+    QUEUE_DEFAULT,
+    QUEUE_FULL_SYNC,
+    QUEUE_NEW_MESSAGE,
+    QUEUE_SMTP,
+    QUEUE_GMAIL,
+    QUEUE_WEBHOOKS,
+)
 # The two kinds of worker process (`make run`, docker-compose.yml): sync workers talk to
 # providers and mostly wait (on their servers, and on the message workers: backpressure);
 # message workers parse and store, and are CPU-bound.
 SYNC_WORKER_QUEUES = (QUEUE_FULL_SYNC, QUEUE_SMTP, QUEUE_GMAIL, QUEUE_DEFAULT)
 MESSAGE_WORKER_QUEUES = (QUEUE_NEW_MESSAGE,)
+WEBHOOK_WORKER_QUEUES = (QUEUE_WEBHOOKS,)
 
 TASK_INGEST_NEW_MESSAGES = "messages.ingest_new_messages"
 TASK_SCHEDULE_FULL_SYNCS = "messages.schedule_full_syncs"
@@ -83,6 +95,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     **{name: {"queue": QUEUE_FULL_SYNC} for name in FULL_SYNC_TASKS.values()},
     "smtp_sync.*": {"queue": QUEUE_SMTP},
     "gmail_sync.*": {"queue": QUEUE_GMAIL},
+    "webhooks.*": {"queue": QUEUE_WEBHOOKS},
 }
 
 PAYLOAD_SCHEMA_VERSION = 1

@@ -12,6 +12,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/webhooks/", include("webhooks.api.urls")),
     path("api/", include("messages.api.urls")),
     path("gmail/", include("gmail_sync.urls")),
 ]

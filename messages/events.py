@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db import connection
+from django.db import connection, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from .models import Account, ChangeEvent, Message
@@ -12,6 +13,10 @@ from .models import Account, ChangeEvent, Message
 EVENT_LOCK_NAMESPACE = 7202
 
 Events = Iterable[tuple[str, str, Iterable[int]]]  # (object type, kind, object ids)
+
+# Sent after the commit of a transaction that recorded events, with `owner_id`: the webhooks
+# app listens (the store knows nothing of its listeners).
+events_committed = Signal()
 
 _TABLE = ChangeEvent._meta.db_table
 # The owner's lock, then the rows in the order given: one statement, so one round trip, and
@@ -49,6 +54,7 @@ def events_record_many(account: Account, events: Events) -> None:
             _INSERT,
             [EVENT_LOCK_NAMESPACE, owner, owner, account.pk, timezone.now(), types, ids, kinds],
         )
+    transaction.on_commit(lambda: events_committed.send(sender=ChangeEvent, owner_id=owner))
 
 
 def messages_updated(account: Account, message_ids: Iterable[int]) -> None:

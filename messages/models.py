@@ -538,6 +538,7 @@ class ChangeEvent(models.Model):
         THREAD = "thread"
         MESSAGE = "message"
         OUTBOUND = "outbound"
+        SYNC_RUN = "sync_run"  # recorded when a run ends (succeeded, failed, interrupted)
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     account_id = models.BigIntegerField()

@@ -90,10 +90,12 @@ def sync_run_finish(*, run: SyncRun, error: str = "") -> None:
     run.status = SyncRun.Status.FAILED if error else SyncRun.Status.SUCCEEDED
     run.error = error
     run.finished_at = timezone.now()
-    run.save(update_fields=["status", "error", "finished_at"])
-    if not error:
-        Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
-    _sync_run_measure(run, run.status)
+    with transaction.atomic():
+        run.save(update_fields=["status", "error", "finished_at"])
+        if not error:
+            Account.objects.filter(pk=run.account_id).update(last_sync_at=run.finished_at)
+        events_record(run.account, "sync_run", "updated", [run.pk])
+        _sync_run_measure(run, run.status)
 
 
 def _sync_run_measure(run: SyncRun, outcome: str) -> None:
@@ -131,6 +133,8 @@ def sync_runs_interrupt(
             finished_at=timezone.now(),
             error="interrupted: the worker running it stopped; its work was handed on",
         )
+        for run in sorted(interrupted, key=lambda r: r.account.owner_id):
+            events_record(run.account, "sync_run", "updated", [run.pk])
     return interrupted
 
 

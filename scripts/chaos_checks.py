@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES
+from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES, WEBHOOK_WORKER_QUEUES
 
-ROLES = ("web", "sync-worker", "message-worker", "beat", "imap-idle")
-WORKER_ROLES = ("sync-worker", "message-worker")
+ROLES = ("web", "sync-worker", "message-worker", "webhook-worker", "beat", "imap-idle")
+WORKER_ROLES = ("sync-worker", "message-worker", "webhook-worker")
 
 
 def role_of(argv: Sequence[str]) -> str | None:
@@ -36,6 +36,8 @@ def role_of(argv: Sequence[str]) -> str | None:
         return "message-worker"
     if queues and queues <= set(SYNC_WORKER_QUEUES):
         return "sync-worker"
+    if queues and queues <= set(WEBHOOK_WORKER_QUEUES):
+        return "webhook-worker"
     return None
 
 

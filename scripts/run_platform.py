@@ -30,7 +30,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from run_port import port_taken_message  # noqa: E402
 from run_user import cannot_run_as, give_paths, grant_access, platform_user, popen_as  # noqa: E402
 
-from emailplatform.topics import MESSAGE_WORKER_QUEUES, SYNC_WORKER_QUEUES  # noqa: E402
+from emailplatform.topics import (  # noqa: E402
+    MESSAGE_WORKER_QUEUES,
+    SYNC_WORKER_QUEUES,
+    WEBHOOK_WORKER_QUEUES,
+)
 
 PY = sys.executable
 CELERY = str(Path(PY).with_name("celery"))
@@ -161,10 +165,13 @@ def platform_commands(port: str) -> dict[str, list[str]]:
     core (MESSAGE_WORKER_CONCURRENCY; parsing and storing is CPU-bound: more only contend)."""
     sync_concurrency = os.environ.get("SYNC_WORKER_CONCURRENCY", "4")
     message_concurrency = os.environ.get("MESSAGE_WORKER_CONCURRENCY", str(os.cpu_count() or 1))
+    webhook_concurrency = os.environ.get("WEBHOOK_WORKER_CONCURRENCY", "2")
     commands = {
         "web": [PY, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         "sync-worker": celery_worker("sync", SYNC_WORKER_QUEUES, sync_concurrency),
         "message-worker": celery_worker("message", MESSAGE_WORKER_QUEUES, message_concurrency),
+        # Webhook deliveries wait on other people's servers: a worker of their own.
+        "webhook-worker": celery_worker("webhook", WEBHOOK_WORKER_QUEUES, webhook_concurrency),
         "beat": [CELERY, "-A", "emailplatform", "beat", "--loglevel=INFO"],
         "imap-idle": [PY, "manage.py", "imap_idle"],
     }

@@ -108,6 +108,7 @@ API_INDEX = {
     "messages": "api:message-list",
     "outbound": "api:outbound-list",
     "changes": "api:changes",
+    "webhooks": "webhooks-api:endpoint-list",
     "schema": "schema",
     "docs": "docs",
 }

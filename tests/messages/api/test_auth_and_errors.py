@@ -186,6 +186,11 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "/api/outbound/{id}/send/",
         "/api/outbound/{id}/cancel/",
         "/api/outbound/{id}/attachments/",
+        "/api/webhooks/",
+        "/api/webhooks/{id}/",
+        "/api/webhooks/{id}/rotate-secret/",
+        "/api/webhooks/{id}/deliveries/",
+        "/api/webhooks/{id}/deliveries/{delivery_pk}/redeliver/",
     }
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     for path, operations in paths.items():
