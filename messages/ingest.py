@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from emailplatform import topics
+from emailplatform.object_storage import OBJECT_STORE_ERRORS, save_confirmed
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
@@ -52,8 +52,9 @@ from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thr
 logger = logging.getLogger(__name__)
 
 # Not one message's fault: they propagate (the task or sync is retried), never split a batch.
-# OSError covers the media storage (disk full, network).
+# OSError covers the media storage (disk full, network); OBJECT_STORE_ERRORS the S3 one.
 INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    *OBJECT_STORE_ERRORS,
     OperationalError,
     InterfaceError,
     TransactionManagementError,
@@ -553,17 +554,7 @@ def _store_raw_files(
 
 
 def _save_durably(name: str, content: File) -> str:
-    name = default_storage.save(name, content)
-    try:
-        path = default_storage.path(name)
-    except NotImplementedError:  # a remote storage: durable once the upload returns
-        return name
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return name
+    return save_confirmed(name, content)
 
 
 def _create_messages(

@@ -20,7 +20,6 @@ Attachment.file and a per-directory query would be the next step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -29,6 +28,7 @@ from django.core.files.storage import Storage, default_storage
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from emailplatform.object_storage import files_older_than
 from emailplatform.tempdirs import temp_dirs_remove_dead
 
 from .models import Attachment, IngestBatch, OutboundAttachment, RawMessage
@@ -77,7 +77,7 @@ def storage_sweep_task() -> dict:
 
 
 def _sweep(storage: Storage, root: str, cutoff: datetime, model) -> list[str]:
-    candidates = set(_files_older_than(storage, root, cutoff))
+    candidates = set(files_older_than(storage, root, cutoff))
     if not candidates:
         return []
     for name in _named(model.objects.all()).iterator(chunk_size=10_000):
@@ -96,7 +96,7 @@ def _sweep(storage: Storage, root: str, cutoff: datetime, model) -> list[str]:
 
 
 def _sweep_staged(storage: Storage, cutoff: datetime) -> list[str]:
-    candidates = sorted(_files_older_than(storage, "staged", cutoff))
+    candidates = sorted(files_older_than(storage, "staged", cutoff))
     removed = []
     for start in range(0, len(candidates), RECHECK_CHUNK):
         chunk = candidates[start : start + RECHECK_CHUNK]
@@ -111,22 +111,3 @@ def _sweep_staged(storage: Storage, cutoff: datetime) -> list[str]:
 
 def _named(rows: QuerySet) -> QuerySet:
     return rows.exclude(file="").values_list("file", flat=True).distinct()
-
-
-def _files_older_than(storage: Storage, root: str, cutoff: datetime) -> Iterable[str]:
-    try:
-        directories, files = storage.listdir(root)
-    except FileNotFoundError:
-        return
-    for name in files:
-        path = f"{root}/{name}"
-        try:
-            modified = storage.get_modified_time(path)
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if timezone.is_naive(modified):
-            modified = timezone.make_aware(modified)
-        if modified < cutoff:
-            yield path
-    for directory in directories:
-        yield from _files_older_than(storage, f"{root}/{directory}", cutoff)
