@@ -281,3 +281,19 @@ def test_media_storage_s3_is_set_from_the_environment(s3_bucket, tmp_path):
     assert out.splitlines()[-1].split() == ["MailObjectStorage", "raw/1/probe.zs", "probe"]
     assert s3_bucket.get("mail/raw/1/probe.zs") == b"probe"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deleting_an_account_removes_its_objects_from_the_bucket(
+    account, settings, s3_storage, django_capture_on_commit_callbacks
+):
+    from messages.services import account_delete
+
+    settings.RAW_IN_ROW_MAX_BYTES = 0
+    messages_upsert(account=account, items=[incoming(raw, "INBOX") for raw in three_mails()])
+    assert len(s3_storage.objects()) == 4  # a segment and three attachments
+
+    account.status = account.Status.DELETING
+    account.save()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert account_delete(account_id=account.pk)
+    assert s3_storage.objects() == {}
