@@ -71,11 +71,12 @@ class MailObjectStorage(S3Storage):
     ) -> Iterator[bytes]:
         if length == 0:
             return
-        end = "" if length is None else str(offset + length - 1)
+        ranged = {}
+        if offset or length is not None:  # a Range on an empty object is refused (416)
+            end = "" if length is None else str(offset + length - 1)
+            ranged["Range"] = f"bytes={offset}-{end}"
         try:
-            answer = self.client.get_object(
-                Bucket=self.bucket_name, Key=self.key(name), Range=f"bytes={offset}-{end}"
-            )
+            answer = self.client.get_object(Bucket=self.bucket_name, Key=self.key(name), **ranged)
         except ClientError as err:
             if err.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
                 raise FileNotFoundError(f"no object {name}") from err
@@ -105,6 +106,20 @@ class MailObjectStorage(S3Storage):
             raise
         return head["ContentLength"]
 
+    def stale_uploads_abort(self, cutoff: datetime) -> int:
+        aborted = 0
+        prefix = self.location.strip("/")
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        pages = paginator.paginate(Bucket=self.bucket_name, Prefix=f"{prefix}/" if prefix else "")
+        for page in pages:
+            for upload in page.get("Uploads", ()):
+                if upload["Initiated"] < cutoff:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket_name, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
+
     def walk(self, root: str) -> Iterator[tuple[str, datetime]]:
         """Every object under ROOT/ with its last modification, however deep."""
         prefix = self.key(root).rstrip("/") + "/"
@@ -114,6 +129,15 @@ class MailObjectStorage(S3Storage):
         for page in paginator.paginate(Bucket=self.bucket_name, Prefix=prefix):
             for entry in page.get("Contents", ()):
                 yield entry["Key"][strip:], entry["LastModified"]
+
+
+def stale_uploads_abort(storage: Storage, cutoff: datetime) -> int:
+    """Abort the multipart uploads begun before CUTOFF and never completed (their process
+    died mid-upload): their parts are stored, and billed, but no listing of objects shows
+    them. 0 on a local disk."""
+    if not isinstance(storage, MailObjectStorage):
+        return 0
+    return storage.stale_uploads_abort(cutoff)
 
 
 def read_range(

@@ -10,7 +10,8 @@ than STORAGE_SWEEP_GRACE_SECONDS (far longer than a batch takes from its write t
 which the task time limit bounds). `staged/` (big messages on their way through the queue) is
 removed once no batch in flight (an `IngestBatch` row not yet stored) names it; batch rows
 older than INGEST_BATCH_RETENTION_HOURS are pruned first (their producer died, and a sync
-fetches their mail again; a task still queued for one is skipped).
+fetches their mail again; a task still queued for one is skipped). On S3 (MEDIA_STORAGE=s3)
+the same holds for objects, and multipart uploads a dead process left incomplete are aborted.
 
 Each pass lists the files and reads the referenced names once (one query per kind), so its
 memory grows with the number of files; at many millions of attachments, an index on
@@ -28,7 +29,7 @@ from django.core.files.storage import Storage, default_storage
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from emailplatform.object_storage import files_older_than
+from emailplatform.object_storage import files_older_than, stale_uploads_abort
 from emailplatform.tempdirs import temp_dirs_remove_dead
 
 from .models import Attachment, IngestBatch, OutboundAttachment, RawMessage
@@ -67,6 +68,7 @@ def storage_sweep(*, now: datetime | None = None, storage: Storage | None = None
         fetched_at__lt=(now or timezone.now()) - retention
     ).delete()
     outcome["staged"] = len(_sweep_staged(storage, cutoff))
+    outcome["uploads"] = stale_uploads_abort(storage, cutoff)
     outcome["tempDirs"] = len(temp_dirs_remove_dead())
     return outcome
 
