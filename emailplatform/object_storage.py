@@ -15,9 +15,11 @@ never the whole segment.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
@@ -32,6 +34,9 @@ from storages.utils import clean_name
 OBJECT_STORE_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError, Boto3Error)
 
 READ_CHUNK_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ObjectNotConfirmed(OSError):
@@ -129,6 +134,41 @@ class MailObjectStorage(S3Storage):
         for page in paginator.paginate(Bucket=self.bucket_name, Prefix=prefix):
             for entry in page.get("Contents", ()):
                 yield entry["Key"][strip:], entry["LastModified"]
+
+
+_pool: dict[str, Any] = {"pid": None, "executor": None}
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """One pool per process, kept: each of its threads keeps its S3 session (django-storages
+    makes one per thread, which costs more than a request). Made anew after a fork."""
+    with _pool_lock:
+        if _pool["pid"] != os.getpid():
+            _pool.update(
+                pid=os.getpid(),
+                executor=ThreadPoolExecutor(workers, thread_name_prefix="object-store"),
+            )
+        return _pool["executor"]
+
+
+def map_stored(
+    fn: Callable[[T], R], items: list[T], *, storage: Storage | None = None
+) -> list[R | BaseException]:
+    """FN over ITEMS, each result or the exception it raised, in order: concurrently on an
+    object store (a round trip each, S3_MAX_CONCURRENCY at a time), one by one on a disk."""
+    storage = storage or default_storage
+    if not isinstance(storage, MailObjectStorage) or len(items) < 2:
+        return [_outcome(fn, item) for item in items]
+    pool = _executor(max(1, storage.max_concurrency))
+    return list(pool.map(lambda item: _outcome(fn, item), items))
+
+
+def _outcome(fn: Callable[[T], R], item: T) -> R | BaseException:
+    try:
+        return fn(item)
+    except Exception as exc:
+        return exc
 
 
 def stale_uploads_abort(storage: Storage, cutoff: datetime) -> int:

@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from emailplatform import topics
-from emailplatform.object_storage import OBJECT_STORE_ERRORS, save_confirmed
+from emailplatform.object_storage import OBJECT_STORE_ERRORS, map_stored, save_confirmed
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
 
@@ -489,23 +489,38 @@ def _parse_iso(value: str | None) -> datetime | None:
 
 
 def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
-    """Content-addressed files, written before the transaction (an orphan is harmless).
+    """Content-addressed files, written before the transaction (an orphan is harmless), each
+    once a batch; on an object store several at a time (each is a round trip or two).
 
     A message whose files cannot be stored (not for an infrastructure reason) is stored
     without them: its attachments are extracted from the raw message when asked for."""
-    names: dict[str, str] = {}
+    wanted: dict[str, ParsedAttachment] = {}
+    holders: dict[str, list[_Prepared]] = {}
     for p in prepared:
         if not p.item.include_attachments:
             continue
-        try:
-            for attachment in p.parsed.attachments:
-                if attachment.sha256 not in names:
-                    names[attachment.sha256] = attachment_file_store(attachment)
-        except INFRA_ERRORS:
-            raise
-        except Exception as exc:
-            reason = f"attachment files could not be stored ({type(exc).__name__}: {exc})"[:500]
-            logger.warning("message %s: %s", p.provider_id, reason, exc_info=exc)
+        for attachment in p.parsed.attachments:
+            wanted.setdefault(attachment.sha256, attachment)
+            held = holders.setdefault(attachment.sha256, [])
+            if not held or held[-1] is not p:
+                held.append(p)
+    outcomes = map_stored(attachment_file_store, list(wanted.values()))
+    for outcome in outcomes:
+        if isinstance(outcome, INFRA_ERRORS):
+            raise outcome
+    names: dict[str, str] = {}
+    flagged: set[int] = set()  # one defect a message
+    for sha256, outcome in zip(wanted, outcomes, strict=True):
+        if not isinstance(outcome, BaseException):
+            names[sha256] = outcome
+            continue
+        reason = f"attachment files could not be stored ({type(outcome).__name__}: {outcome})"
+        reason = reason[:500]
+        for p in holders[sha256]:
+            if id(p) in flagged:
+                continue
+            flagged.add(id(p))
+            logger.warning("message %s: %s", p.provider_id, reason, exc_info=outcome)
             p.parsed.defects.append(f"{reason}; kept in the raw message only")
             p.problem = p.problem or reason
     return names
