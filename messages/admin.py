@@ -21,6 +21,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from emailplatform import topics
+from emailplatform.object_storage import open_for_download
 
 from .models import (
     Account,
@@ -304,10 +305,11 @@ class MessageAdmin(admin.ModelAdmin):
         attachment = attachment_ensure_stored(
             attachment=get_object_or_404(Attachment, pk=attachment_id, message_id=pk)
         )
+        stream, size = open_for_download(attachment.file.name)
         response = FileResponse(
-            attachment.file.open("rb"),
-            content_type=attachment.content_type or "application/octet-stream",
+            stream, content_type=attachment.content_type or "application/octet-stream"
         )
+        response["Content-Length"] = str(size)
         response["Content-Disposition"] = "inline" if attachment.is_inline else "attachment"
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"

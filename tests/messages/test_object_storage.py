@@ -20,6 +20,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import OperationalError, connection
+from django.urls import reverse
 from django.utils import timezone
 
 from emailplatform import topics
@@ -93,7 +94,7 @@ def test_ingest_writes_segments_and_attachments_to_the_bucket_and_reads_one_mess
 
 
 def test_raw_and_attachment_downloads_through_the_api_stream_from_the_bucket(
-    account, user, settings, s3_storage
+    account, user, settings, s3_storage, client, django_user_model
 ):
     settings.RAW_IN_ROW_MAX_BYTES = 0
     raws = three_mails()
@@ -112,6 +113,16 @@ def test_raw_and_attachment_downloads_through_the_api_stream_from_the_bucket(
     assert body == b"%PDF-1.4 q2 " * 400
     assert response["Content-Length"] == str(len(body))
     assert 'filename="q2.pdf"' in response["Content-Disposition"]
+
+    # The admin's views of the same.
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-1")
+    client.force_login(root)
+    served = client.get(
+        reverse("admin:mailstore_message_attachment", args=[message.pk, attachment.pk])
+    )
+    assert b"".join(served.streaming_content) == body
+    served = client.get(reverse("admin:mailstore_message_raw", args=[message.pk]))
+    assert b"".join(served.streaming_content) == raws[2]
 
     # An attachment whose object is lost is extracted from the raw message into the bucket.
     s3_storage.client.delete_object(Bucket=s3_storage.name, Key=attachment.file.name)
