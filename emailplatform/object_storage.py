@@ -258,6 +258,17 @@ def files_older_than(storage: Storage, root: str, cutoff: datetime) -> Iterable[
         yield from files_older_than(storage, f"{root}/{directory}", cutoff)
 
 
+def stored_size(name: str, *, storage: Storage | None = None) -> int | None:
+    """The size of the file NAME, None if there is none (one request on S3)."""
+    storage = storage or default_storage
+    if isinstance(storage, MailObjectStorage):
+        return storage.stored_size(name)
+    try:
+        return storage.size(name)
+    except FileNotFoundError:
+        return None
+
+
 def local_path(name: str, *, storage: Storage | None = None) -> str | None:
     """The file's path on this host's disk, or None on an object store."""
     storage = storage or default_storage

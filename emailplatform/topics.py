@@ -226,17 +226,17 @@ def _read_staged(ref: str, index: int) -> tuple[bytes, str | None, bool]:
     disk, the storage's own file or, from an object store, a copy in this process's temp dir
     (see `release_local_copies`); smaller mail from an object store is read whole."""
     from django.conf import settings
-    from django.core.files.storage import default_storage
 
     from emailplatform import object_storage
     from emailplatform.tempdirs import process_temp_dir
 
-    if not default_storage.exists(ref):
+    size = object_storage.stored_size(ref)
+    if size is None:
         raise PayloadError(f"messages/{index}/rawRef: staged blob {ref} does not exist")
     path = object_storage.local_path(ref)
     if path is not None:
         return b"", path, False
-    if default_storage.size(ref) <= settings.LARGE_MESSAGE_BYTES:
+    if size <= settings.LARGE_MESSAGE_BYTES:
         return b"".join(object_storage.read_range(ref, 0, None)), None, False
     copy = str(Path(process_temp_dir()) / f"staged-{uuid.uuid4()}.eml")
     try:

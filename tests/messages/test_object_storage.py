@@ -322,3 +322,25 @@ def test_deleting_an_account_removes_its_objects_from_the_bucket(
     with django_capture_on_commit_callbacks(execute=True):
         assert account_delete(account_id=account.pk)
     assert s3_storage.objects() == {}
+
+
+def test_a_staged_message_is_read_from_the_bucket_and_a_missing_one_is_dead_lettered(
+    account, settings, s3_storage
+):
+    settings.INLINE_RAW_LIMIT_BYTES = 1000
+    raw = make_mail("staged", attachments=[("b.bin", "application/octet-stream", b"z" * 5000)])
+    item = topics.new_message_item(raw, folder="INBOX", uid=1)
+    ref = item["rawRef"]
+    assert ref in s3_storage.objects("staged/")
+    outcome = ingest_new_messages.apply(
+        args=[topics.new_message_payload(account.pk, "imap", [item])]
+    )
+    assert outcome.get()["created"] == 1
+    assert Message.objects.get().raw.content() == raw
+    assert s3_storage.objects("staged/") == {}
+
+    lost = topics.new_message_item(make_mail("lost", body="x" * 2000), folder="INBOX", uid=2)
+    s3_storage.client.delete_object(Bucket=s3_storage.name, Key=lost["rawRef"])
+    ingest_new_messages.apply(args=[topics.new_message_payload(account.pk, "imap", [lost])])
+    assert "does not exist" in DeadLetter.objects.get().reason
+    assert Message.objects.count() == 1
