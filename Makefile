@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp bench-webhooks audit
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp bench-webhooks audit bench-object-storage
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -33,6 +33,10 @@ chaos: bootstrap
 
 bench-ingest: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/ingest.py $(BENCH_ARGS)
+
+# The media storage on the local disk against S3 (moto's server, or --endpoint).
+bench-object-storage: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/object_storage.py $(BENCH_ARGS)
 
 # Storing the one message an IDLE notice brings: statements sent (round trips) and time.
 bench-ingest-one: bootstrap-test

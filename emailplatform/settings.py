@@ -125,6 +125,35 @@ STORAGES = {
 MEDIA_URL = "media/"
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / ".local" / "media")
 
+# Object storage (issue 10): raw segments, attachments, staged big messages and outbound
+# uploads stay on the local disk (MEDIA_ROOT) unless MEDIA_STORAGE=s3, which puts them in an
+# S3-compatible bucket that workers on several hosts share (emailplatform.object_storage).
+# Credentials: S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY, else boto3's own chain (AWS_* variables,
+# an instance profile). Objects above S3_MULTIPART_THRESHOLD_BYTES go up in parts of
+# S3_MULTIPART_CHUNK_BYTES (S3 wants at least 5 MiB a part).
+MEDIA_STORAGE = env.str("MEDIA_STORAGE", default="local")
+if MEDIA_STORAGE == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "emailplatform.object_storage.MailObjectStorage",
+        "OPTIONS": {
+            "bucket_name": env.str("S3_BUCKET"),
+            "endpoint_url": env.str("S3_ENDPOINT_URL", default=None),
+            "region_name": env.str("S3_REGION_NAME", default=None),
+            "access_key": env.str("S3_ACCESS_KEY_ID", default=None),
+            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default=None),
+            "location": env.str("S3_LOCATION", default=""),
+            "addressing_style": env.str("S3_ADDRESSING_STYLE", default=None),
+            "file_overwrite": True,  # names are unique or content-addressed
+            "querystring_auth": True,
+            "multipart_threshold": env.int("S3_MULTIPART_THRESHOLD_BYTES", default=64 * 2**20),
+            "multipart_chunksize": env.int("S3_MULTIPART_CHUNK_BYTES", default=16 * 2**20),
+            "max_concurrency": env.int("S3_MAX_CONCURRENCY", default=4),
+            "max_memory_size": 2 * 2**20,  # a file opened whole spills to disk past this
+        },
+    }
+elif MEDIA_STORAGE != "local":
+    raise ImproperlyConfigured(f"MEDIA_STORAGE must be local or s3, not {MEDIA_STORAGE!r}")
+
 # Credentials at rest: Fernet keys, comma separated, newest first. Encryption uses the first;
 # decryption tries each, so a key can be rotated in without re-encrypting at once
 # (`manage.py rotate_credentials` re-encrypts everything under the first key).

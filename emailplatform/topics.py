@@ -20,6 +20,7 @@ import functools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -155,6 +156,7 @@ class IncomingMessage:
     include_attachments: bool = True
     staged_ref: str | None = None
     raw_file: str | None = None  # a local file with the raw bytes (raw is then empty)
+    raw_file_is_copy: bool = False  # raw_file was downloaded from the object store for this
     # The server's own id (OBJECTID EMAILID, Dovecot X-GUID, X-GM-MSGID), kept on the message:
     # a move, copy or UIDVALIDITY change then re-maps it without downloading it again.
     server_id: str | None = None
@@ -186,35 +188,13 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
             where = "/".join(str(p) for p in error.path) or "payload"
             reasons.append(f"{where}: {error.message}")
         raise PayloadError("; ".join(reasons))
-    messages = []
-    for index, item in enumerate(payload["messages"]):
-        if "raw" in item:
-            try:
-                raw = base64.b64decode(item["raw"], validate=True)
-            except ValueError as exc:
-                raise PayloadError(f"messages/{index}/raw: not valid base64 ({exc})") from exc
-            staged_ref = raw_file = None
-        else:
-            staged_ref = item["rawRef"]
-            raw, raw_file = _read_staged(staged_ref, index)
-        folders = list(item.get("labels") or [])
-        if item.get("folder"):
-            folders.insert(0, item["folder"])
-        messages.append(
-            IncomingMessage(
-                raw=raw,
-                provider_id=item.get("id"),
-                provider_thread_id=item.get("threadId"),
-                folders=folders,
-                uid=item.get("uid"),
-                flags=item.get("flags"),
-                internal_date=item.get("internalDate"),
-                include_attachments=item.get("includeAttachments", True),
-                staged_ref=staged_ref,
-                raw_file=raw_file,
-                server_id=item.get("serverId"),
-            )
-        )
+    messages: list[IncomingMessage] = []
+    try:
+        for index, item in enumerate(payload["messages"]):
+            messages.append(_incoming(item, index))
+    except BaseException:
+        release_local_copies(messages)
+        raise
     return NewMessageBatch(
         account_id=payload["accountId"],
         provider=payload["provider"],
@@ -224,17 +204,67 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
     )
 
 
-def _read_staged(ref: str, index: int) -> tuple[bytes, str | None]:
-    """(raw, None), or (b"", its local path) when the storage has one: big mail stays on disk."""
-    from django.core.files.storage import default_storage
+def _incoming(item: dict[str, Any], index: int) -> IncomingMessage:
+    copy = False
+    if "raw" in item:
+        try:
+            raw = base64.b64decode(item["raw"], validate=True)
+        except ValueError as exc:
+            raise PayloadError(f"messages/{index}/raw: not valid base64 ({exc})") from exc
+        staged_ref = raw_file = None
+    else:
+        staged_ref = item["rawRef"]
+        raw, raw_file, copy = _read_staged(staged_ref, index)
+    folders = list(item.get("labels") or [])
+    if item.get("folder"):
+        folders.insert(0, item["folder"])
+    return IncomingMessage(
+        raw=raw,
+        provider_id=item.get("id"),
+        provider_thread_id=item.get("threadId"),
+        folders=folders,
+        uid=item.get("uid"),
+        flags=item.get("flags"),
+        internal_date=item.get("internalDate"),
+        include_attachments=item.get("includeAttachments", True),
+        staged_ref=staged_ref,
+        raw_file=raw_file,
+        raw_file_is_copy=copy,
+        server_id=item.get("serverId"),
+    )
 
-    if not default_storage.exists(ref):
+
+def _read_staged(ref: str, index: int) -> tuple[bytes, str | None, bool]:
+    """(raw, None, False), or (b"", a local path, whether it is a copy): big mail stays on
+    disk, the storage's own file or, from an object store, a copy in this process's temp dir
+    (see `release_local_copies`); smaller mail from an object store is read whole."""
+    from django.conf import settings
+
+    from emailplatform import object_storage
+    from emailplatform.tempdirs import process_temp_dir
+
+    size = object_storage.stored_size(ref)
+    if size is None:
         raise PayloadError(f"messages/{index}/rawRef: staged blob {ref} does not exist")
+    path = object_storage.local_path(ref)
+    if path is not None:
+        return b"", path, False
+    if size <= settings.LARGE_MESSAGE_BYTES:
+        return b"".join(object_storage.read_range(ref, 0, None)), None, False
+    copy = str(Path(process_temp_dir()) / f"staged-{uuid.uuid4()}.eml")
     try:
-        return b"", default_storage.path(ref)
-    except NotImplementedError:
-        with default_storage.open(ref, "rb") as handle:
-            return handle.read(), None
+        object_storage.download_to(ref, copy)
+    except BaseException:
+        Path(copy).unlink(missing_ok=True)
+        raise
+    return b"", copy, True
+
+
+def release_local_copies(messages: Iterable[IncomingMessage]) -> None:
+    """Remove the local copies of staged blobs that parsing the payload downloaded."""
+    for message in messages:
+        if message.raw_file_is_copy and message.raw_file:
+            Path(message.raw_file).unlink(missing_ok=True)
 
 
 def stage_raw(raw: bytes | None = None, *, path: str | None = None) -> str:

@@ -30,6 +30,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from emailplatform import topics
+from emailplatform.object_storage import open_for_download
 
 from . import providers
 from .admin_flows import add_flow_for, add_flows
@@ -605,10 +606,11 @@ class MessageAdmin(OwnerScopedAdmin, admin.ModelAdmin):
         attachment = attachment_ensure_stored(
             attachment=get_object_or_404(Attachment, pk=attachment_id, message_id=pk)
         )
+        stream, size = open_for_download(attachment.file.name)
         response = FileResponse(
-            attachment.file.open("rb"),
-            content_type=attachment.content_type or "application/octet-stream",
+            stream, content_type=attachment.content_type or "application/octet-stream"
         )
+        response["Content-Length"] = str(size)
         response["Content-Disposition"] = "inline" if attachment.is_inline else "attachment"
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"

@@ -84,11 +84,14 @@ def batch_store(payload: Any, *, by_producer: bool = False) -> dict[str, Any]:
                 # e.g. a redelivery whose staged blobs its first delivery consumed
                 return {"skipped": f"batch {batch_id} is stored already or no longer wanted"}
             return _reject(payload, str(exc), batch_id)
-        account = Account.objects.filter(pk=batch.account_id).first()
-        if account is None:
-            return _reject(payload, f"accountId: account {batch.account_id} does not exist")
-        with PreparedBatch(batch.messages) as prepared:
-            result = _write(account, batch, prepared, by_producer=by_producer)
+        try:
+            account = Account.objects.filter(pk=batch.account_id).first()
+            if account is None:
+                return _reject(payload, f"accountId: account {batch.account_id} does not exist")
+            with PreparedBatch(batch.messages) as prepared:
+                result = _write(account, batch, prepared, by_producer=by_producer)
+        finally:
+            topics.release_local_copies(batch.messages)
     staged = [m.staged_ref for m in batch.messages if m.staged_ref]
     if staged:
         topics.delete_staged(staged)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from emailplatform import topics
+from emailplatform.object_storage import OBJECT_STORE_ERRORS, map_stored, save_confirmed
 from emailplatform.observability import metrics
 from emailplatform.tempdirs import process_temp_dir
 from emailplatform.topics import IncomingMessage
@@ -53,8 +53,9 @@ from .threader import ThreadAssignment, ThreadInput, assign_threads, refresh_thr
 logger = logging.getLogger(__name__)
 
 # Not one message's fault: they propagate (the task or sync is retried), never split a batch.
-# OSError covers the media storage (disk full, network).
+# OSError covers the media storage (disk full, network); OBJECT_STORE_ERRORS the S3 one.
 INFRA_ERRORS: tuple[type[BaseException], ...] = (
+    *OBJECT_STORE_ERRORS,
     OperationalError,
     InterfaceError,
     TransactionManagementError,
@@ -499,23 +500,38 @@ def _parse_iso(value: str | None) -> datetime | None:
 
 
 def _store_attachment_files(prepared: list[_Prepared]) -> dict[str, str]:
-    """Content-addressed files, written before the transaction (an orphan is harmless).
+    """Content-addressed files, written before the transaction (an orphan is harmless), each
+    once a batch; on an object store several at a time (each is a round trip or two).
 
     A message whose files cannot be stored (not for an infrastructure reason) is stored
     without them: its attachments are extracted from the raw message when asked for."""
-    names: dict[str, str] = {}
+    wanted: dict[str, ParsedAttachment] = {}
+    holders: dict[str, list[_Prepared]] = {}
     for p in prepared:
         if not p.item.include_attachments:
             continue
-        try:
-            for attachment in p.parsed.attachments:
-                if attachment.sha256 not in names:
-                    names[attachment.sha256] = attachment_file_store(attachment)
-        except INFRA_ERRORS:
-            raise
-        except Exception as exc:
-            reason = f"attachment files could not be stored ({type(exc).__name__}: {exc})"[:500]
-            logger.warning("message %s: %s", p.provider_id, reason, exc_info=exc)
+        for attachment in p.parsed.attachments:
+            wanted.setdefault(attachment.sha256, attachment)
+            held = holders.setdefault(attachment.sha256, [])
+            if not held or held[-1] is not p:
+                held.append(p)
+    outcomes = map_stored(attachment_file_store, list(wanted.values()))
+    for outcome in outcomes:
+        if isinstance(outcome, INFRA_ERRORS):
+            raise outcome
+    names: dict[str, str] = {}
+    flagged: set[int] = set()  # one defect a message
+    for sha256, outcome in zip(wanted, outcomes, strict=True):
+        if not isinstance(outcome, BaseException):
+            names[sha256] = outcome
+            continue
+        reason = f"attachment files could not be stored ({type(outcome).__name__}: {outcome})"
+        reason = reason[:500]
+        for p in holders[sha256]:
+            if id(p) in flagged:
+                continue
+            flagged.add(id(p))
+            logger.warning("message %s: %s", p.provider_id, reason, exc_info=outcome)
             p.parsed.defects.append(f"{reason}; kept in the raw message only")
             p.problem = p.problem or reason
     return names
@@ -564,17 +580,7 @@ def _store_raw_files(
 
 
 def _save_durably(name: str, content: File) -> str:
-    name = default_storage.save(name, content)
-    try:
-        path = default_storage.path(name)
-    except NotImplementedError:  # a remote storage: durable once the upload returns
-        return name
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return name
+    return save_confirmed(name, content)
 
 
 def _create_messages(

@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Left, Upper
 
+from emailplatform.object_storage import read_range
+
 # A zstd frame starts with these bytes; a zlib stream never does (its first byte is 0x?8).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Bodies past this many characters are not indexed (a tsvector is limited to 1 MB).
@@ -382,12 +384,15 @@ class RawMessage(models.Model):
                 yield zlib.decompress(data)
             return
         decompressor = zstandard.ZstdDecompressor().decompressobj()
-        with self.file.open("rb") as handle:
-            handle.seek(self.offset)
-            left = self.length if self.length is not None else float("inf")
-            while left > 0 and (block := handle.read(int(min(left, self.CHUNK_BYTES)))):
-                left -= len(block)
-                yield decompressor.decompress(block)
+        # One message of a segment: on S3 a ranged GET of its bytes, not the whole segment.
+        for block in read_range(
+            self.file.name,
+            self.offset,
+            self.length,
+            storage=self.file.storage,
+            chunk_bytes=self.CHUNK_BYTES,
+        ):
+            yield decompressor.decompress(block)
 
     def content(self) -> bytes:
         return b"".join(self.chunks())

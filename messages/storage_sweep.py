@@ -10,7 +10,8 @@ than STORAGE_SWEEP_GRACE_SECONDS (far longer than a batch takes from its write t
 which the task time limit bounds). `staged/` (big messages on their way through the queue) is
 removed once no batch in flight (an `IngestBatch` row not yet stored) names it; batch rows
 older than INGEST_BATCH_RETENTION_HOURS are pruned first (their producer died, and a sync
-fetches their mail again; a task still queued for one is skipped).
+fetches their mail again; a task still queued for one is skipped). On S3 (MEDIA_STORAGE=s3)
+the same holds for objects, and multipart uploads a dead process left incomplete are aborted.
 
 Each pass lists the files and reads the referenced names once (one query per kind), so its
 memory grows with the number of files; at many millions of attachments, an index on
@@ -20,7 +21,6 @@ Attachment.file and a per-directory query would be the next step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -29,6 +29,7 @@ from django.core.files.storage import Storage, default_storage
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from emailplatform.object_storage import files_older_than, stale_uploads_abort
 from emailplatform.tempdirs import temp_dirs_remove_dead
 
 from .models import Attachment, IngestBatch, OutboundAttachment, RawMessage
@@ -67,6 +68,7 @@ def storage_sweep(*, now: datetime | None = None, storage: Storage | None = None
         fetched_at__lt=(now or timezone.now()) - retention
     ).delete()
     outcome["staged"] = len(_sweep_staged(storage, cutoff))
+    outcome["uploads"] = stale_uploads_abort(storage, cutoff)
     outcome["tempDirs"] = len(temp_dirs_remove_dead())
     return outcome
 
@@ -77,7 +79,7 @@ def storage_sweep_task() -> dict:
 
 
 def _sweep(storage: Storage, root: str, cutoff: datetime, model) -> list[str]:
-    candidates = set(_files_older_than(storage, root, cutoff))
+    candidates = set(files_older_than(storage, root, cutoff))
     if not candidates:
         return []
     for name in _named(model.objects.all()).iterator(chunk_size=10_000):
@@ -96,7 +98,7 @@ def _sweep(storage: Storage, root: str, cutoff: datetime, model) -> list[str]:
 
 
 def _sweep_staged(storage: Storage, cutoff: datetime) -> list[str]:
-    candidates = sorted(_files_older_than(storage, "staged", cutoff))
+    candidates = sorted(files_older_than(storage, "staged", cutoff))
     removed = []
     for start in range(0, len(candidates), RECHECK_CHUNK):
         chunk = candidates[start : start + RECHECK_CHUNK]
@@ -111,22 +113,3 @@ def _sweep_staged(storage: Storage, cutoff: datetime) -> list[str]:
 
 def _named(rows: QuerySet) -> QuerySet:
     return rows.exclude(file="").values_list("file", flat=True).distinct()
-
-
-def _files_older_than(storage: Storage, root: str, cutoff: datetime) -> Iterable[str]:
-    try:
-        directories, files = storage.listdir(root)
-    except FileNotFoundError:
-        return
-    for name in files:
-        path = f"{root}/{name}"
-        try:
-            modified = storage.get_modified_time(path)
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if timezone.is_naive(modified):
-            modified = timezone.make_aware(modified)
-        if modified < cutoff:
-            yield path
-    for directory in directories:
-        yield from _files_older_than(storage, f"{root}/{directory}", cutoff)

@@ -23,6 +23,7 @@ from celery import Task
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from emailplatform import syncstate
+from emailplatform.object_storage import OBJECT_STORE_ERRORS
 
 from .account_status import account_mark_error
 from .models import Account
@@ -36,6 +37,7 @@ SYNC_INFRA_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
+    *OBJECT_STORE_ERRORS,
 )
 
 INFRA_RETRY = {"base": 5, "cap": 60, "max_retries": 30}

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.postfix_fixtures",
     "tests.gmail_fake.fixtures",
     "tests.smtp_fake",
+    "tests.s3_fixtures",
 ]
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -12,7 +12,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, user_logged_in
-from django.core.files.storage import default_storage
 from django.db.models import QuerySet
 from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
@@ -32,6 +31,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from emailplatform.object_storage import open_for_download
 from messages import providers, selectors, services
 from messages.message_page import ORDER_FIELDS, message_page
 from messages.mime import decode_words, fix_text
@@ -521,12 +521,14 @@ class AttachmentDownloadView(DownloadView):
     def get(self, request: Request, pk: int) -> FileResponse:
         attachment = _found(selectors.attachment_get(user=request.user, attachment_id=pk))
         attachment = services.attachment_ensure_stored(attachment=attachment)
+        stream, size = open_for_download(attachment.file.name)
         response = FileResponse(
-            default_storage.open(attachment.file.name, "rb"),
+            stream,
             as_attachment=True,
             filename=_printable(attachment.filename) or f"attachment-{attachment.pk}",
             content_type=attachment.content_type or "application/octet-stream",
         )
+        response["Content-Length"] = str(size)
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "sandbox; default-src 'none'"
         return response
