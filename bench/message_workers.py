@@ -1,5 +1,6 @@
-"""A real message worker (`celery -A emailplatform worker -Q email_new_message`, prefork) for the
-benchmarks: started as `make run` starts it, against the environment's database and Redis."""
+"""Real Celery workers for the benchmarks (prefork, as `make run` starts them), against the
+environment's database and Redis: any queues (`BenchWorker`), or the message worker
+(`celery -A emailplatform worker -Q email_new_message`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from emailplatform.celery import app
@@ -18,14 +20,23 @@ from .procstats import ProcessStats, tree_stats
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class MessageWorker:
-    """One worker process with CONCURRENCY pool children, logging to LOG_PATH."""
+class BenchWorker:
+    """One worker process on QUEUES with CONCURRENCY pool children, logging to LOG_PATH."""
 
-    def __init__(self, concurrency: int, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        queues: Sequence[str],
+        concurrency: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        label: str,
+    ):
+        self.queues = list(queues)
         self.concurrency = concurrency
         self.log_path = log_path
-        self.env = {**os.environ, "INGEST_DELIVERY": "queue", **(env or {})}
-        self.name = f"bench-message-{concurrency}-{os.getpid()}@{socket.gethostname()}"
+        self.env = {**os.environ, **(env or {})}
+        self.name = f"bench-{label}-{concurrency}-{os.getpid()}@{socket.gethostname()}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -39,7 +50,7 @@ class MessageWorker:
             self.name,
             f"--concurrency={self.concurrency}",
             "-Q",
-            ",".join(MESSAGE_WORKER_QUEUES),
+            ",".join(self.queues),
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -48,10 +59,10 @@ class MessageWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the message worker exited ({self.proc.returncode}), see its log")
+                raise SystemExit(f"worker {self.name} exited ({self.proc.returncode}), see its log")
             if app.control.ping(destination=[self.name], timeout=0.5) and self._pool_ready():
                 return
-        raise SystemExit(f"the message worker did not answer within {timeout:.0f}s")
+        raise SystemExit(f"worker {self.name} did not answer within {timeout:.0f}s")
 
     def _pool_ready(self) -> bool:
         return len(self.stats()) >= 1 + self.concurrency
@@ -73,9 +84,17 @@ class MessageWorker:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> MessageWorker:
+    def __enter__(self) -> BenchWorker:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MessageWorker(BenchWorker):
+    """The message worker (email_new_message), its batches delivered through the queue."""
+
+    def __init__(self, concurrency: int, log_path: Path, env: dict[str, str] | None = None):
+        env = {"INGEST_DELIVERY": "queue", **(env or {})}
+        super().__init__(MESSAGE_WORKER_QUEUES, concurrency, log_path, env, label="message")

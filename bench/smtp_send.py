@@ -31,7 +31,6 @@ import argparse
 import os
 import platform
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,7 @@ from knox.models import AuthToken  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from bench.benchdata import bench_user_remove, dovecot_env  # noqa: E402
-from emailplatform.celery import app  # noqa: E402
+from bench.message_workers import BenchWorker  # noqa: E402
 from messages.models import Account, OutboundMessage  # noqa: E402
 from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E402
 
@@ -96,44 +95,6 @@ class Sink:
     def stop(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
-
-
-class SendWorker:
-    """A real worker on the smtp queue, started as `make run` starts one."""
-
-    def __init__(self, concurrency: int, log_path: Path, env: dict[str, str]) -> None:
-        self.name = f"bench-smtp-{concurrency}-{os.getpid()}@{socket.gethostname()}"
-        cmd = [
-            str(Path(sys.executable).with_name("celery")),
-            "-A",
-            "emailplatform",
-            "worker",
-            "--loglevel=WARNING",
-            "-n",
-            self.name,
-            f"--concurrency={concurrency}",
-            "-Q",
-            "smtp",
-        ]
-        self.log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the worker exited ({self.proc.returncode}): see {log_path}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
-                return
-        raise SystemExit("the worker did not answer within 60 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def dovecot_user(users_dir: Path) -> tuple[str, str]:
@@ -248,11 +209,14 @@ def main() -> int:
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(owner)[1]}")
 
-        worker = SendWorker(
+        worker = BenchWorker(
+            ["smtp"],
             args.concurrency,
             work / "worker.log",
             {"INGEST_DELIVERY": "inline", "OUTBOUND_ALLOWED_NETWORKS": ",".join(allowed)},
+            label="smtp",
         )
+        worker.start()
         log(
             f"{args.messages} messages, worker concurrency {args.concurrency}, sent copy "
             f"{'off' if args.no_sent_copy else 'on (APPEND to Dovecot)'}; "

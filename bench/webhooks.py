@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from django.core.management import call_command  # noqa: E402
 from django.db import transaction  # noqa: E402
 
 from bench.benchdata import bench_user_remove  # noqa: E402
-from emailplatform.celery import app  # noqa: E402
+from bench.message_workers import BenchWorker  # noqa: E402
 from messages.events import events_record  # noqa: E402
 from messages.ingest import messages_upsert  # noqa: E402
 from messages.models import Account  # noqa: E402
@@ -92,44 +91,6 @@ class Receiver:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
-
-
-class WebhookWorker:
-    """A real worker on the webhooks queue, started as `make run` starts it."""
-
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
-        self.name = f"bench-webhook-{os.getpid()}@{socket.gethostname()}"
-        cmd = [
-            str(Path(sys.executable).with_name("celery")),
-            "-A",
-            "emailplatform",
-            "worker",
-            "--loglevel=WARNING",
-            "-n",
-            self.name,
-            "--concurrency=2",
-            "-Q",
-            "webhooks",
-        ]
-        self.log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the worker exited ({self.proc.returncode}): see {log_path}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
-                return
-        raise SystemExit("the worker did not answer within 60 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def stored_messages(account: Account, count: int) -> list[int]:
@@ -190,9 +151,14 @@ def main() -> int:
             owner=owner, provider=Account.Provider.LOCAL, email_address="bench@example.com"
         )
         message_ids = stored_messages(account, MESSAGES)
-        worker = WebhookWorker(
-            work / "worker.log", {"OUTBOUND_ALLOWED_NETWORKS": ",".join(allowed)}
+        worker = BenchWorker(
+            ["webhooks"],
+            2,
+            work / "worker.log",
+            {"OUTBOUND_ALLOWED_NETWORKS": ",".join(allowed)},
+            label="webhook",
         )
+        worker.start()
         log(
             f"{events} events, {args.per_commit} per commit, one endpoint (http on loopback); "
             f"{platform.python_implementation()} {platform.python_version()}, "
