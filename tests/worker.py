@@ -39,6 +39,23 @@ def process_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+def worker_command(node: str, queues: str, concurrency: int) -> list[str]:
+    """A worker's command line as `make run` and docker-compose start theirs (prefork,
+    -n node@%h)."""
+    return [
+        str(Path(sys.executable).with_name("celery")),
+        "-A",
+        "emailplatform",
+        "worker",
+        "--loglevel=INFO",
+        "-n",
+        f"{node}@%h",
+        f"--concurrency={concurrency}",
+        "-Q",
+        queues,
+    ]
+
+
 def start_worker(
     queues: list[str],
     log_path: Path,

@@ -20,7 +20,7 @@ from messages.services import account_sync_request
 from smtp_sync.idle import IDLE_DB_CONNECTIONS
 from tests.imap_fixtures import account_for, new_mail_server_user
 from tests.mailfactory import make_mail
-from tests.worker import ROOT, process_env, stop_worker, wait_for
+from tests.worker import ROOT, process_env, stop_worker, wait_for, worker_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,20 +31,7 @@ MESSAGE_CONCURRENCY = 2
 
 
 def celery_worker(node: str, queues: str, concurrency: int, log: Path) -> subprocess.Popen:
-    """A worker started as `make run` and docker-compose start theirs (prefork, -n node@%h)."""
-    command = [
-        str(Path(sys.executable).with_name("celery")),
-        "-A",
-        "emailplatform",
-        "worker",
-        "--loglevel=INFO",
-        "-n",
-        f"{node}@%h",
-        f"--concurrency={concurrency}",
-        "-Q",
-        queues,
-    ]
-    return start(command, log)
+    return start(worker_command(node, queues, concurrency), log)
 
 
 def start(command: list[str], log: Path) -> subprocess.Popen:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from messages.services import account_sync_request
 from tests.emailplatform.test_db_connection_bounds import Sampler
 from tests.imap_fixtures import account_for, new_mail_server_user
 from tests.mailfactory import make_mail
-from tests.worker import ROOT, free_port, process_env, stop_worker, wait_for
+from tests.worker import ROOT, free_port, process_env, stop_worker, wait_for, worker_command
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,18 +100,7 @@ def _listening(port: int) -> bool:
 
 
 def worker(node: str, queues: str, concurrency: int, log: Path, database_url: str):
-    command = [
-        str(Path(sys.executable).with_name("celery")),
-        "-A",
-        "emailplatform",
-        "worker",
-        "--loglevel=INFO",
-        "-n",
-        f"{node}@%h",
-        f"--concurrency={concurrency}",
-        "-Q",
-        queues,
-    ]
+    command = worker_command(node, queues, concurrency)
     env = process_env(
         {
             "DATABASE_URL": database_url,
