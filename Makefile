@@ -74,3 +74,10 @@ audit: bootstrap-test
 # next to a bare smtplib loop over one connection. Options: BENCH_ARGS="--no-sent-copy".
 bench-smtp: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/smtp_send.py $(BENCH_ARGS)
+
+# One asyncio IDLE listener holding many mailboxes on a Dovecot of its own (high-performance
+# settings): RSS per mailbox, database connections, idle CPU, connect-all, APPEND->trigger,
+# re-hold after a restart. Options: BENCH_ARGS="--mailboxes 10000".
+.PHONY: bench-idle-scale
+bench-idle-scale: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/idle_scale.py $(BENCH_ARGS)
