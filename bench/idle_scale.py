@@ -7,7 +7,9 @@
 A Dovecot of the bench's own (a temp dir, a free loopback port) with the high-performance
 settings: login processes with `service_count = 0`, `imap_hibernate_timeout` (an idling client
 moves to the imap-hibernate process and its imap process exits), raised process and client
-limits, one passwd-file for all users. --mailboxes accounts of distinct Dovecot users are
+limits and `ulimit -n`, one passwd-file for all users, spread over uids of their own (see
+FIRST_UID). With --tls the listener connects over implicit TLS (a self-signed certificate the
+listener trusts through SSL_CERT_FILE). --mailboxes accounts of distinct Dovecot users are
 bulk-created in the database (IDLE among their recorded capabilities), then one
 `manage.py imap_idle` (the asyncio listener, the production command and trigger) is started
 with no account, its baseline RSS read, and nudged to load them all. Printed:
@@ -83,7 +85,7 @@ state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -121,7 +123,8 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
 service imap {{
@@ -189,9 +192,36 @@ def busy_elsewhere(seconds: float, skip: set[int]) -> float:
 
 # Dovecot ---------------------------------------------------------------------------------------
 class Dovecot:
-    def __init__(self, root: Path, mailboxes: int, hibernate: int) -> None:
+    def __init__(self, root: Path, mailboxes: int, hibernate: int, tls: bool) -> None:
         self.root = root
         self.port = free_port()
+        self.tls_port = free_port() if tls else 0
+        ssl = "ssl = no"
+        if tls:
+            self.cert = root / "cert.pem"
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    str(root / "key.pem"),
+                    "-out",
+                    str(self.cert),
+                ],
+                check=True,
+                capture_output=True,
+            )
+            ssl = f"ssl = yes\nssl_cert = <{self.cert}\nssl_key = <{root / 'key.pem'}"
         for sub in ("run", "state", "home"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         clients = max(1000, mailboxes * 2 + 500)
@@ -200,6 +230,8 @@ class Dovecot:
                 root=root,
                 port=self.port,
                 hibernate=hibernate,
+                ssl=ssl,
+                tls_port=self.tls_port,
                 clients=clients,
                 anvil=clients + 4096 * 2,
             )
@@ -319,7 +351,7 @@ def append(port: int, user: str, subject: str) -> float:
 
 
 # The database ----------------------------------------------------------------------------------
-def accounts_create(users: list[str], port: int) -> dict[str, int]:
+def accounts_create(users: list[str], port: int, security: str) -> dict[str, int]:
     owner, _ = get_user_model().objects.get_or_create(username=BENCH_USERNAME)
     Account.objects.filter(owner=owner).delete()
     credentials = encrypt_json({"password": PASSWORD})
@@ -341,7 +373,7 @@ def accounts_create(users: list[str], port: int) -> dict[str, int]:
                 account=account,
                 imap_host="127.0.0.1",
                 imap_port=port,
-                imap_security="none",
+                imap_security=security,
                 username=user,
                 capabilities=CAPABILITIES,
                 allow_internal=True,
@@ -388,7 +420,7 @@ def _tcp_ports(pid: int) -> set[int]:
 
 # The listener ----------------------------------------------------------------------------------
 class Listener:
-    def __init__(self, stats_file: Path, args: argparse.Namespace, port: int) -> None:
+    def __init__(self, stats_file: Path, args: argparse.Namespace, dovecot: Dovecot) -> None:
         self.stats_file = stats_file
         command = [
             sys.executable,
@@ -409,7 +441,11 @@ class Listener:
             cwd=ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "OUTBOUND_ALLOWED_NETWORKS": _allowed(port)},
+            env={
+                **os.environ,
+                "OUTBOUND_ALLOWED_NETWORKS": _allowed(dovecot.port),
+                **({"SSL_CERT_FILE": str(dovecot.cert)} if dovecot.tls_port else {}),
+            },
         )
         self.pid = self.process.pid
 
@@ -482,6 +518,7 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--hibernate", type=int, default=1, help="imap_hibernate_timeout (s)")
     parser.add_argument("--notify", action="store_true", help="let the listener set NOTIFY")
+    parser.add_argument("--tls", action="store_true", help="the listener over implicit TLS")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and accounts")
     args = parser.parse_args()
 
@@ -489,22 +526,26 @@ def main() -> None:
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     root = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     os.chmod(root, 0o755)  # noqa: S103 (Dovecot's unprivileged processes read it)
-    dovecot = Dovecot(root, args.mailboxes, args.hibernate)
+    dovecot = Dovecot(root, args.mailboxes, args.hibernate, args.tls)
     users = dovecot.users(args.mailboxes)
     dovecot.start()
     listener: Listener | None = None
-    print(f"IDLE scale: {args.mailboxes} mailboxes, one listener process, Dovecot {root}")
+    over = "TLS" if args.tls else "plain IMAP"
+    print(f"IDLE scale: {args.mailboxes} mailboxes over {over}, one listener, Dovecot {root}")
     print(f"  before: {load_line()}")
     try:
         # The listener starts with nothing to hold: its baseline.
-        listener = Listener(root / "listener.json", args, dovecot.port)
+        listener = Listener(root / "listener.json", args, dovecot)
         while not listener.stats().get("refreshes"):
             time.sleep(0.2)
         time.sleep(1.0)
         baseline_kb = listener.rss_kb()
         log(f"listener up, baseline RSS {baseline_kb / 1024:.1f} MB; creating accounts")
         started = time.monotonic()
-        ids = accounts_create(users, dovecot.port)
+        if args.tls:
+            ids = accounts_create(users, dovecot.tls_port, "ssl")
+        else:
+            ids = accounts_create(users, dovecot.port, "none")
         log(f"{len(ids)} accounts in {time.monotonic() - started:.1f}s")
         broker.delete(topics.QUEUE_SMTP)
         connection.close()

@@ -49,6 +49,7 @@ CONNECT_BURST = 20
 CONNECTS_IN_FLIGHT = 200  # logins under way at once, over all servers
 RECONNECT_JITTER_SECONDS = 10.0  # a broken session waits up to this long before its first retry
 SERVER_PAUSE_MAX_SECONDS = 300.0
+DEFERRING_CODES = frozenset({"UNAVAILABLE", "LIMIT", "INUSE", "SERVERBUG"})
 
 
 class ServerGate:
@@ -187,7 +188,10 @@ class Mailbox:
                     renew_seconds=listener.renew_seconds,
                 )
             except ImapBye as exc:
-                listener.server_refused(gate, self.server, exc)
+                # A held session's BYE (a server shutting down or cutting idlers) pauses the
+                # server only when it says to come back later; else the jitter spreads retries.
+                if exc.code in DEFERRING_CODES:
+                    listener.server_refused(gate, self.server, exc)
                 raise
             finally:
                 listener.stats.notify -= session.notify
