@@ -262,10 +262,15 @@ class Dovecot:
         wait_port(self.port, "the bench's Dovecot")
 
     def stop(self) -> None:
+        """Stop, and wait until its last session is gone: the old imap-hibernate processes
+        close 10,000 sessions over about a minute, and a new instance started meanwhile on the
+        same base_dir fails its logins."""
         subprocess.run([self.binary, "-c", str(self.root / "dovecot.conf"), "stop"], check=False)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _port_open(self.port):
-            time.sleep(0.05)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (
+            _port_open(self.port) or _server_sockets(self.port, self.tls_port)
+        ):
+            time.sleep(0.1)
 
     def processes(self) -> dict[str, int]:
         """Dovecot's processes by name, and their RSS in MB."""
@@ -286,6 +291,18 @@ class Dovecot:
             rss += stats.rss_kb if stats else 0
         counts["rss_mb"] = rss // 1024
         return counts
+
+
+def _server_sockets(*ports: int) -> int:
+    """Established TCP connections whose local port is one of PORTS (the server's side)."""
+    wanted = {f"{port:04X}" for port in ports if port}
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[1].rsplit(":", 1)[1] in wanted:
+                count += 1
+    return count
 
 
 def _port_open(port: int) -> bool:
@@ -464,19 +481,21 @@ class Listener:
         return stats.cpu_seconds if stats else 0.0
 
     def wait_held(self, count: int, timeout: float, *, sample=None) -> float:
-        """Seconds until COUNT are held; exits when none more is held for a minute."""
+        """Seconds until COUNT are held; exits when nothing moves (no connect, no change of
+        the held count) for a minute."""
         started = progress_at = time.monotonic()
-        best = 0
+        last = None
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 raise SystemExit(f"the listener exited ({self.process.returncode})")
-            held = self.stats().get("held", 0)
-            if held >= count:
+            stats = self.stats()
+            if stats.get("held", 0) >= count:
                 return time.monotonic() - started
-            if held > best:
-                best, progress_at = held, time.monotonic()
+            now = (stats.get("held"), stats.get("connects"))
+            if now != last:
+                last, progress_at = now, time.monotonic()
             elif time.monotonic() - progress_at > 60:
-                raise SystemExit(f"stalled at {held} of {count} held: {self.stats()}")
+                raise SystemExit(f"stalled at {now[0]} of {count} held: {stats}")
             if sample:
                 sample()
             time.sleep(0.2)
@@ -614,8 +633,7 @@ def main() -> None:
         dovecot.stop()
         dovecot.start()
         restart_s = time.monotonic() - restarted
-        time.sleep(1.0)
-        rehold = listener.wait_held(args.mailboxes, 3600) + 1.0 + restart_s
+        rehold = listener.wait_held(args.mailboxes, 3600) + restart_s
         reconnects = listener.stats().get("connects", 0) - before_restart
 
         stats = listener.stats()
