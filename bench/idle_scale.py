@@ -172,22 +172,18 @@ def load_line() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
-def busy_elsewhere(seconds: float, skip: set[int]) -> float:
-    """CPU seconds per second used by processes other than SKIP over SECONDS."""
+def machine_busy(seconds: float) -> float:
+    """Cores busy (all processes, this machine) over SECONDS, from /proc/stat."""
 
-    def each() -> dict[int, float]:
-        used = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in skip:
-                stats = process_stats(int(entry))
-                if stats:
-                    used[stats.pid] = stats.cpu_seconds + stats.reaped_cpu_seconds
-        return used
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
 
-    before = each()
+    total0, idle0 = sample()
     time.sleep(seconds)
-    after = each()
-    return sum(max(0.0, cpu - before.get(pid, 0.0)) for pid, cpu in after.items()) / seconds
+    total1, idle1 = sample()
+    share = 1 - (idle1 - idle0) / max(1, total1 - total0)
+    return share * (os.cpu_count() or 1)
 
 
 # Dovecot ---------------------------------------------------------------------------------------
@@ -583,7 +579,7 @@ def main() -> None:
         rss_kb = listener.rss_kb()
         db_idle = connections_of(listener.pid)
         cpu_before, wall = listener.cpu(), time.monotonic()
-        others = busy_elsewhere(args.idle_seconds, {listener.pid, os.getpid()})
+        busy = machine_busy(args.idle_seconds)
         idle_cpu = (listener.cpu() - cpu_before) / (time.monotonic() - wall)
         dovecot_procs = dovecot.processes()
 
@@ -651,7 +647,7 @@ def main() -> None:
         print(f"  database connections of the listener: peak {peak_db}, idle {db_idle}")
         print(
             f"  idle CPU: {idle_cpu * 100:.2f}% of a core over {args.idle_seconds:g}s "
-            f"(others used {others:.2f} cores meanwhile)"
+            f"(the machine: {busy:.2f} of {os.cpu_count()} cores busy meanwhile)"
         )
         print(f"  Dovecot while held: {dovecot_procs}")
         print(

@@ -36,7 +36,7 @@ from messages.account_status import account_mark_error
 from messages.models import Account
 
 from .idle import BACKOFF_MAX_SECONDS, IDLE_RENEW_SECONDS, NUDGE_MIN_SECONDS, REFRESH_SECONDS
-from .idle_client import IdleSession, ImapBye
+from .idle_client import IdleSession, ImapBye, bound_tls_buffers
 from .idle_nudge import NudgeListener
 from .imap import ImapAuthError, ImapError, ImapLoginDeferred, ImapRefusedError, ImapServer
 from .sync import server_for
@@ -358,6 +358,7 @@ class AsyncIdleListener:
         """Refresh every REFRESH_SECONDS and soon after a nudge, until STOPPING is set; a failed
         refresh is retried sooner, the held mailboxes stay held meanwhile."""
         loop = asyncio.get_running_loop()
+        bound_tls_buffers()
         wake = asyncio.Event()
         nudges = NudgeListener(_LoopEvent(loop, wake))  # type: ignore[arg-type]
         nudges.start()
