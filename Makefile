@@ -84,3 +84,10 @@ bench-smtp: bootstrap-test
 # BENCH_ARGS="--events 20000 --per-commit 1".
 bench-webhooks: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/webhooks.py $(BENCH_ARGS)
+
+# One asyncio IDLE listener holding many mailboxes on a Dovecot of its own (high-performance
+# settings): RSS per mailbox, database connections, idle CPU, connect-all, APPEND->trigger,
+# re-hold after a restart. Options: BENCH_ARGS="--mailboxes 10000".
+.PHONY: bench-idle-scale
+bench-idle-scale: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/idle_scale.py $(BENCH_ARGS)
