@@ -14,6 +14,11 @@ every connect to that server for a growing while (the mailboxes it holds stay he
 
 Where the server has NOTIFY (RFC 5465; Dovecot does) one connection watches every personal
 folder; elsewhere INBOX by IDLE and the other folders by the periodic poll.
+
+Several listeners (processes, hosts) share the account list through a Membership
+(smtp_sync.idle_leases): each holds only its rendezvous share of the list, and a member's
+arrival or death, seen at a heartbeat, re-assigns at once from the list last read (no
+database read).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 from django.db import DatabaseError, close_old_connections, connection
 from django.db.models.functions import Mod
 
@@ -38,6 +44,7 @@ from messages.models import Account
 
 from .idle import BACKOFF_MAX_SECONDS, IDLE_RENEW_SECONDS, NUDGE_MIN_SECONDS, REFRESH_SECONDS
 from .idle_client import IdleSession, ImapBye, bound_tls_buffers
+from .idle_leases import Membership
 from .idle_nudge import NudgeListener
 from .imap import ImapAuthError, ImapError, ImapLoginDeferred, ImapRefusedError, ImapServer
 from .sync import server_for
@@ -108,6 +115,7 @@ class Stats:
     refusals: int = 0
     wanted: int = 0
     refreshes: int = 0
+    members: int = 1
     last_refresh: float = 0.0
     pid: int = field(default_factory=os.getpid)
 
@@ -229,9 +237,11 @@ class AsyncIdleListener:
         renew_seconds: float = IDLE_RENEW_SECONDS,
         notify: bool = True,
         accounts: Callable[[], dict[int, ImapServer]] | None = None,
+        membership: Membership | None = None,
     ) -> None:
         """ACCOUNTS: what to hold, {account id: server}, read in a pool thread at each
-        refresh; by default `wanted_servers` (the database)."""
+        refresh; by default `wanted_servers` (the database). MEMBERSHIP: hold only this
+        listener's share of them (None: all of them)."""
         self._trigger = trigger
         self._accounts = accounts or self.wanted_servers
         self.shard = shard
@@ -241,7 +251,11 @@ class AsyncIdleListener:
         self.reconnect_jitter = reconnect_jitter
         self.renew_seconds = renew_seconds
         self.notify = notify
+        self.membership = membership
         self.mailboxes: dict[int, Mailbox] = {}
+        self._listed: dict[int, ImapServer] | None = None  # the last account list read
+        # Heartbeats have a thread of their own: a slow database read never delays one.
+        self._beats = ThreadPoolExecutor(1, thread_name_prefix="idle-beat")
         self.stats = Stats()
         self._gates: dict[tuple[str, int], ServerGate] = {}
         self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="idle-db")
@@ -284,10 +298,17 @@ class AsyncIdleListener:
 
     async def refresh(self) -> None:
         loop = asyncio.get_running_loop()
-        self.hold(await loop.run_in_executor(self._pool, self._accounts))
+        self._listed = await loop.run_in_executor(self._pool, self._accounts)
+        self.hold(self._share(self._listed))
         await loop.run_in_executor(self._pool, metrics.idle_connections_report, self.stats.held)
         self.stats.refreshes += 1
         self.stats.last_refresh = time.time()
+
+    def _share(self, listed: dict[int, ImapServer]) -> dict[int, ImapServer]:
+        if self.membership is None:
+            return listed
+        mine = self.membership.mine(listed)
+        return {account_id: listed[account_id] for account_id in mine}
 
     def hold(self, wanted: dict[int, ImapServer]) -> None:
         """Hold exactly WANTED: new accounts are started, gone ones let go, and one whose
@@ -367,6 +388,10 @@ class AsyncIdleListener:
         writer = (
             asyncio.create_task(self._write_stats(stats_file, stopping)) if stats_file else None
         )
+        beating = None
+        if self.membership is not None:
+            await self.heartbeat()  # know the other members before the first refresh
+            beating = asyncio.create_task(self._heartbeats(stopping))
         failures = 0
         try:
             while not stopping.is_set():
@@ -386,8 +411,9 @@ class AsyncIdleListener:
                 await _wait(stopping, wake, delay)
         finally:
             nudges.stop()
-            if writer is not None:
-                writer.cancel()
+            for task in (writer, beating):
+                if task is not None:
+                    task.cancel()
             await self.stop()
 
     async def stop(self) -> None:
@@ -397,7 +423,38 @@ class AsyncIdleListener:
             mailbox.stop()
         if mailboxes:
             await asyncio.gather(*(m.task for m in mailboxes), return_exceptions=True)
+        if self.membership is not None:
+            await self._leave()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._beats.shutdown(wait=False, cancel_futures=True)
+
+    # Membership --------------------------------------------------------------------------
+    async def heartbeat(self) -> None:
+        """Renew this listener's membership; when the members changed, hold the new share of
+        the account list last read. Redis away: what is held stays held."""
+        membership = self.membership
+        try:
+            changed = await asyncio.get_running_loop().run_in_executor(self._beats, membership.beat)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("IDLE membership heartbeat failed (%s); holding what is held", exc)
+            return
+        self.stats.members = len(membership.members)
+        if changed:
+            logger.info("IDLE listeners now %s", len(membership.members))
+            if self._listed is not None:
+                self.hold(self._share(self._listed))
+
+    async def _heartbeats(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await _first(stopping, self.membership.heartbeat_seconds)
+            if not stopping.is_set():
+                await self.heartbeat()
+
+    async def _leave(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._beats, self.membership.leave)
+        except (redis.RedisError, OSError) as exc:
+            logger.info("IDLE membership not removed (%s): it lapses by itself", exc)
 
     async def _write_stats(self, path: Path, stopping: asyncio.Event) -> None:
         """The counters as JSON in PATH every second (for a health check or a benchmark)."""

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from emailplatform import syncstate, topics
 from smtp_sync.idle import REFRESH_SECONDS, IdleSupervisor
+from smtp_sync.idle_leases import Membership
 from smtp_sync.idle_listener import CONNECT_RATE, RECONNECT_JITTER_SECONDS, AsyncIdleListener
 
 
@@ -72,6 +73,12 @@ class Command(BaseCommand):
             help="INBOX by IDLE only, even where the server has NOTIFY",
         )
         parser.add_argument(
+            "--no-leases",
+            action="store_true",
+            help="hold every account of the shard, even with other listeners on it "
+            "(by default the listeners of one shard share its accounts through Redis)",
+        )
+        parser.add_argument(
             "--stats-file", type=Path, default=None, help="the counters as JSON, every second"
         )
 
@@ -101,8 +108,10 @@ class Command(BaseCommand):
             connect_rate=options["connect_rate"],
             reconnect_jitter=options["reconnect_jitter"],
             notify=not options["no_notify"],
+            membership=None if options["no_leases"] else Membership(f"shard-{shard}-of-{shards}"),
         )
-        self.stdout.write(f"IMAP IDLE listener (asyncio), shard {shard}/{shards}")
+        sharing = "alone" if options["no_leases"] else "shared with its other listeners"
+        self.stdout.write(f"IMAP IDLE listener (asyncio), shard {shard}/{shards}, {sharing}")
 
         async def main() -> None:
             stopping = asyncio.Event()
