@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +20,8 @@ from emailplatform import syncstate
 from smtp_sync.idle_leases import Membership
 from smtp_sync.idle_listener import AsyncIdleListener
 from smtp_sync.imap import ImapServer
-from tests.worker import wait_for
+from tests.imap_fixtures import account_for, new_mail_server_user
+from tests.worker import ROOT, process_env, wait_for
 
 HEARTBEAT = 0.5
 TTL = 2.0
@@ -160,3 +165,63 @@ def test_a_joining_listener_takes_a_share_and_the_others_let_go_of_it(start):
     assert c.membership.member not in live_members(a), "a graceful stop leaves at once"
     wait_for(lambda: shared_exactly(a, b), timeout=20, what="c's share back with a and b")
     assert (a.held(), b.held()) == (before_a, before_b)
+
+
+def read_stats(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_listener_process_mailboxes_are_held_again_within_a_minute(
+    user, dovecot, tmp_path
+):
+    """Two `manage.py imap_idle` processes with the production heartbeat (10 s) and lapse
+    (30 s): SIGKILL the one holding more, the other holds every mailbox within a minute."""
+    accounts = [account_for(user, new_mail_server_user(dovecot)) for _ in range(12)]
+    for account in accounts:
+        account.imap_settings.capabilities = ["IMAP4REV1", "IDLE"]
+        account.imap_settings.save(update_fields=["capabilities"])
+    stats = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "imap_idle", "--stats-file", str(path)],
+            cwd=ROOT,
+            env=process_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"{path.stem}.log", "ab"),  # noqa: SIM115
+        )
+        for path in stats
+    ]
+    try:
+        wait_for(
+            lambda: (
+                [read_stats(p).get("members") for p in stats] == [2, 2]
+                and sum(read_stats(p).get("held", 0) for p in stats) == len(accounts)
+            ),
+            timeout=60,
+            what="the two processes sharing the accounts",
+        )
+        held = [read_stats(p)["held"] for p in stats]
+        victim = held.index(max(held))
+        survivor = stats[1 - victim]
+        assert held[1 - victim] < len(accounts)
+        procs[victim].kill()
+        procs[victim].wait()
+        killed = time.monotonic()
+        wait_for(
+            lambda: read_stats(survivor).get("held") == len(accounts),
+            timeout=60,
+            what="the survivor holding every mailbox",
+        )
+        elapsed = time.monotonic() - killed
+        print(f"{max(held)} mailboxes of the killed listener held again after {elapsed:.1f} s")
+        assert read_stats(survivor)["members"] == 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
