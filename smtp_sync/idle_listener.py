@@ -392,11 +392,11 @@ class AsyncIdleListener:
             asyncio.create_task(self._write_stats(stats_file, stopping)) if stats_file else None
         )
         beating = None
-        if self.membership is not None:
-            await self.heartbeat()  # know the other members before the first refresh
-            beating = asyncio.create_task(self._heartbeats(stopping))
         failures = 0
         try:
+            if self.membership is not None:
+                await self.heartbeat()  # know the other members before the first refresh
+                beating = asyncio.create_task(self._heartbeats(stopping))
             while not stopping.is_set():
                 wake.clear()
                 try:
@@ -450,8 +450,12 @@ class AsyncIdleListener:
     async def _heartbeats(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             await _first(stopping, self.membership.heartbeat_seconds)
-            if not stopping.is_set():
+            if stopping.is_set():
+                return
+            try:
                 await self.heartbeat()
+            except Exception:  # a heartbeat task that died would let the lease lapse under us
+                logger.exception("IDLE membership heartbeat failed")
 
     async def _leave(self) -> None:
         try:
