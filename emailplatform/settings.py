@@ -131,18 +131,19 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / ".local" / "media")
 # Credentials: S3_ACCESS_KEY_ID/S3_SECRET_ACCESS_KEY, else boto3's own chain (AWS_* variables,
 # an instance profile). Objects above S3_MULTIPART_THRESHOLD_BYTES go up in parts of
 # S3_MULTIPART_CHUNK_BYTES (S3 wants at least 5 MiB a part).
+# A variable set but empty (docker-compose passes every one) counts as unset.
 MEDIA_STORAGE = env.str("MEDIA_STORAGE", default="local")
 if MEDIA_STORAGE == "s3":
     STORAGES["default"] = {
         "BACKEND": "emailplatform.object_storage.MailObjectStorage",
         "OPTIONS": {
             "bucket_name": env.str("S3_BUCKET"),
-            "endpoint_url": env.str("S3_ENDPOINT_URL", default=None),
-            "region_name": env.str("S3_REGION_NAME", default=None),
-            "access_key": env.str("S3_ACCESS_KEY_ID", default=None),
-            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default=None),
+            "endpoint_url": env.str("S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("S3_REGION_NAME", default="") or None,
+            "access_key": env.str("S3_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("S3_SECRET_ACCESS_KEY", default="") or None,
             "location": env.str("S3_LOCATION", default=""),
-            "addressing_style": env.str("S3_ADDRESSING_STYLE", default=None),
+            "addressing_style": env.str("S3_ADDRESSING_STYLE", default="") or None,
             "file_overwrite": True,  # names are unique or content-addressed
             "querystring_auth": True,
             "multipart_threshold": env.int("S3_MULTIPART_THRESHOLD_BYTES", default=64 * 2**20),

@@ -33,11 +33,15 @@ class SyncContextFilter(logging.Filter):
 
 @contextmanager
 def log_context(*, account_id: int | None = None, sync_run_id: int | None = None) -> Iterator[None]:
-    """Lines logged inside carry these ids (the enclosing ones where None); on the way out both
-    are as they were, a run bound inside (`sync_run_bind`) included."""
+    """Lines logged inside carry these ids (the enclosing ones where None, but never another
+    account's run); on the way out both are as they were, a run bound inside (`sync_run_bind`)
+    included."""
+    enclosing = account_id_var.get()
+    account = account_id or enclosing
+    run = sync_run_id or (sync_run_id_var.get() if account == enclosing else None)
     tokens = [
-        (account_id_var, account_id_var.set(account_id or account_id_var.get())),
-        (sync_run_id_var, sync_run_id_var.set(sync_run_id or sync_run_id_var.get())),
+        (account_id_var, account_id_var.set(account)),
+        (sync_run_id_var, sync_run_id_var.set(run)),
     ]
     try:
         yield

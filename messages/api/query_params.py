@@ -24,11 +24,11 @@ def query_params_check(params: Iterable[str], allowed: Iterable[str]) -> None:
     )
 
 
+# A view mixin: after authentication, permissions and throttles, refuse the parameters the
+# view does not take: its filters, its paginator's, its `query_serializer`'s fields and
+# `extra_query_params`. (A comment, not a docstring: drf-spectacular would show a base class's
+# docstring as the description of every operation that has none of its own.)
 class KnownQueryParams:
-    """A view mixin: after authentication, permissions and throttles, refuse the parameters
-    the view does not take: its filters, its paginator's, its `query_serializer`'s fields and
-    `extra_query_params`."""
-
     query_serializer: type | None = None
     extra_query_params: frozenset[str] = frozenset()
 

@@ -82,8 +82,9 @@ def _found(obj: Any) -> Any:
     return obj
 
 
+# The API's views: strict about their query strings (see KnownQueryParams).
 class ApiView(KnownQueryParams, APIView):
-    """The API's views: strict about their query strings (see KnownQueryParams)."""
+    pass
 
 
 # A paginated, filtered list; subclasses name the selector, the filters and the output.

@@ -85,7 +85,8 @@ def test_machine_cpu_seconds_advance_while_this_process_works():
         pass
     busy_after, total_after = machine_cpu_seconds()
     assert busy_after - busy_before >= 0.25
-    assert total_after - total_before >= busy_after - busy_before
+    # Equal on a machine with no idle time: compare with a hundredth of a second to spare.
+    assert total_after - total_before >= busy_after - busy_before - 0.01
 
 
 def test_redis_sampler_catches_a_peak_that_is_gone_at_the_end():

@@ -186,6 +186,7 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "/api/outbound/{id}/send/",
         "/api/outbound/{id}/cancel/",
         "/api/outbound/{id}/attachments/",
+        "/api/outbound/{id}/attachments/{attachment}/",
         "/api/webhooks/",
         "/api/webhooks/{id}/",
         "/api/webhooks/{id}/rotate-secret/",

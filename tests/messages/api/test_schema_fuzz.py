@@ -52,7 +52,10 @@ def flatmap_path_parameters(context, path_parameters):
     known = KNOWN_IDS.get(collection) or []
     if not path_parameters or "id" not in path_parameters or not known:
         return st.just(path_parameters)
-    return st.one_of(st.just(path_parameters), st.sampled_from(known).map(lambda i: {"id": i}))
+    return st.one_of(
+        st.just(path_parameters),
+        st.sampled_from(known).map(lambda i: {**path_parameters, "id": i}),
+    )
 
 
 # Strings that once crashed the API (500s) and their kin: runs of search operators (33 "-" in a
