@@ -413,7 +413,7 @@ def one_run(
         for worker in workers:
             worker.stop()
     stuck = len(ids) - succeeded - failed
-    return Run(
+    run = Run(
         accounts=len(ids),
         message_processes=message_processes,
         seconds=seconds,
@@ -430,6 +430,8 @@ def one_run(
         db_total_peak=sampler.db_total_peak,
         load=os.getloadavg(),
     )
+    bench_user_remove(username)  # the next beat job schedules only the next run's accounts
+    return run
 
 
 # Output -----------------------------------------------------------------------------------------
