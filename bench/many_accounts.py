@@ -15,7 +15,8 @@ what the `django_celery_beat` schedule sends) is sent once, and the clock runs u
 account has a succeeded full sync run and no run is left running.
 
 Checked and printed per N: all complete (none failed, none stuck), nothing duplicated (per
-account: the store's INBOX UIDs equal the server's, one message per UID, one per Message-ID),
+account: the store's INBOX UIDs equal the server's, one message per UID, one per Message-ID;
+no sync task left queued once all are done, no sync run beyond one full run per account),
 peak RSS of the worker processes (sum over the trees, sampled; and the largest VmHWM), Redis'
 used_memory peak over its baseline, peak database connections by application_name
 (pg_stat_activity, sampled), time and time per account, and the ratio against the first N.
@@ -285,6 +286,7 @@ class Run:
     failed: int
     stuck: int
     other_runs: int
+    left_in_queue: int
     mismatched: list[str]
     rss_peak_kb: int
     hwm_kb: int
@@ -355,6 +357,16 @@ def store_check(made: list[tuple[int, Mailbox]]) -> list[str]:
     return wrong
 
 
+def queued_tasks_purge() -> int:
+    """Sync tasks still queued once every account is done (copies of requests already served),
+    removed so that the next run starts on empty queues."""
+    left = 0
+    with app.connection_for_write() as conn:
+        for queue in topics.SYNC_WORKER_QUEUES:
+            left += conn.default_channel.queue_purge(queue) or 0
+    return left
+
+
 def one_run(
     dovecot: Dovecot,
     boxes: list[Mailbox],
@@ -409,6 +421,7 @@ def one_run(
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         sampler.stop()
+        left = queued_tasks_purge()
     finally:
         for worker in workers:
             worker.stop()
@@ -421,6 +434,7 @@ def one_run(
         succeeded=succeeded,
         failed=failed,
         stuck=stuck,
+        left_in_queue=left,
         other_runs=SyncRun.objects.filter(account_id__in=ids).count() - succeeded,
         mismatched=store_check(made),
         rss_peak_kb=sampler.rss_peak_kb,
@@ -443,17 +457,20 @@ def print_runs(scaling: list[Run], throughput: list[Run]) -> bool:
     print()
     print(
         f"{'accounts':>8} {'msg procs':>9} {'time s':>8} {'ms/account':>10} {'ratio':>6}"
-        f" {'done':>6} {'failed':>6} {'stuck':>5} {'other':>5} {'wrong':>5} {'RSS MB':>7}"
+        f" {'done':>6} {'failed':>6} {'stuck':>5} {'other':>5} {'left':>5} {'wrong':>5}"
+        f" {'RSS MB':>7}"
         f" {'max proc':>8} {'Redis +MB':>9} {'DB conns':>8} {'load 1/5/15':>14}"
     )
     for run in [*scaling, *throughput]:
         per = run.seconds / run.accounts
         ratio = per / (first.seconds / first.accounts) if first else 1.0
         good = run.stuck == 0 and run.failed == 0 and not run.mismatched
+        good = good and run.left_in_queue == 0
         ok = ok and good
         print(
             f"{run.accounts:>8} {run.message_processes:>9} {run.seconds:>8.1f} {per * 1000:>10.1f}"
-            f" {ratio:>6.2f} {run.succeeded:>6} {run.failed:>6} {run.stuck:>5} {run.other_runs:>5}"
+            f" {ratio:>6.2f} {run.succeeded:>6} {run.failed:>6} {run.stuck:>5}"
+            f" {run.other_runs:>5} {run.left_in_queue:>5}"
             f" {len(run.mismatched):>5} {run.rss_peak_kb / 1024:>7.0f} {run.hwm_kb / 1024:>8.0f}"
             f" {run.redis_growth / 2**20:>9.1f} {run.db_total_peak:>8}"
             f" {'/'.join(f'{v:.1f}' for v in run.load):>14}"
