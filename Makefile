@@ -3,7 +3,7 @@ PY := .venv/bin/python
 SERVICES := $(PY) scripts/devservices.py
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp bench-webhooks audit bench-object-storage
+.PHONY: run test lint format bootstrap bootstrap-test bench-ingest bench-ingest-one bench-imap bench-imap-pool bench-imap-identity bench-gmail bench-gmail-writeback bench-api bench-gmail-push bench-smtp bench-webhooks audit bench-object-storage bench-many-accounts
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -91,3 +91,9 @@ bench-webhooks: bootstrap-test
 .PHONY: bench-idle-scale
 bench-idle-scale: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/idle_scale.py $(BENCH_ARGS)
+
+# N accounts (Dovecot users, small mailboxes) whose full syncs one beat job starts at once, on real
+# sync and message workers; all complete, nothing duplicated, peaks and time against N. Options:
+# BENCH_ARGS="--accounts 100,300 --messages 20".
+bench-many-accounts: bootstrap-test
+	$(SERVICES) exec --temp -- $(PY) bench/many_accounts.py $(BENCH_ARGS)

@@ -139,13 +139,25 @@ def sync_runs_interrupt(
 
 
 def full_syncs_schedule() -> int:
-    """Publish EmailFullSync for every active account whose provider syncs; return how many."""
-    published = 0
-    accounts = Account.objects.filter(status=Account.Status.ACTIVE).values_list("id", "provider")
-    with transaction.atomic():
-        for account_id, provider in accounts:
+    """Publish EmailFullSync for every active account whose provider syncs; return how many.
+
+    Each request is published on its own (no transaction around the loop: its on-commit hooks
+    would run in a row at the end, and the first broker error would drop every one after it).
+    An account whose request fails is logged and the others go on; the watchdog enqueues again
+    a request whose want was recorded."""
+    published = failed = 0
+    accounts = list(
+        Account.objects.filter(status=Account.Status.ACTIVE).values_list("id", "provider")
+    )
+    for account_id, provider in accounts:
+        try:
             if topics.publish_full_sync(account_id, provider):
                 published += 1
+        except Exception:
+            failed += 1
+            logger.exception("full sync of account %s not requested", account_id)
+    if failed:
+        logger.error("full syncs: %d requested, %d failed", published, failed)
     return published
 
 

@@ -8,7 +8,8 @@ Every `SYNC_WATCHDOG_SECONDS` (15 s) one tick runs, across all workers (`watchdo
    live holder's heartbeat within TTL/6), marked interrupted, and its work requested again:
    the rest of a full pass ("continue", on the full-sync queue), else an incremental pass.
 2. Requests nobody runs (an account with wants, no lock, and no task queued for them: the task
-   was swallowed by a dead worker, or its queued marker expired) are enqueued again.
+   was swallowed by a dead worker, or its queued marker expired) are enqueued again, once
+   their queue holds no message waiting (`_queue_has_messages`).
 3. After Redis started empty (a restart without persistence lost its queues and wants), an
    incremental sync of every active account is requested once (the `sync-epoch` sentinel).
 4. Parked (auth_error) IMAP accounts whose login re-test is due get an `auth_retest` task
@@ -38,6 +39,7 @@ from celery import signals
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
+from kombu.exceptions import ChannelError
 
 from emailplatform import syncstate, topics
 from messages.account_status import auth_retest_delay
@@ -136,6 +138,7 @@ def _enqueue_orphan_wants() -> list[int]:
         ).values_list("id", "provider")
     )
     held = syncstate.locks_held(wanting)
+    waiting: dict[str, bool] = {}
     enqueued = []
     for account_id in wanting:
         provider = accounts.get(account_id)
@@ -148,9 +151,33 @@ def _enqueue_orphan_wants() -> list[int]:
         if kind is None:
             syncstate.forget_account(account_id)
             continue
+        queue = topics.QUEUE_FULL_SYNC if kind != syncstate.INCREMENTAL else None
+        queue = queue or topics.PROVIDER_QUEUES[provider]
+        if queue not in waiting:
+            waiting[queue] = _queue_has_messages(queue)
+        if waiting[queue]:
+            continue  # its task is most likely still waiting its turn: see below
         if topics.sync_request_now(account_id, provider, kind=kind):
             enqueued.append(account_id)
     return enqueued
+
+
+def _queue_has_messages(queue: str) -> bool:
+    """Whether QUEUE holds messages not yet taken by a worker.
+
+    A queued marker lives QUEUED_TTL (90 s); in a burst (the beat job's full syncs of a
+    thousand accounts) tasks wait in their queue longer than that, and re-enqueueing each one
+    whose marker expired put a copy of it behind the others every 90 s, again and again: the
+    queue grew with the square of the burst. While the queue holds messages a re-enqueued task
+    would not run before those anyway; once it is empty a want left is truly orphaned (and a
+    message a dead worker swallowed comes back by the visibility timeout meanwhile)."""
+    from emailplatform.celery import app
+
+    with app.connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count > 0
+        except ChannelError:  # no such queue: nothing in it
+            return False
 
 
 def _queue_auth_retests() -> list[int]:
