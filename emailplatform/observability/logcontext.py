@@ -52,8 +52,11 @@ def log_context(*, account_id: int | None = None, sync_run_id: int | None = None
 
 def sync_run_bind(sync_run_id: int) -> None:
     """From here on in this context (a task's run, a thread), lines carry this sync run's id:
-    a pass starts its run deep inside; the task's context (`celery_signals`) ends it."""
-    sync_run_id_var.set(sync_run_id)
+    a pass starts its run deep inside; the task's context (`celery_signals`) ends it. Outside
+    an account's context (`log_context`, a task naming an account) nothing would end it: not
+    bound, so it cannot tag a later, unrelated line."""
+    if account_id_var.get() is not None:
+        sync_run_id_var.set(sync_run_id)
 
 
 def context_clear() -> None:

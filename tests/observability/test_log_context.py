@@ -9,6 +9,7 @@ import pytest
 from emailplatform.observability.logcontext import (
     SyncContextFilter,
     account_id_var,
+    context_clear,
     sync_run_id_var,
 )
 from messages.models import SyncRun
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.django_db
 
 def test_a_sync_run_from_a_command_logs_its_ids(caplog, imap_user, imap_account):
     imap_user.append("INBOX", make_mail("one", message_id="<one@x>"))
+    context_clear()  # as a fresh process (or a task's start) is
     caplog.handler.addFilter(SyncContextFilter())
     with caplog.at_level(logging.INFO):
         imap_sync_account(imap_account.pk, full=True)
