@@ -113,22 +113,33 @@ def grant_access(user: pwd.struct_passwd, python: str, root: Path) -> list[str]:
     if setfacl is None:
         return []
     opened = []
-    for tree in _closed_trees(user, python, root):
+    try:
+        trees = _closed_trees(user, python, root)
+    except (OSError, subprocess.SubprocessError):
+        return opened
+    for tree in trees:
         entry = f"u:{user.pw_name}"
-        for parent in reversed(tree.parents):
-            if not _can_enter(user, parent):
-                subprocess.run([setfacl, "-m", f"{entry}:x", str(parent)], check=True)
-        # The services' own state (.local: PostgreSQL, Dovecot and Postfix check its modes)
-        # and .git are left alone.
-        skipped = ["(", "-path", f"{tree}/.local", "-o", "-path", f"{tree}/.git", ")", "-prune"]
-        read, inherit = ["-m", f"{entry}:rX"], ["-d", "-m", f"{entry}:rX"]
-        for kind, options in ((["-o"], read), (["-o", "-type", "d"], inherit)):
-            subprocess.run(
-                ["find", str(tree), *skipped, *kind, "-exec", setfacl, *options, "{}", "+"],
-                check=True,
-            )
+        try:
+            _open_tree(setfacl, entry, user, tree)
+        except (OSError, subprocess.CalledProcessError):
+            continue  # the caller tests again and says why the user still cannot run it
         opened.append(str(tree))
     return opened
+
+
+def _open_tree(setfacl: str, entry: str, user: pwd.struct_passwd, tree: Path) -> None:
+    for parent in reversed(tree.parents):
+        if not _can_enter(user, parent):
+            subprocess.run([setfacl, "-m", f"{entry}:x", str(parent)], check=True)
+    # The services' own state (.local: PostgreSQL, Dovecot and Postfix check its modes) and
+    # .git are left alone.
+    skipped = ["(", "-path", f"{tree}/.local", "-o", "-path", f"{tree}/.git", ")", "-prune"]
+    read, inherit = ["-m", f"{entry}:rX"], ["-d", "-m", f"{entry}:rX"]
+    for kind, options in ((["-o"], read), (["-o", "-type", "d"], inherit)):
+        subprocess.run(
+            ["find", str(tree), *skipped, *kind, "-exec", setfacl, *options, "{}", "+"],
+            check=True,
+        )
 
 
 def give_paths(user: pwd.struct_passwd, paths: Iterable[str | Path]) -> None:

@@ -17,7 +17,7 @@ from django.db import connection
 
 from messages.models import Message
 from messages.services import account_sync_request
-from smtp_sync.idle import IDLE_DB_CONNECTIONS
+from smtp_sync.idle_listener import POOL_THREADS
 from tests.imap_fixtures import account_for, new_mail_server_user
 from tests.mailfactory import make_mail
 from tests.worker import ROOT, process_env, stop_worker, wait_for, worker_command
@@ -119,7 +119,9 @@ def test_each_process_holds_a_bounded_number_of_connections(user, dovecot, tmp_p
     # A prefork worker: one per pool process, plus its main process (the sync watchdog's tick).
     assert 1 <= under_load.get("emailplatform:worker:sync", 0) <= SYNC_CONCURRENCY + 1
     assert 1 <= under_load.get("emailplatform:worker:message", 0) <= MESSAGE_CONCURRENCY + 1
-    # The IDLE listener: its supervisor's and IDLE_DB_CONNECTIONS watchers' at most, however
-    # many accounts connect or hear mail together; none held while it idles.
-    assert 1 <= under_load.get("emailplatform:imap_idle", 0) <= IDLE_DB_CONNECTIONS + 1
+    # The IDLE listener: its pool's threads at most (the account list's refresh, the
+    # triggers), however many accounts connect or hear mail together; none held while it
+    # idles. Its connections last a query each, so the sampler may well see none of them;
+    # that it ran shows in the syncs its triggers started (above).
+    assert under_load.get("emailplatform:imap_idle", 0) <= POOL_THREADS
     assert quiet.get("emailplatform:imap_idle", 0) <= 1  # a refresh may fall in the window
