@@ -35,8 +35,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -62,7 +60,7 @@ from django.db.models import Count  # noqa: E402
 from imapclient import IMAPClient  # noqa: E402
 
 from bench.benchdata import bench_user_remove, dovecot_env  # noqa: E402
-from bench.procstats import tree_stats  # noqa: E402
+from bench.message_workers import BenchWorker  # noqa: E402
 from emailplatform import syncstate, topics  # noqa: E402
 from emailplatform.celery import app  # noqa: E402
 from messages.models import Message, MessageLocation, SyncRun  # noqa: E402
@@ -167,60 +165,18 @@ def _mail(username: str, seq: int, ts: int) -> bytes:
 # Workers ----------------------------------------------------------------------------------------
 
 
-class Worker:
-    """A Celery worker started as `scripts/run_platform.py` starts it (node NAME@host)."""
+class Worker(BenchWorker):
+    """A Celery worker started as `scripts/run_platform.py` starts it, batches through the
+    queue."""
 
-    def __init__(self, name: str, queues: tuple[str, ...], concurrency: int, log_path: Path):
-        self.name = f"{name}@{socket.gethostname()}"
-        self.queues = queues
-        self.concurrency = concurrency
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> None:
-        cmd = [
-            str(Path(sys.executable).with_name("celery")),
-            "-A",
-            "emailplatform",
-            "worker",
-            "--loglevel=INFO",
-            "-n",
-            self.name,
-            f"--concurrency={self.concurrency}",
-            "-Q",
-            ",".join(self.queues),
-        ]
-        env = {**os.environ, "INGEST_DELIVERY": "queue"}
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(
-                    f"worker {self.name} exited ({self.proc.returncode}): {self.log_path}"
-                )
-            if app.control.ping(destination=[self.name], timeout=0.5) and (
-                len(tree_stats(self.proc.pid)) >= 1 + self.concurrency
-            ):
-                return
-        raise SystemExit(f"worker {self.name} did not answer within {timeout:.0f}s")
+    def __init__(self, label: str, queues: tuple[str, ...], concurrency: int, log_path: Path):
+        env = {"INGEST_DELIVERY": "queue"}
+        super().__init__(queues, concurrency, log_path, env, label=label)
 
     def rss_kb(self) -> tuple[int, int]:
         """(sum of RSS over the tree, largest VmHWM of one process)."""
-        stats = tree_stats(self.proc.pid) if self.proc else []
+        stats = self.stats()
         return sum(s.rss_kb for s in stats), max((s.peak_rss_kb for s in stats), default=0)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Sampler(threading.Thread):
