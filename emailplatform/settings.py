@@ -411,6 +411,9 @@ FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", default=None)
 OUTBOUND_MAX_MESSAGE_BYTES = env.int("OUTBOUND_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
 OUTBOX_SWEEP_INTERVAL_SECONDS = env.int("OUTBOX_SWEEP_INTERVAL_SECONDS", default=60)
 OUTBOX_ETA_HORIZON_SECONDS = env.int("OUTBOX_ETA_HORIZON_SECONDS", default=3600)
+# One send task carries up to this many messages of one account due together (a burst: one
+# SMTP connection, bulk state changes; messages.outbox_burst).
+OUTBOX_BURST_MAX = env.int("OUTBOX_BURST_MAX", default=100)
 OUTBOX_LOST_TASK_GRACE_SECONDS = env.int("OUTBOX_LOST_TASK_GRACE_SECONDS", default=300)
 OUTBOX_SENDING_TIMEOUT_SECONDS = env.int("OUTBOX_SENDING_TIMEOUT_SECONDS", default=25 * 60)
 # Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.

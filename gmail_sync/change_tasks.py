@@ -17,7 +17,7 @@ from emailplatform import topics
 from messages.account_status import account_mark_error
 from messages.mailbox import messages_remove
 from messages.models import Account, Message
-from messages.outbox_delivery import outbound_deliver
+from messages.outbox_burst import outbound_send_task_run
 
 from .changes import ChangeError, gmail_message_change
 from .client import (
@@ -66,10 +66,8 @@ def apply_message_change(
 
 
 @shared_task(name=topics.OUTBOUND_SEND_TASKS["gmail"])
-def send_outbound(outbound_id: int) -> dict[str, Any]:
-    """One delivery step of an outbound message through the Gmail API (retries and waits are
-    dispatched again by messages.outbox_delivery, not by Celery)."""
-    account = Account.objects.filter(outbound__pk=outbound_id).first()
-    if account is None:
-        return {"skipped": "gone"}
-    return outbound_deliver(outbound_id, GmailOutboundSender(account))
+def send_outbound(outbound_id: int | list[int]) -> dict[str, Any]:
+    """One delivery step of an outbound message through the Gmail API, or of a burst of one
+    account's (a list of ids: messages.outbox_burst). Retries and waits are dispatched again
+    by messages.outbox_delivery, not by Celery."""
+    return outbound_send_task_run(outbound_id, GmailOutboundSender)

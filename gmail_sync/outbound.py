@@ -46,7 +46,7 @@ class GmailOutboundSender:
         self.account = account
         self.client_factory = client_factory
         self._client: GmailClient | None = None
-        self._sent_id: str | None = None
+        self._sent_ids: dict[int, str] = {}  # Gmail's id of what this sender sent, by outbound
 
     @property
     def client(self) -> GmailClient:
@@ -70,7 +70,7 @@ class GmailOutboundSender:
             sent = self.client.send(raw, thread_id=thread_id)
         except GmailError as exc:
             raise _error(exc, sent=True) from exc
-        self._sent_id = sent["id"]
+        self._sent_ids[outbound.pk] = sent["id"]
         return [RecipientResult(a, True, 250, "accepted by Gmail") for a in recipients]
 
     def find_sent(self, outbound: OutboundMessage) -> bool | None:
@@ -83,7 +83,7 @@ class GmailOutboundSender:
             return None
 
     def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
-        gmail_id = self._sent_id or self._search(outbound)
+        gmail_id = self._sent_ids.pop(outbound.pk, None) or self._search(outbound)
         if gmail_id is None:
             return None
         return store_sent(self.account, self.client, gmail_id)

@@ -192,17 +192,18 @@ def _wait_for_account(outbound: OutboundMessage, blocked: str, now: datetime) ->
 
 
 def _send(outbound: OutboundMessage, sender: OutboundSender) -> dict:
-    recipients = _pending(outbound)
+    recipients = outbound_pending_recipients(outbound)
     try:
         results = sender.send(outbound, recipients)
     except SendError as exc:
         if exc.results:
-            _recipients_record(outbound, exc.results)
-        return _failure(outbound, sender, exc)
-    return _record(outbound, sender, results)
+            recipients_record(outbound, exc.results)
+        return outbound_failure(outbound, sender, exc)
+    return outbound_record(outbound, sender, results)
 
 
-def _failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError) -> dict:
+def outbound_failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError) -> dict:
+    """The state a failed attempt leaves (retry, unknown, waiting for the account, failed)."""
     if isinstance(error, SendTransient):
         return _retry_or_fail(outbound, error.reason, sender)
     if isinstance(error, SendUnknown):
@@ -221,7 +222,7 @@ def _failure(outbound: OutboundMessage, sender: OutboundSender, error: SendError
     return {"failed": error.reason}
 
 
-def _pending(outbound: OutboundMessage) -> list[str]:
+def outbound_pending_recipients(outbound: OutboundMessage) -> list[str]:
     """The envelope recipients not answered for good yet (to, cc and bcc)."""
     pending = list(
         outbound.recipients.filter(status=Status.PENDING)
@@ -240,7 +241,7 @@ def _pending(outbound: OutboundMessage) -> list[str]:
     return [row.address for row in rows]
 
 
-def _recipients_record(outbound: OutboundMessage, results: list[RecipientResult]) -> None:
+def recipients_record(outbound: OutboundMessage, results: list[RecipientResult]) -> None:
     """Each recipient's answer: accepted, rejected for good, or still pending (refused for
     now), with the server's code and reply."""
     recipients_update(
@@ -258,10 +259,10 @@ def _recipients_record(outbound: OutboundMessage, results: list[RecipientResult]
     )
 
 
-def _record(
+def outbound_record(
     outbound: OutboundMessage, sender: OutboundSender, results: list[RecipientResult]
 ) -> dict:
-    _recipients_record(outbound, results)
+    recipients_record(outbound, results)
     later = [r for r in results if r.temporary]
     if later:
         refused = "; ".join(f"{r.address}: {r.code} {r.reply}" for r in later)

@@ -22,7 +22,8 @@ The sweeper (beat, every OUTBOX_SWEEP_INTERVAL_SECONDS) reads only the partial i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -70,11 +71,46 @@ def outbox_dispatch(outbound: OutboundMessage) -> bool:
     return True
 
 
-def _send(task_name: str, outbound_id: int, queue: str, due: datetime | None) -> None:
+def outbox_dispatch_many(outbounds: Sequence[OutboundMessage]) -> int:
+    """`outbox_dispatch` for many messages at once: the messages of one account due at the
+    same time go in one task (a burst of up to OUTBOX_BURST_MAX ids, sent over one
+    connection: messages.outbox_burst); how many messages were enqueued."""
+    now = timezone.now()
+    horizon = now + timedelta(seconds=settings.OUTBOX_ETA_HORIZON_SECONDS)
+    bursts: dict[tuple[str, str, int, datetime | None], list[int]] = defaultdict(list)
+    for outbound in outbounds:
+        provider = outbound.account.provider
+        task_name = topics.OUTBOUND_SEND_TASKS.get(provider)
+        if task_name is None:
+            logger.warning("outbound %s: provider %s cannot send", outbound.pk, provider)
+            continue
+        due = outbound.next_attempt_at
+        if due is not None and due > horizon:
+            continue
+        queue = topics.PROVIDER_QUEUES[provider]
+        later = due if due is not None and due > now else None
+        bursts[(task_name, queue, outbound.account_id, later)].append(outbound.pk)
+    size = max(1, settings.OUTBOX_BURST_MAX)
+    grouped: dict[tuple[str, str, datetime | None], list[list[int]]] = defaultdict(list)
+    for (task_name, queue, _account, due), ids in bursts.items():
+        ids.sort()
+        grouped[(task_name, queue, due)] += [ids[i : i + size] for i in range(0, len(ids), size)]
+
+    def send() -> None:
+        for (task_name, queue, due), chunks in grouped.items():
+            for ids in chunks:
+                _send(task_name, ids if len(ids) > 1 else ids[0], queue, due)
+
+    if grouped:
+        transaction.on_commit(send)
+    return sum(len(ids) for ids in bursts.values())
+
+
+def _send(task_name: str, outbound_ids: int | list[int], queue: str, due: datetime | None) -> None:
     from emailplatform.celery import app
 
     eta = due if due is not None and due > timezone.now() else None
-    app.send_task(task_name, args=[outbound_id], queue=queue, eta=eta)
+    app.send_task(task_name, args=[outbound_ids], queue=queue, eta=eta)
 
 
 def outbox_wake(account_ids: Iterable[int]) -> int:
@@ -96,7 +132,7 @@ def outbox_wake(account_ids: Iterable[int]) -> int:
         for outbound in woken:
             outbound.next_attempt_at = now
         OutboundMessage.objects.bulk_update(woken, ["next_attempt_at"])
-        return sum(outbox_dispatch(outbound) for outbound in woken)
+        return outbox_dispatch_many(woken)
 
 
 def wake_on_status(sender: type, account_ids: list[int], status: str, **kwargs: object) -> None:
@@ -134,18 +170,15 @@ def outbox_sweep(*, now: datetime | None = None) -> dict[str, int]:
     timeout = timedelta(seconds=settings.OUTBOX_SENDING_TIMEOUT_SECONDS)
     outcome = {"scheduled": 0, "lost": 0, "stuck": 0}
 
-    for outbound in _due_rows(
-        state=State.QUEUED,
-        next_attempt_at__gt=max(now, now + horizon - window),
-        next_attempt_at__lte=now + horizon,
-    ):
-        outcome["scheduled"] += outbox_dispatch(outbound)
-
-    for outbound in _due_rows(
-        state__in=[State.QUEUED, State.UNKNOWN], next_attempt_at__lte=now - grace
-    ):
-        if _first_in_grace(outbound.pk, grace):
-            outcome["lost"] += outbox_dispatch(outbound)
+    outcome["scheduled"] = outbox_dispatch_many(
+        _due_rows(
+            state=State.QUEUED,
+            next_attempt_at__gt=max(now, now + horizon - window),
+            next_attempt_at__lte=now + horizon,
+        )
+    )
+    lost = _due_rows(state__in=[State.QUEUED, State.UNKNOWN], next_attempt_at__lte=now - grace)
+    outcome["lost"] = outbox_dispatch_many([o for o in lost if _first_in_grace(o.pk, grace)])
 
     # A claimed attempt keeps the next_attempt_at it was due at, which is before its start:
     # the index narrows the rows, sending_at decides.

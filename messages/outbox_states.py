@@ -15,10 +15,11 @@ caller lost a race, e.g. a cancel against a worker's claim) and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from .events import events_record
@@ -167,3 +168,107 @@ def recipients_update(outbound: OutboundMessage, outcomes: dict[str, dict[str, o
         for address, fields in outcomes.items():
             OutboundRecipient.objects.filter(outbound=outbound, address=address).update(**fields)
         events_record(outbound.account, "outbound", "updated", [outbound.pk])
+
+
+# Bursts: one account's messages changed together, one transaction and one event each -------
+def _bulk_transition(
+    outbound_ids: Iterable[int],
+    leaving: str,
+    *,
+    skip_locked: bool = False,
+    due_by: datetime | None = None,
+    before: Callable[[list[int]], None] | None = None,
+    **changes: object,
+) -> list[OutboundMessage]:
+    """`_transition` for many messages of one account: those in state LEAVING (and due by
+    DUE_BY) are locked in id order, BEFORE(ids) runs, CHANGES are made; the moved ones."""
+    lookups: dict[str, object] = {"pk__in": list(outbound_ids), "state": leaving}
+    if due_by is not None:
+        lookups["next_attempt_at__lte"] = due_by
+    with transaction.atomic(savepoint=False):
+        ids = list(
+            OutboundMessage.objects.select_for_update(of=("self",), skip_locked=skip_locked)
+            .filter(**lookups)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return []
+        if before is not None:
+            before(ids)
+        OutboundMessage.objects.filter(pk__in=ids).update(**changes, updated_at=timezone.now())
+        moved = list(
+            OutboundMessage.objects.select_related("account").filter(pk__in=ids).order_by("pk")
+        )
+        events_record(moved[0].account, "outbound", "updated", ids)
+    return moved
+
+
+def outbound_claim_many(outbound_ids: Iterable[int]) -> list[OutboundMessage]:
+    """`outbound_claim` for many messages at once; rows another worker holds are skipped."""
+    now = timezone.now()
+    return _bulk_transition(
+        outbound_ids,
+        State.QUEUED,
+        skip_locked=True,
+        due_by=now,
+        state=State.SENDING,
+        sending_at=now,
+        attempts=F("attempts") + 1,
+    )
+
+
+def outbound_sent_many(accepted: dict[int, list[tuple[str, int, str]]]) -> list[OutboundMessage]:
+    """sending -> sent for many messages, with their recipients' acceptance (ACCEPTED: by
+    outbound id, each recipient's (address, code, reply)) in the same transaction."""
+
+    def recipients_accept(ids: list[int]) -> None:
+        rows = [(pk, a, code, reply[:2000]) for pk in ids for a, code, reply in accepted[pk]]
+        if rows:
+            with connection.cursor() as cursor:
+                cursor.execute(_RECIPIENTS_ACCEPT, [list(c) for c in zip(*rows, strict=True)])
+
+    return _bulk_transition(
+        accepted,
+        State.SENDING,
+        before=recipients_accept,
+        state=State.SENT,
+        sent_at=timezone.now(),
+        next_attempt_at=None,
+        last_error="",
+    )
+
+
+def outbound_release_many(
+    outbound_ids: Iterable[int], until: datetime, reason: str
+) -> list[OutboundMessage]:
+    """sending -> queued, due at UNTIL, for claimed messages whose attempt never began (their
+    burst stopped before them): the attempt is not counted; REASON is shown."""
+    return _bulk_transition(
+        outbound_ids,
+        State.SENDING,
+        state=State.QUEUED,
+        attempts=F("attempts") - 1,
+        next_attempt_at=until,
+        last_error=reason,
+    )
+
+
+def outbound_postpone_many(
+    outbound_ids: Iterable[int], until: datetime, reason: str | None = None
+) -> list[OutboundMessage]:
+    """`outbound_postpone` for many messages at once."""
+    changes: dict[str, object] = {"next_attempt_at": until}
+    if reason is not None:
+        changes["last_error"] = reason
+    return _bulk_transition(outbound_ids, State.QUEUED, **changes)
+
+
+_RECIPIENTS_ACCEPT = f"""
+    UPDATE {OutboundRecipient._meta.db_table} AS r
+       SET status = '{OutboundRecipient.Status.ACCEPTED}', smtp_code = v.code,
+           smtp_reply = v.reply
+      FROM unnest(%s::bigint[], %s::varchar[], %s::int[], %s::text[])
+           AS v(outbound_id, address, code, reply)
+     WHERE r.outbound_id = v.outbound_id AND r.address = v.address
+"""

@@ -694,17 +694,28 @@ class ImapConnection:
         """UIDs of FOLDER's messages whose Message-ID header is MESSAGE_ID (SEARCH HEADER, a
         substring match on the server: the exact field is checked here); FOLDER stays
         selected, read-write."""
+        return self.search_message_ids(folder, [message_id]).get(message_id, [])
+
+    def search_message_ids(self, folder: str, message_ids: Sequence[str]) -> dict[str, list[int]]:
+        """`search_message_id` for several Message-IDs in one SEARCH (ORed): the UIDs of each
+        one found."""
         self.select(folder, readonly=False)
-        uids = self._call(self.imap.search, ["HEADER", "Message-ID", message_id])
+        criteria: list[str] = []
+        for index, message_id in enumerate(message_ids):
+            if index < len(message_ids) - 1:
+                criteria.append("OR")
+            criteria += ["HEADER", "Message-ID", message_id]
+        uids = self._call(self.imap.search, criteria) if criteria else []
         if not uids:
-            return []
+            return {}
         fields = self.fetch_messages(sorted(uids), include_body=False, message_id_field=True)
-        wanted = message_id.strip().lower()
-        return [
-            m.uid
-            for m in fields
-            if _text(m.message_id_field or b"").partition(":")[2].strip().lower() == wanted
-        ]
+        wanted = {message_id.strip().lower(): message_id for message_id in message_ids}
+        found: dict[str, list[int]] = {}
+        for m in fields:
+            field = _text(m.message_id_field or b"").partition(":")[2].strip().lower()
+            if field in wanted:
+                found.setdefault(wanted[field], []).append(m.uid)
+        return found
 
     def delete(self, uids: Sequence[int]) -> None:
         """Expunge UIDS of the selected folder (only them, with UIDPLUS)."""

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from django.utils import timezone
 
@@ -54,7 +55,14 @@ from messages.outbox_delivery import (
     SendUnknown,
 )
 
-from .imap import FetchedMessage, ImapAuthError, ImapConnection, ImapError, ImapServer
+from .imap import (
+    FetchedMessage,
+    FolderStatus,
+    ImapAuthError,
+    ImapConnection,
+    ImapError,
+    ImapServer,
+)
 from .models import ImapSettings
 from .pool import pooled_connection
 from .smtp_transport import (
@@ -162,6 +170,16 @@ _sessions = _Sessions()
 os.register_at_fork(after_in_child=lambda: _sessions.clear(close=False))
 
 
+@dataclass
+class _Copy:
+    """An attempt's copy in Sent: its UID, whether this attempt appended it (else an earlier
+    attempt's copy is reused), whether its keyword is removed (the server took the message)."""
+
+    uid: int
+    appended: bool
+    confirmed: bool = False
+
+
 class SmtpOutboundSender:
     """Sends one account's outbound messages; see the module's docstring."""
 
@@ -176,10 +194,22 @@ class SmtpOutboundSender:
         self.session_factory = session_factory
         self.connection_factory = connection_factory
         self.saves_copy = saves_sent_copy(account)
-        self._copy: int | None = None  # UID of this attempt's copy in Sent
-        self._appended = False  # appended by this attempt (else an earlier one's, reused)
-        self._confirmed = False  # its keyword removed
+        self._copies: dict[int, _Copy] = {}  # by outbound id, this attempt's
         self._server: ImapServer | None = None
+        self._hold: contextlib.ExitStack | None = None  # inside `held`
+        self._held: ImapConnection | None = None  # the burst's session, once taken
+        self._held_sent: FolderStatus | None = None  # Sent, selected on it
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """One IMAP session for every message sent inside (a burst), taken at its first use:
+        Sent is selected once, not before every command."""
+        with contextlib.ExitStack() as stack:
+            self._hold = stack
+            try:
+                yield
+            finally:
+                self._hold, self._held, self._held_sent = None, None, None
 
     # OutboundSender ---------------------------------------------------------------------------
     def send(self, outbound: OutboundMessage, recipients: list[str]) -> list[RecipientResult]:
@@ -220,7 +250,7 @@ class SmtpOutboundSender:
                 if not uids:
                     return False
                 flags = conn.fetch_flags(uids)
-                keywords_kept = conn.select(folder, readonly=False).keeps_keyword(SENDING_KEYWORD)
+                keywords_kept = self._select_sent(conn, folder).keeps_keyword(SENDING_KEYWORD)
         except ImapAuthError as exc:
             raise SendAuthFailed(str(exc)) from exc
         except ImapError as exc:
@@ -234,36 +264,47 @@ class SmtpOutboundSender:
 
     def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
         """Make sure Sent has the copy (\\Seen, no keyword) and store it; the stored one."""
+        return self.after_sent_many([outbound]).get(outbound.pk)
+
+    def after_sent_many(self, sent: list[OutboundMessage]) -> dict[int, Message | None]:
+        """`after_sent` for several messages: one session, one FETCH, the copies stored in one
+        batch; the stored ones by outbound id."""
         with self._imap() as conn:
             folder = _sent_folder(self.account, conn)
-            if self._copy is not None:
-                uid = self._copy
-                status = conn.select(folder, readonly=False)
-            else:
-                uids = conn.search_message_id(folder, outbound.message_id_header)
+            copies = {o.pk: self._copies.pop(o.pk) for o in sent if o.pk in self._copies}
+            missing = [o for o in sent if o.pk not in copies]
+            found = (
+                conn.search_message_ids(folder, [o.message_id_header for o in missing])
+                if missing
+                else {}
+            )
+            for outbound in missing:
+                uids = found.get(outbound.message_id_header)
                 if not uids and self.saves_copy:
                     conn.append(folder, bytes(outbound.raw), [SEEN])
                     uids = conn.search_message_id(folder, outbound.message_id_header)
-                if not uids:
-                    return None
-                uid = uids[0]
-                conn.set_flags([uid], [SEEN], add=True)
-                status = conn.select(folder, readonly=False)
-            if not self._confirmed:
-                conn.set_flags([uid], [SENDING_KEYWORD], add=False)
-            fetched = conn.fetch_messages([uid], include_body=True)
-        if not fetched:
-            return None
-        return self._store(outbound.message_id_header, folder, status.uidvalidity, fetched[0])
+                if uids:
+                    copies[outbound.pk] = _Copy(uids[0], appended=False)
+            if not copies:
+                return {}
+            status = self._select_sent(conn, folder)
+            unconfirmed = [c.uid for c in copies.values() if not c.confirmed]
+            if unconfirmed:
+                conn.set_flags(unconfirmed, [SENDING_KEYWORD], add=False)
+            searched = [c.uid for pk, c in copies.items() if not c.appended]
+            if searched:
+                conn.set_flags(searched, [SEEN], add=True)
+            fetched = conn.fetch_messages(sorted({c.uid for c in copies.values()}))
+        return self._store(sent, folder, status.uidvalidity, fetched)
 
     # The copy in Sent ---------------------------------------------------------------------------
     def accepted(self, outbound: OutboundMessage, copy: int) -> None:
         """The server took the message: the copy loses its keyword (the proof it was sent)."""
         try:
             with self._imap() as conn:
-                conn.select(_sent_folder(self.account, conn), readonly=False)
+                self._select_sent(conn, _sent_folder(self.account, conn))
                 conn.set_flags([copy], [SENDING_KEYWORD], add=False)
-            self._confirmed = True
+            self._copies[outbound.pk].confirmed = True
         except ImapError as exc:  # after_sent removes it again; until then "cannot tell"
             logger.warning("outbound %s: sent, its copy not confirmed yet: %s", outbound.pk, exc)
 
@@ -279,19 +320,19 @@ class SmtpOutboundSender:
                     if outbound.attempts > 1
                     else []
                 )
+                appended = not uids
                 if uids:  # this attempt is in flight again until the server answers
                     conn.set_flags(uids[:1], [SENDING_KEYWORD], add=True)
                 else:
-                    appended = conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
-                    self._appended = True
-                    status = conn.select(folder, readonly=False)
-                    if appended is not None and appended[0] == status.uidvalidity:
-                        uids = [appended[1]]
+                    at = conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
+                    status = self._select_sent(conn, folder)
+                    if at is not None and at[0] == status.uidvalidity:
+                        uids = [at[1]]
                     else:
                         uids = conn.search_message_id(folder, outbound.message_id_header)
                 if not uids:
                     raise ImapError(f"the copy appended to {folder} cannot be found")
-                self._copy = uids[0]
+                self._copies[outbound.pk] = _Copy(uids[0], appended=appended)
                 return uids[0]
         except ImapAuthError as exc:
             raise SendAuthFailed(f"the IMAP login was refused: {exc}") from exc
@@ -304,47 +345,77 @@ class SmtpOutboundSender:
     def _forget_copy(self, outbound: OutboundMessage, copy: int) -> None:
         """Nothing was accepted in this attempt: delete the copy it appended; a copy an
         earlier attempt sent to some recipients only loses the keyword again."""
+        appended = self._copies.pop(outbound.pk).appended
         try:
             with self._imap() as conn:
-                conn.select(_sent_folder(self.account, conn), readonly=False)
-                if self._appended:
+                self._select_sent(conn, _sent_folder(self.account, conn))
+                if appended:
                     conn.delete([copy])
                 else:
                     conn.set_flags([copy], [SENDING_KEYWORD], add=False)
         except ImapError as exc:
             logger.warning("outbound %s: its copy in Sent stays as it is: %s", outbound.pk, exc)
 
+    def _select_sent(self, conn: ImapConnection, folder: str) -> FolderStatus:
+        """SELECT Sent read-write; on a burst's held session only once (what is read of the
+        status, UIDVALIDITY and PERMANENTFLAGS, does not change while it stays selected)."""
+        if conn is not self._held or self._held_sent is None:
+            status = conn.select(folder, readonly=False)
+            if conn is self._held:
+                self._held_sent = status
+            return status
+        return self._held_sent
+
     @contextlib.contextmanager
     def _imap(self) -> Iterator[ImapConnection]:
         if self._server is None:
             self._server = server_for(self.account, self.account.imap_settings)
-        with self.connection_factory(self._server) as conn:
-            yield conn
+        if self._hold is None:
+            with self.connection_factory(self._server) as conn:
+                yield conn
+            return
+        if self._held is None:
+            self._held = self._hold.enter_context(self.connection_factory(self._server))
+        try:
+            yield self._held
+        except ImapError:  # its state is unsure: the next command gets a new session
+            self._held, self._held_sent = None, None
+            raise
 
     def _store(
-        self, message_id: str, folder_name: str, uidvalidity: int, fetched: FetchedMessage
-    ) -> Message | None:
-        """Store the copy as a sync of the folder would (pipeline, same item)."""
+        self,
+        sent: list[OutboundMessage],
+        folder_name: str,
+        uidvalidity: int,
+        fetched: list[FetchedMessage],
+    ) -> dict[int, Message | None]:
+        """Store the copies as a sync of the folder would (pipeline, same items, one batch);
+        the stored ones by outbound id."""
         folder = folders_by_name(self.account, [folder_name])[folder_name]
         # Under a UIDVALIDITY the store does not know (its folder is stale), no UID: the
-        # message is stored in the folder and the next sync gives it its UID.
-        uid = fetched.uid if folder.uidvalidity in (None, uidvalidity) else None
-        item = fetched_item(fetched, folder_name, uid=uid)
-        publisher = BatchPublisher(self.account.pk, self.account.provider, inline=True)
-        publisher.publish(
-            [item],
-            fetched_at=timezone.now(),
-            folder=folder if uid else None,
-            uids=[uid] if uid else None,
-        )
-        publisher.drain()
-        return (
-            Message.objects.filter(
-                account=self.account, message_id_header=message_id, locations__folder=folder
+        # messages are stored in the folder and the next sync gives them their UIDs.
+        known = folder.uidvalidity in (None, uidvalidity)
+        items = [fetched_item(m, folder_name, uid=m.uid if known else None) for m in fetched]
+        if items:
+            publisher = BatchPublisher(self.account.pk, self.account.provider, inline=True)
+            publisher.publish(
+                items,
+                fetched_at=timezone.now(),
+                folder=folder if known else None,
+                uids=[m.uid for m in fetched] if known else None,
             )
-            .order_by("-pk")
-            .first()
+            publisher.drain()
+        by_message_id = dict(
+            Message.objects.filter(
+                account=self.account,
+                message_id_header__in=[o.message_id_header for o in sent],
+                locations__folder=folder,
+            )
+            .order_by("pk")
+            .values_list("message_id_header", "pk")
         )
+        stored = Message.objects.in_bulk(by_message_id.values())
+        return {o.pk: stored.get(by_message_id.get(o.message_id_header, 0)) for o in sent}
 
 
 def _results(outcome: SendOutcome) -> list[RecipientResult]:

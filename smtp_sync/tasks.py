@@ -28,7 +28,7 @@ from django.db import transaction
 from emailplatform import syncstate, topics
 from messages.account_status import account_mark_error, account_reactivate
 from messages.models import Account, Message
-from messages.outbox_delivery import outbound_deliver
+from messages.outbox_burst import outbound_send_task_run
 from messages.services import dead_letter_record
 from messages.sync_tasks import (
     ProviderSyncTasks,
@@ -115,13 +115,11 @@ def apply_message_change(self, account_id: int, message_id: int, change: dict) -
 
 
 @shared_task(name=topics.OUTBOUND_SEND_TASKS["imap"])
-def send_outbound(outbound_id: int) -> dict[str, Any]:
-    """One delivery step of an outbound message over SMTP (retries and waits are dispatched
-    again by messages.outbox_delivery, not by Celery)."""
-    account = Account.objects.filter(outbound__pk=outbound_id).first()
-    if account is None:
-        return {"skipped": "gone"}
-    return outbound_deliver(outbound_id, SmtpOutboundSender(account))
+def send_outbound(outbound_id: int | list[int]) -> dict[str, Any]:
+    """One delivery step of an outbound message over SMTP, or of a burst of one account's
+    (a list of ids: messages.outbox_burst). Retries and waits are dispatched again by
+    messages.outbox_delivery, not by Celery."""
+    return outbound_send_task_run(outbound_id, SmtpOutboundSender)
 
 
 @shared_task(name="smtp_sync.auth_retest", **RETRY)
