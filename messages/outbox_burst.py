@@ -115,7 +115,7 @@ def outbound_deliver_burst(outbound_ids: Sequence[int], sender: OutboundSender) 
             outbox_dispatch_many(outbound_postpone_many(ready, *stop))
             outcome["waiting"] += len(ready)
             break
-    return dict(outcome)
+    return {what: count for what, count in outcome.items() if count}
 
 
 def _chunk_deliver(
@@ -142,6 +142,9 @@ def _chunk_deliver(
         send_slot_give_back(account, slot)
     outcome["skipped"] += len(chunk) - len(claimed)
     pending = _pending_by_outbound(claimed)
+    prepare = getattr(sender, "before_sending", None)
+    if prepare is not None and claimed:
+        prepare(claimed)
     accepted: dict[int, list[RecipientResult]] = {}
     for index, outbound in enumerate(claimed):
         try:

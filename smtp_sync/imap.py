@@ -671,6 +671,11 @@ class ImapConnection:
         method = self.imap.add_flags if add else self.imap.remove_flags
         self._call(method, list(uids), [f.encode() for f in flags], silent=True)
 
+    def replace_flags(self, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """STORE FLAGS: UIDS keep exactly FLAGS (one command for what adding one keyword and
+        removing another would take two)."""
+        self._call(self.imap.set_flags, list(uids), [f.encode() for f in flags], silent=True)
+
     def move(self, uids: Sequence[int], destination: str) -> None:
         if self.has("MOVE"):
             self._call(self.imap.move, list(uids), destination)
@@ -689,6 +694,27 @@ class ImapConnection:
         answer = self._call(self.imap.append, folder, raw, flags=[f.encode() for f in flags])
         found = re.search(rb"\[APPENDUID (\d+) (\d+)\]", answer or b"")
         return (int(found.group(1)), int(found.group(2))) if found else None
+
+    def append_many(
+        self, folder: str, raws: Sequence[bytes], flags: Sequence[str] = ()
+    ) -> tuple[int, list[int]] | None:
+        """APPEND RAWS to FOLDER with FLAGS in one MULTIAPPEND (RFC 3502: all or none, one
+        write on the server); (UIDVALIDITY, the copies' UIDs in order) when the server says
+        (UIDPLUS), else None. Only for a server that has MULTIAPPEND."""
+        flagged = [{"msg": raw, "flags": [f.encode() for f in flags]} for raw in raws]
+        typ, data = self._call(self.imap.multiappend, folder, flagged)
+        answer = b" ".join(d for d in data or [] if isinstance(d, bytes))
+        if typ != "OK":
+            raise ImapError(f"the server refused the APPEND to {folder}: {_text(answer)}")
+        found = re.search(rb"\[APPENDUID (\d+) ([\d:,]+)\]", answer or b"")
+        if found is None:
+            return None
+        uids = [
+            uid
+            for part in found.group(2).split(b",")
+            for uid in _uid_range(*(int(n) for n in part.split(b":")))
+        ]
+        return (int(found.group(1)), uids) if len(uids) == len(raws) else None
 
     def search_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs of FOLDER's messages whose Message-ID header is MESSAGE_ID (SEARCH HEADER, a
@@ -737,3 +763,9 @@ class ImapConnection:
         except IMAPClientError as exc:
             self.failed = True
             raise ImapError(f"{self.server.host} answered: {_reason(exc)}") from exc
+
+
+def _uid_range(first: int, last: int | None = None) -> range:
+    """The UIDs of a UID set's part "first" or "first:last" (either order)."""
+    last = first if last is None else last
+    return range(min(first, last), max(first, last) + 1)

@@ -16,6 +16,11 @@ message whose outcome was lost:
   delivery step never resends such a message (it fails it after a bounded time).
 A Sent folder whose PERMANENTFLAGS allow no new keyword cannot carry that proof: a copy found
 there is "cannot tell" (absence still proves the transaction never began).
+A burst (messages.outbox_burst) appends its chunk's copies ahead, in one MULTIAPPEND, with the
+keyword READY_KEYWORD instead: a copy with only that keyword was never in flight, so it proves
+absence like no copy at all. Each copy's keyword becomes SENDING_KEYWORD (one STORE FLAGS)
+just before its SMTP transaction, and from there on the rules above hold. Ahead-appending is
+done only in a Sent folder that keeps keywords.
 A definite failure (refused, or 4xx: nothing was accepted) deletes the copy again. A retry for
 recipients refused for now (the others got the message) reuses the copy: the keyword is put
 back for the attempt and removed when the server answers, so a lost outcome of the retry is
@@ -80,6 +85,7 @@ from .sync import fetched_item, server_for
 logger = logging.getLogger(__name__)
 
 SENDING_KEYWORD = "$OutboxSending"
+READY_KEYWORD = "$OutboxReady"
 SEEN = "\\Seen"
 SELF_SAVING_HOSTS = ("gmail.com", "googlemail.com")
 
@@ -173,11 +179,13 @@ os.register_at_fork(after_in_child=lambda: _sessions.clear(close=False))
 @dataclass
 class _Copy:
     """An attempt's copy in Sent: its UID, whether this attempt appended it (else an earlier
-    attempt's copy is reused), whether its keyword is removed (the server took the message)."""
+    attempt's copy is reused), whether its keyword is removed (the server took the message),
+    whether it still waits with READY_KEYWORD."""
 
     uid: int
     appended: bool
     confirmed: bool = False
+    ready: bool = False  # appended ahead by a burst, not in flight yet (READY_KEYWORD)
 
 
 class SmtpOutboundSender:
@@ -195,6 +203,7 @@ class SmtpOutboundSender:
         self.connection_factory = connection_factory
         self.saves_copy = saves_sent_copy(account)
         self._copies: dict[int, _Copy] = {}  # by outbound id, this attempt's
+        self._look_first: set[int] = set()  # a lost MULTIAPPEND may have left their copies
         self._server: ImapServer | None = None
         self._hold: contextlib.ExitStack | None = None  # inside `held`
         self._held: ImapConnection | None = None  # the burst's session, once taken
@@ -208,6 +217,10 @@ class SmtpOutboundSender:
             self._hold = stack
             try:
                 yield
+                self._ready_copies_delete()
+            except Exception:
+                self._ready_copies_delete()
+                raise
             finally:
                 self._hold, self._held, self._held_sent = None, None, None
 
@@ -258,8 +271,12 @@ class SmtpOutboundSender:
             return None
         if self.saves_copy and not keywords_kept:
             return None  # a server that drops keywords: a copy proves nothing
-        if any(SENDING_KEYWORD.lower() not in {f.lower() for f in f_} for f_ in flags.values()):
+        copies = [{f.lower() for f in copy_flags} for copy_flags in flags.values()]
+        sending, ready = SENDING_KEYWORD.lower(), READY_KEYWORD.lower()
+        if any(sending not in copy and ready not in copy for copy in copies):
             return True
+        if all(ready in copy and sending not in copy for copy in copies):
+            return False  # appended ahead by a burst, never in flight
         return None  # copied before sending, never confirmed: may or may not have gone
 
     def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
@@ -298,6 +315,54 @@ class SmtpOutboundSender:
         return self._store(sent, folder, status.uidvalidity, fetched)
 
     # The copy in Sent ---------------------------------------------------------------------------
+    def before_sending(self, outbounds: list[OutboundMessage]) -> None:
+        """A burst's copies, before any of OUTBOUNDS is sent: the first attempts' copies are
+        appended to Sent in one MULTIAPPEND (one write on the server instead of one per
+        message); `send` then finds its copy there. When that fails, each message's `send`
+        appends its own, looking first for one the lost answer may have left."""
+        first = [o for o in outbounds if o.attempts == 1 and o.pk not in self._copies]
+        if not self.saves_copy or len(first) < 2:
+            return
+        try:
+            with self._imap() as conn:
+                folder = _sent_folder(self.account, conn)
+                status = self._select_sent(conn, folder)
+                if not conn.has("MULTIAPPEND") or not status.keeps_keyword(READY_KEYWORD):
+                    return
+                raws = [bytes(o.raw) for o in first]
+                self._look_first.update(o.pk for o in first)
+                appended = conn.append_many(folder, raws, [SEEN, READY_KEYWORD])
+                if appended is not None and appended[0] == status.uidvalidity:
+                    uids = dict(zip((o.message_id_header for o in first), appended[1], strict=True))
+                else:
+                    found = conn.search_message_ids(folder, [o.message_id_header for o in first])
+                    uids = {mid: found_uids[0] for mid, found_uids in found.items()}
+        except ImapError as exc:
+            logger.info(
+                "account %s: the burst's copies are appended one by one: %s", self.account.pk, exc
+            )
+            return
+        for outbound in first:
+            uid = uids.get(outbound.message_id_header)
+            if uid is not None:
+                self._copies[outbound.pk] = _Copy(uid, appended=True, ready=True)
+                self._look_first.discard(outbound.pk)
+
+    def _ready_copies_delete(self) -> None:
+        """Copies appended ahead for messages the burst did not reach (it stopped): deleted,
+        as their next attempt appends its own."""
+        ready = {pk: c.uid for pk, c in self._copies.items() if c.ready}
+        if not ready:
+            return
+        try:
+            with self._imap() as conn:
+                self._select_sent(conn, _sent_folder(self.account, conn))
+                conn.delete(list(ready.values()))
+        except ImapError as exc:
+            logger.warning("outbound %s: copies appended ahead stay in Sent: %s", list(ready), exc)
+        for pk in ready:
+            del self._copies[pk]
+
     def accepted(self, outbound: OutboundMessage, copy: int) -> None:
         """The server took the message: the copy loses its keyword (the proof it was sent)."""
         try:
@@ -311,18 +376,24 @@ class SmtpOutboundSender:
     def _copy_before_sending(self, outbound: OutboundMessage, raw: bytes) -> int:
         """The copy in Sent, with the keyword, before the SMTP transaction; its UID. A copy
         already there (an earlier attempt that reached some recipients) is reused."""
+        prepared = self._copies.get(outbound.pk)
         try:
             with self._imap() as conn:
                 folder = _sent_folder(self.account, conn)
+                if prepared is not None and prepared.ready:  # before_sending appended it
+                    self._select_sent(conn, folder)
+                    conn.replace_flags([prepared.uid], [SEEN, SENDING_KEYWORD])
+                    prepared.ready = False
+                    return prepared.uid
                 # Only an earlier attempt can have left a copy: the first one need not look.
                 uids = (
                     conn.search_message_id(folder, outbound.message_id_header)
-                    if outbound.attempts > 1
+                    if outbound.attempts > 1 or outbound.pk in self._look_first
                     else []
                 )
                 appended = not uids
                 if uids:  # this attempt is in flight again until the server answers
-                    conn.set_flags(uids[:1], [SENDING_KEYWORD], add=True)
+                    conn.replace_flags(uids[:1], [SEEN, SENDING_KEYWORD])
                 else:
                     at = conn.append(folder, raw, [SEEN, SENDING_KEYWORD])
                     status = self._select_sent(conn, folder)

@@ -237,7 +237,7 @@ class FakeSmtpHandler:
         if self.users and not session.authenticated:
             return "530 5.7.0 Authentication required"
         reply = _next_reply(self.behaviour.mail_replies)
-        if reply is not None:
+        if reply:  # "" in a script: this command is answered as usual
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
