@@ -22,7 +22,7 @@ The sweeper (beat, every OUTBOX_SWEEP_INTERVAL_SECONDS) reads only the partial i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -68,6 +68,11 @@ def outbox_dispatch(outbound: OutboundMessage) -> bool:
     queue = topics.PROVIDER_QUEUES[provider]
     transaction.on_commit(lambda: _send(task_name, outbound_id, queue, due))
     return True
+
+
+def outbox_dispatch_many(outbounds: Sequence[OutboundMessage]) -> int:
+    """`outbox_dispatch` for each of OUTBOUNDS; how many were enqueued."""
+    return sum(outbox_dispatch(outbound) for outbound in outbounds)
 
 
 def _send(task_name: str, outbound_id: int, queue: str, due: datetime | None) -> None:
