@@ -260,4 +260,4 @@ class OutboundDetailOutput(OutboundOutput):
 
 
 class OutboundBatchOutput(serializers.Serializer):
-    messages = OutboundDetailOutput(many=True, help_text="The messages, in the order given.")
+    messages = OutboundOutput(many=True, help_text="The messages, in the order given.")
