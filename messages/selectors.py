@@ -106,10 +106,11 @@ def account_get(*, user: User, account_id: int) -> Account | None:
 
 
 def accounts_by_id(*, user: User, ids: Collection[int]) -> dict[int, Account]:
-    """Those of the user's accounts IDS names (one query; none when IDS is empty)."""
+    """Those of the user's accounts IDS names, whatever their status (one query, no sync
+    progress; none when IDS is empty)."""
     if not ids:
         return {}
-    return {a.pk: a for a in account_list(user=user).filter(pk__in=list(ids))}
+    return {a.pk: a for a in _owned_accounts(user).filter(pk__in=list(ids))}
 
 
 # Folders -----------------------------------------------------------------------------------
