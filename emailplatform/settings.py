@@ -416,6 +416,8 @@ OUTBOX_ETA_HORIZON_SECONDS = env.int("OUTBOX_ETA_HORIZON_SECONDS", default=3600)
 OUTBOX_BURST_MAX = env.int("OUTBOX_BURST_MAX", default=100)
 OUTBOX_LOST_TASK_GRACE_SECONDS = env.int("OUTBOX_LOST_TASK_GRACE_SECONDS", default=300)
 OUTBOX_SENDING_TIMEOUT_SECONDS = env.int("OUTBOX_SENDING_TIMEOUT_SECONDS", default=25 * 60)
+# The most messages one POST /api/outbound/batch/ composes (each counts against the `send` rate).
+OUTBOX_BATCH_MAX = env.int("OUTBOX_BATCH_MAX", default=100)
 # Touched by beat after every tick (emailplatform.beat.HeartbeatScheduler), for health checks.
 BEAT_HEARTBEAT_FILE = env("BEAT_HEARTBEAT_FILE", default=None)
 

@@ -13,6 +13,8 @@ from .models import Account, ChangeEvent, Message
 EVENT_LOCK_NAMESPACE = 7202
 
 Events = Iterable[tuple[str, str, Iterable[int]]]  # (object type, kind, object ids)
+# (account id, object type, kind, object ids)
+AccountEvents = Iterable[tuple[int, str, str, Iterable[int]]]
 
 # Sent after the commit of a transaction that recorded events, with `owner_id`: the webhooks
 # app listens (the store knows nothing of its listeners).
@@ -24,10 +26,10 @@ _TABLE = ChangeEvent._meta.db_table
 _INSERT = f"""
     WITH owner_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s, %s))
     INSERT INTO {_TABLE} (owner_id, account_id, object_type, object_id, kind, created_at)
-    SELECT %s, %s, e.object_type, e.object_id, e.kind, %s
+    SELECT %s, e.account_id, e.object_type, e.object_id, e.kind, %s
       FROM owner_lock,
-           unnest(%s::varchar[], %s::bigint[], %s::varchar[]) WITH ORDINALITY
-           AS e(object_type, object_id, kind, n)
+           unnest(%s::bigint[], %s::varchar[], %s::bigint[], %s::varchar[]) WITH ORDINALITY
+           AS e(account_id, object_type, object_id, kind, n)
      ORDER BY e.n
 """
 
@@ -40,21 +42,28 @@ def events_record(account: Account, object_type: str, kind: str, object_ids: Ite
 
 def events_record_many(account: Account, events: Events) -> None:
     """`events_record` for several kinds of events at once, in the order given."""
+    events_record_accounts(
+        account.owner_id,
+        [(account.pk, object_type, kind, ids) for object_type, kind, ids in events],
+    )
+
+
+def events_record_accounts(owner_id: int, events: AccountEvents) -> None:
+    """`events_record_many` for events of several accounts of one owner, in one statement."""
     rows = [
-        (object_type, object_id, kind)
-        for object_type, kind, object_ids in events
+        (account_id, object_type, object_id, kind)
+        for account_id, object_type, kind, object_ids in events
         for object_id in sorted(set(object_ids))
     ]
     if not rows:
         return
-    types, ids, kinds = (list(column) for column in zip(*rows, strict=True))
-    owner = account.owner_id
+    accounts, types, ids, kinds = (list(column) for column in zip(*rows, strict=True))
     with connection.cursor() as cursor:
         cursor.execute(
             _INSERT,
-            [EVENT_LOCK_NAMESPACE, owner, owner, account.pk, timezone.now(), types, ids, kinds],
+            [EVENT_LOCK_NAMESPACE, owner_id, owner_id, timezone.now(), accounts, types, ids, kinds],
         )
-    transaction.on_commit(lambda: events_committed.send(sender=ChangeEvent, owner_id=owner))
+    transaction.on_commit(lambda: events_committed.send(sender=ChangeEvent, owner_id=owner_id))
 
 
 def messages_updated(account: Account, message_ids: Iterable[int]) -> None:

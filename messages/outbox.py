@@ -60,10 +60,13 @@ from .selectors import User
 from .services import attachment_ensure_stored
 
 __all__ = [
+    "Composed",
     "OutboxRefused",
+    "Owned",
     "outbound_attachment_add",
     "outbound_attachment_remove",
     "outbound_cancel_request",
+    "outbound_composed",
     "outbound_create",
     "outbound_delete",
     "outbound_send",
@@ -183,25 +186,6 @@ def _envelope(people: Iterable[Recipient]) -> list[Recipient]:
     return list(seen.values())
 
 
-def _own_message(user: User, message_id: int | None, field: str) -> Message | None:
-    if message_id is None:
-        return None
-    message = selectors.message_get(user=user, message_id=message_id)
-    if message is None:
-        raise _not_found(f"message {message_id}", field)
-    return message
-
-
-def _own_attachments(user: User, ids: Sequence[int]) -> list[Attachment]:
-    found = []
-    for index, attachment_id in enumerate(ids):
-        attachment = selectors.attachment_get(user=user, attachment_id=attachment_id)
-        if attachment is None:
-            raise _not_found(f"attachment {attachment_id}", f"attachments.{index}")
-        found.append(attachment)
-    return found
-
-
 def _send_at_checked(send_at: datetime | None) -> datetime | None:
     if send_at is not None and send_at > timezone.now() + MAX_SCHEDULE_AHEAD:
         raise OutboxRefused("send_at is more than a year ahead.", field="send_at")
@@ -228,21 +212,93 @@ def _forward_text(original: Message, text: str) -> str:
 def outbound_create(*, user: User, data: dict[str, Any]) -> OutboundMessage:
     """A new draft from the API's validated DATA; sent at once when data["send"] (in the same
     transaction: refused, nothing is stored)."""
-    account = selectors.account_get(user=user, account_id=data["account"])
-    if account is None:
-        raise _not_found(f"account {data['account']}", "account")
+    # The batch module builds on this one; a compose is a batch of one (one write path).
+    from .outbox_batch import outbound_store
+
+    [outbound] = outbound_store([outbound_composed(data, Owned.load(user, [data]))])
+    return outbound
+
+
+# The objects an input names, and the rows it makes ------------------------------------------
+@dataclass
+class Owned:
+    """The user's accounts, messages and attachments that compose inputs name, each kind
+    loaded once for all the inputs (a constant number of queries, however many there are)."""
+
+    accounts: dict[int, Account]
+    messages: dict[int, Message]
+    attachments: dict[int, Attachment]
+
+    @classmethod
+    def load(cls, user: User, items: Sequence[dict[str, Any]]) -> Owned:
+        parents = ("reply_to_message", "forward_of")
+        return cls(
+            accounts=selectors.accounts_by_id(user=user, ids={d["account"] for d in items}),
+            messages=selectors.messages_by_id(
+                user=user, ids={d[k] for d in items for k in parents if d.get(k) is not None}
+            ),
+            attachments=selectors.attachments_by_id(
+                user=user, ids={i for d in items for i in d.get("attachments") or []}
+            ),
+        )
+
+    def account(self, account_id: int) -> Account:
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise _not_found(f"account {account_id}", "account")
+        return account
+
+    def message(self, message_id: int | None, field: str) -> Message | None:
+        if message_id is None:
+            return None
+        message = self.messages.get(message_id)
+        if message is None:
+            raise _not_found(f"message {message_id}", field)
+        return message
+
+    def attachments_named(self, ids: Sequence[int]) -> list[Attachment]:
+        found = []
+        for index, attachment_id in enumerate(ids):
+            attachment = self.attachments.get(attachment_id)
+            if attachment is None:
+                raise _not_found(f"attachment {attachment_id}", f"attachments.{index}")
+            found.append(attachment)
+        return found
+
+
+@dataclass(frozen=True)
+class Composed:
+    """One compose input checked and built: its rows, not yet stored; the message is queued
+    (MIME bytes fixed, due at send_at or now) when the input asked to send."""
+
+    outbound: OutboundMessage
+    recipients: list[OutboundRecipient]
+    attachments: list[OutboundAttachment]
+
+    @property
+    def queued(self) -> bool:
+        return self.outbound.state == State.QUEUED
+
+
+def outbound_composed(
+    data: dict[str, Any], owned: Owned, *, now: datetime | None = None
+) -> Composed:
+    """DATA (the API's validated compose input) checked and built, every object it names
+    looked up in OWNED; OutboxRefused when it cannot be stored (or sent, with send: true)."""
+    account = owned.account(data["account"])
     _check_provider(account)
-    if data.get("send"):
+    send = bool(data.get("send"))
+    if send:
         _check_can_send(account)
     send_at = _send_at_checked(data.get("send_at"))
     people = _recipients(data)
     subject = _header(data.get("subject") or "", "subject", "subject")
     text, html = data.get("text") or "", data.get("html") or ""
-    reply_to = _own_message(user, data.get("reply_to_message"), "reply_to_message")
-    forward_of = _own_message(user, data.get("forward_of"), "forward_of")
+    reply_to = owned.message(data.get("reply_to_message"), "reply_to_message")
+    forward_of = owned.message(data.get("forward_of"), "forward_of")
     if reply_to is not None and forward_of is not None:
         raise OutboxRefused("Reply to a message or forward one, not both.", field="forward_of")
-    sources = _own_attachments(user, data.get("attachments") or [])
+    sources = owned.attachments_named(data.get("attachments") or [])
     in_reply_to, references = "", []
     parent = reply_to or forward_of
     if parent is not None:
@@ -258,40 +314,43 @@ def outbound_create(*, user: User, data: dict[str, Any]) -> OutboundMessage:
         if data.get("forward_attachments", True):
             known = {a.pk for a in sources}
             sources += [a for a in forward_of.attachments.all() if a.pk not in known]
-    with transaction.atomic():
-        outbound = OutboundMessage.objects.create(
-            account=account,
-            message_id_header=_message_id(account.email_address),
-            envelope_id=uuid.uuid4().hex,
-            from_name=account.display_name,
-            from_address=account.email_address,
-            subject=subject,
-            body_text=text,
-            body_html=html,
-            reply_to_message=reply_to,
-            forward_of=forward_of,
-            in_reply_to=in_reply_to,
-            references=references,
-            notify_success=bool(data.get("notify_success", False)),
-            **_people_fields(people),
+    outbound = OutboundMessage(
+        account=account,
+        message_id_header=_message_id(account.email_address),
+        envelope_id=uuid.uuid4().hex,
+        from_name=account.display_name,
+        from_address=account.email_address,
+        subject=subject,
+        body_text=text,
+        body_html=html,
+        reply_to_message=reply_to,
+        forward_of=forward_of,
+        in_reply_to=in_reply_to,
+        references=references,
+        notify_success=bool(data.get("notify_success", False)),
+        **_people_fields(people),
+    )
+    attachments = [
+        OutboundAttachment(
+            outbound=outbound,
+            filename=a.filename,
+            content_type=a.content_type,
+            size=a.size,
+            sha256=a.sha256,
+            source=a,
         )
-        _recipients_replace(outbound, people)
-        OutboundAttachment.objects.bulk_create(
-            OutboundAttachment(
-                outbound=outbound,
-                filename=a.filename,
-                content_type=a.content_type,
-                size=a.size,
-                sha256=a.sha256,
-                source=a,
-            )
-            for a in sources
-        )
-        events_record(account, "outbound", "created", [outbound.pk])
-        if data.get("send"):
-            # Created in this transaction: no one else sees the draft, no lock to take.
-            outbound = _queue(outbound, send_at, has_recipients=bool(people))
-    return outbound
+        for a in sources
+    ]
+    if send:
+        raw = _queue_checked(outbound, attachments, has_recipients=bool(people))
+        now = now or timezone.now()
+        # The fields outbox_states.outbound_queue sets on draft -> queued.
+        outbound.state = State.QUEUED
+        outbound.raw, outbound.size = raw, len(raw)
+        outbound.send_at, outbound.queued_at = send_at, now
+        outbound.next_attempt_at = send_at or now
+        outbound.last_error = ""
+    return Composed(outbound, _recipient_rows(outbound, people), attachments)
 
 
 def _people_fields(people: list[Recipient]) -> dict[str, list[dict[str, str]]]:
@@ -301,12 +360,16 @@ def _people_fields(people: list[Recipient]) -> dict[str, list[dict[str, str]]]:
     }
 
 
-def _recipients_replace(outbound: OutboundMessage, people: list[Recipient]) -> None:
-    OutboundRecipient.objects.filter(outbound=outbound).delete()
-    OutboundRecipient.objects.bulk_create(
+def _recipient_rows(outbound: OutboundMessage, people: list[Recipient]) -> list[OutboundRecipient]:
+    return [
         OutboundRecipient(outbound=outbound, kind=p.kind, name=p.name, address=p.address)
         for p in _envelope(people)
-    )
+    ]
+
+
+def _recipients_replace(outbound: OutboundMessage, people: list[Recipient]) -> None:
+    OutboundRecipient.objects.filter(outbound=outbound).delete()
+    OutboundRecipient.objects.bulk_create(_recipient_rows(outbound, people))
 
 
 def _locked_draft(outbound_id: int) -> OutboundMessage:
@@ -448,9 +511,9 @@ def outbound_delete(*, outbound: OutboundMessage) -> None:
 
 
 # Send and cancel ---------------------------------------------------------------------------
-def _file_parts(outbound: OutboundMessage) -> list[FilePart]:
+def _file_parts(attachments: Iterable[OutboundAttachment]) -> list[FilePart]:
     parts = []
-    for attachment in outbound.attachments.select_related("source").order_by("id"):
+    for attachment in attachments:
         if attachment.file:
             name = attachment.file.name
         elif attachment.source is not None:
@@ -467,12 +530,20 @@ def _file_parts(outbound: OutboundMessage) -> list[FilePart]:
     return parts
 
 
-def mime_of(outbound: OutboundMessage, *, date: datetime | None = None) -> bytes:
-    """OUTBOUND's MIME bytes, as they will be sent."""
+def mime_of(
+    outbound: OutboundMessage,
+    *,
+    date: datetime | None = None,
+    attachments: Iterable[OutboundAttachment] | None = None,
+) -> bytes:
+    """OUTBOUND's MIME bytes, as they will be sent; with its stored attachments, or with
+    ATTACHMENTS when given (a message not stored yet)."""
 
     def people(kind: str) -> list[Person]:
         return [Person(p.get("name") or "", p["address"]) for p in getattr(outbound, kind)]
 
+    if attachments is None:
+        attachments = outbound.attachments.select_related("source").order_by("id")
     return mime_build(
         MimeInput(
             sender=Person(one_line(outbound.from_name), outbound.from_address),
@@ -485,7 +556,7 @@ def mime_of(outbound: OutboundMessage, *, date: datetime | None = None) -> bytes
             date=date or timezone.now(),
             in_reply_to=outbound.in_reply_to,
             references=outbound.references or [],
-            attachments=_file_parts(outbound),
+            attachments=_file_parts(attachments),
         )
     )
 
@@ -502,27 +573,39 @@ def outbound_send(*, outbound: OutboundMessage, send_at: datetime | None = None)
 def _queue(
     draft: OutboundMessage, send_at: datetime | None, *, has_recipients: bool
 ) -> OutboundMessage:
-    """DRAFT (locked, or created in this transaction) checked, built and queued."""
-    _check_can_send(draft.account)
+    """DRAFT (locked) checked, built and queued."""
+    raw = _queue_checked(draft, None, has_recipients=has_recipients)
+    queued = outbound_queue(draft.pk, raw, send_at)
+    if queued is None:  # pragma: no cover (the row is locked as a draft)
+        raise OutboxRefused("The message is no longer a draft.", code="not_a_draft", status=409)
+    outbox_dispatch(queued)
+    return queued
+
+
+def _queue_checked(
+    outbound: OutboundMessage,
+    attachments: Iterable[OutboundAttachment] | None,
+    *,
+    has_recipients: bool,
+) -> bytes:
+    """OUTBOUND's MIME bytes (see mime_of), once checked that it can go as it is: its account
+    sends now, it has recipients, it is not too large."""
+    _check_can_send(outbound.account)
     if not has_recipients:
         raise OutboxRefused(
             "No recipients: give at least one address in to, cc or bcc.",
             code="no_recipients",
             field="to",
         )
-    raw = mime_of(draft)
-    limit = size_limit(draft.account)
+    raw = mime_of(outbound, attachments=attachments)
+    limit = size_limit(outbound.account)
     if len(raw) > limit:
         raise OutboxRefused(
             f"The message is {len(raw)} bytes once encoded; this account sends at most "
             f"{limit} bytes.",
             code="too_large",
         )
-    queued = outbound_queue(draft.pk, raw, send_at)
-    if queued is None:  # pragma: no cover (the row is locked as a draft)
-        raise OutboxRefused("The message is no longer a draft.", code="not_a_draft", status=409)
-    outbox_dispatch(queued)
-    return queued
+    return raw
 
 
 def outbound_cancel_request(*, outbound: OutboundMessage) -> OutboundMessage:

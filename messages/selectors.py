@@ -8,6 +8,7 @@ Objects of accounts being deleted are hidden, except the account itself (its sta
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Sequence
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.postgres.expressions import ArraySubquery
@@ -102,6 +103,14 @@ def account_list(*, user: User) -> QuerySet[Account]:
 
 def account_get(*, user: User, account_id: int) -> Account | None:
     return account_list(user=user).filter(pk=account_id).first()
+
+
+def accounts_by_id(*, user: User, ids: Collection[int]) -> dict[int, Account]:
+    """Those of the user's accounts IDS names, whatever their status (one query, no sync
+    progress; none when IDS is empty)."""
+    if not ids:
+        return {}
+    return {a.pk: a for a in _owned_accounts(user).filter(pk__in=list(ids))}
 
 
 # Folders -----------------------------------------------------------------------------------
@@ -205,6 +214,19 @@ def message_get(*, user: User, message_id: int) -> Message | None:
     )
 
 
+def messages_by_id(*, user: User, ids: Collection[int]) -> dict[int, Message]:
+    """Those of the user's messages IDS names, with their attachments (what a reply or a
+    forward needs of them)."""
+    if not ids:
+        return {}
+    messages = (
+        Message.objects.filter(account__in=_visible_accounts(user), pk__in=list(ids))
+        .defer("search_vector")
+        .prefetch_related(Prefetch("attachments", queryset=Attachment.objects.order_by("id")))
+    )
+    return {m.pk: m for m in messages}
+
+
 def message_raw(*, user: User, message_id: int) -> RawMessage | None:
     return RawMessage.objects.filter(
         message__account__in=_visible_accounts(user), pk=message_id
@@ -217,6 +239,15 @@ def attachment_get(*, user: User, attachment_id: int) -> Attachment | None:
         .select_related("message")
         .first()
     )
+
+
+def attachments_by_id(*, user: User, ids: Collection[int]) -> dict[int, Attachment]:
+    if not ids:
+        return {}
+    attachments = Attachment.objects.filter(
+        message__account__in=_visible_accounts(user), pk__in=list(ids)
+    ).select_related("message")
+    return {a.pk: a for a in attachments}
 
 
 def message_has_folder(*, message: Message, folder_name: str) -> bool:
@@ -238,10 +269,9 @@ def outbound_list(*, user: User) -> QuerySet[OutboundMessage]:
     )
 
 
-def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
-    """One outbound message with its recipients, attachments and delivery reports."""
+def _outbound_detailed(user: User) -> QuerySet[OutboundMessage]:
     return (
-        OutboundMessage.objects.filter(account__in=_visible_accounts(user), pk=outbound_id)
+        OutboundMessage.objects.filter(account__in=_visible_accounts(user))
         .defer("raw")
         .select_related("account")
         .prefetch_related(
@@ -249,8 +279,18 @@ def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
             Prefetch("attachments", queryset=OutboundAttachment.objects.order_by("id")),
             Prefetch("reports", queryset=DeliveryReport.objects.order_by("id")),
         )
-        .first()
     )
+
+
+def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
+    """One outbound message with its recipients, attachments and delivery reports."""
+    return _outbound_detailed(user).filter(pk=outbound_id).first()
+
+
+def outbound_get_many(*, user: User, ids: Sequence[int]) -> list[OutboundMessage]:
+    """`outbound_get` for several, in the order of IDS (those found)."""
+    found = {o.pk: o for o in _outbound_detailed(user).filter(pk__in=list(ids))}
+    return [found[pk] for pk in ids if pk in found]
 
 
 # Changes feed ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -110,6 +111,25 @@ class OutboundCreateInput(StrictJsonInput):
         if attrs.get("send_at") is not None and not attrs.get("send"):
             raise serializers.ValidationError({"send_at": ["Only with send: true."]})
         return attrs
+
+
+class OutboundBatchInput(StrictJsonInput):
+    messages = OutboundCreateInput(
+        many=True,
+        allow_empty=False,
+        help_text="What POST /api/outbound/ takes, for each message (1 to OUTBOX_BATCH_MAX, "
+        "100 by default).",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Counted before any item is validated: an oversized batch costs nothing to refuse.
+        items = data.get("messages") if isinstance(data, dict) else None
+        most = settings.OUTBOX_BATCH_MAX
+        if isinstance(items, list) and len(items) > most:
+            raise serializers.ValidationError(
+                {"messages": [f"At most {most} messages in one batch; {len(items)} given."]}
+            )
+        return super().to_internal_value(data)
 
 
 class OutboundUpdateInput(StrictJsonInput):
@@ -237,3 +257,7 @@ class OutboundDetailOutput(OutboundOutput):
     reports = DeliveryReportOutput(
         many=True, source="reports.all", help_text="Delivery reports matched to this message."
     )
+
+
+class OutboundBatchOutput(serializers.Serializer):
+    messages = OutboundOutput(many=True, help_text="The messages, in the order given.")

@@ -1,12 +1,15 @@
 """The outbox's endpoints: thin, like the others (messages.api.views): validate, call the
 outbox service (messages.outbox), shape the output. Another user's outbound message is a 404.
 
-Composing and sending count against the `send` throttle; reads, draft edits and cancels only
-against the user's general budget.
+Composing and sending count against the `send` throttle (a batch of N as N requests); reads,
+draft edits and cancels only against the user's general budget.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
@@ -14,7 +17,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from messages import outbox, selectors
+from messages import outbox, outbox_batch, selectors
 from messages.models import OutboundMessage
 
 from . import outbox_serializers as s
@@ -78,6 +81,39 @@ class OutboundListView(ListView):
         data = _validated(s.OutboundCreateInput, request.data)
         created = outbox.outbound_create(user=request.user, data=data)
         return Response(_detail(request, created.pk), status=status.HTTP_201_CREATED)
+
+
+class OutboundBatchView(ApiView):
+    throttle_classes = [UserThrottle, SendThrottle]
+
+    def throttle_cost(self, request: Request) -> int:
+        """Each message of the batch counts against the `send` rate, as a POST of its own
+        would (a body that is no batch counts once; it is refused anyway)."""
+        data: Any = request.data
+        items = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            return 1
+        return min(max(len(items), 1), settings.OUTBOX_BATCH_MAX)
+
+    @extend_schema(
+        tags=["outbox"],
+        request=s.OutboundBatchInput,
+        responses={201: s.OutboundBatchOutput, 400: REFUSED, 404: NOT_FOUND, 409: NOT_NOW},
+        summary="Compose many at once (drafts, sent now or at send_at): all or nothing",
+        description=(
+            "Each item is what POST /api/outbound/ takes, checked the same way. When one is "
+            "refused nothing is stored or queued, and the error names the item in its field "
+            "path (messages.3.to.0.address). Each item counts against the send rate. The "
+            "answer lists the messages as GET /api/outbound/ does (recipients and attachments "
+            "in GET /api/outbound/{id}/)."
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        data = _validated(s.OutboundBatchInput, request.data)
+        created = outbox_batch.outbound_create_many(user=request.user, items=data["messages"])
+        # The rows as stored, from memory: no query per message to answer.
+        body = {"messages": s.OutboundOutput(created, many=True).data}
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class OutboundDetailView(ApiView):

@@ -35,13 +35,22 @@ def _rate(scope: str) -> str | None:
 # cache and write it back on every request. Here it is a sorted set that Redis trims, counts
 # and appends to in one round trip: the same sliding window, whatever the rate.
 _SLIDING_LOG = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-    redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
+local now, duration, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost = tonumber(ARGV[5] or '1')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - duration)
+local count = redis.call('ZCARD', KEYS[1])
+if cost > limit then
+    return ARGV[1]
+end
+if count + cost <= limit then
+    for i = 1, cost do
+        redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. i)
+    end
+    redis.call('EXPIRE', KEYS[1], math.ceil(duration))
     return false
 end
-return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+local frees = count + cost - limit - 1
+return redis.call('ZRANGE', KEYS[1], frees, frees, 'WITHSCORES')[2]
 """
 
 
@@ -63,7 +72,9 @@ class _RateFromSettings:
     def get_rate(self) -> str | None:
         return _rate(self.scope)
 
-    def allow_request(self, request: Any, view: Any) -> bool:
+    def allow_request(self, request: Any, view: Any, cost: int = 1) -> bool:
+        """COST requests at once: all of them fit in the window, or none counts. A cost above
+        the rate never fits (the wait is a whole window)."""
         if self.rate is None:  # type: ignore[attr-defined]
             return True
         key = self.get_cache_key(request, view)  # type: ignore[attr-defined]
@@ -74,7 +85,7 @@ class _RateFromSettings:
         member = f"{self.now!r}:{uuid.uuid4().hex[:8]}"
         oldest = script(
             keys=[self.cache.make_key(key)],
-            args=[repr(self.now), self.duration, self.num_requests, member],
+            args=[repr(self.now), self.duration, self.num_requests, member, cost],
         )
         self.oldest = None if oldest is None else float(oldest)
         return oldest is None
@@ -97,15 +108,17 @@ class ScopedUserThrottle(_RateFromSettings, throttling.UserRateThrottle):
     """A stricter budget for one kind of request, per user, on top of UserThrottle.
 
     Only requests that cost something count: POSTs, or what the view's `throttle_applies`
-    says; reads stay free.
+    says; reads stay free. A view's `throttle_cost(request)` counts one request as several
+    (a batch of N messages as N sends).
     """
 
-    def allow_request(self, request: Any, view: Any) -> bool:
+    def allow_request(self, request: Any, view: Any, cost: int = 1) -> bool:
         applies = getattr(view, "throttle_applies", None)
         counts = applies(request) if applies else request.method == "POST"
         if not counts:
             return True
-        return super().allow_request(request, view)
+        cost_of = getattr(view, "throttle_cost", None)
+        return super().allow_request(request, view, cost_of(request) if cost_of else cost)
 
 
 def scoped(name: str) -> type[ScopedUserThrottle]:

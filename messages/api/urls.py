@@ -58,6 +58,7 @@ urlpatterns = [
         name="attachment-download",
     ),
     path("outbound/", outbox_views.OutboundListView.as_view(), name="outbound-list"),
+    path("outbound/batch/", outbox_views.OutboundBatchView.as_view(), name="outbound-batch"),
     path("outbound/<id:pk>/", outbox_views.OutboundDetailView.as_view(), name="outbound-detail"),
     path("outbound/<id:pk>/send/", outbox_views.OutboundSendView.as_view(), name="outbound-send"),
     path(

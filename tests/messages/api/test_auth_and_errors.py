@@ -182,6 +182,7 @@ def test_schema_documents_every_endpoint_and_its_errors(client):
         "/api/attachments/{id}/download/",
         "/api/changes/",
         "/api/outbound/",
+        "/api/outbound/batch/",
         "/api/outbound/{id}/",
         "/api/outbound/{id}/send/",
         "/api/outbound/{id}/cancel/",
