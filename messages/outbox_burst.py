@@ -73,7 +73,7 @@ def outbound_send_task_run(
     ids), sent by SENDER_FOR(account) (inside its `held()`, when it has one: a session kept
     for the burst)."""
     ids = outbound_id if isinstance(outbound_id, list) else [outbound_id]
-    account = Account.objects.filter(outbound__pk=ids[0]).first() if ids else None
+    account = Account.objects.filter(outbound__pk__in=ids).distinct().first()
     if account is None:
         return {"skipped": "gone"}
     sender = sender_for(account)
