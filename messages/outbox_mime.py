@@ -20,6 +20,7 @@ from datetime import datetime
 from email.headerregistry import Address, Group, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import lru_cache
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -80,7 +81,48 @@ def _address(person: Person) -> Address:
 
 
 def mime_build(mail: MimeInput) -> bytes:
-    """The message as it goes on the wire (CRLF line ends)."""
+    """The message as it goes on the wire (CRLF line ends).
+
+    A message without attachments is its own headers followed by its content (the
+    Content-* headers, MIME-Version and the encoded body), each built by EmailMessage; the
+    content is built once for messages that share it (a batch to many people)."""
+    if mail.attachments:
+        return _message(mail).as_bytes(policy=POLICY)
+    head = _headers(mail).as_bytes(policy=POLICY)
+    if not head.endswith(b"\r\n\r\n"):
+        raise ValueError("the header block does not end with an empty line")
+    return head[:-2] + _content(mail.text, mail.html)
+
+
+@lru_cache(maxsize=32)
+def _content(text: str, html: str) -> bytes:
+    """The content part of a message without attachments: its headers, an empty line, its
+    encoded body."""
+    message = EmailMessage(policy=POLICY)
+    _set_body(message, text, html)
+    return message.as_bytes(policy=POLICY)
+
+
+def _message(mail: MimeInput) -> EmailMessage:
+    message = _headers(mail)
+    _set_body(message, mail.text, mail.html)
+    for part in mail.attachments:
+        _attach(message, part)
+    return message
+
+
+def _set_body(message: EmailMessage, text: str, html: str) -> None:
+    if html and text:
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+    elif html:
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content(text)
+
+
+def _headers(mail: MimeInput) -> EmailMessage:
+    """The message's own headers (no content yet)."""
     message = EmailMessage(policy=POLICY)
     message["Date"] = format_datetime(mail.date)
     message["From"] = _address(mail.sender)
@@ -96,16 +138,7 @@ def mime_build(mail: MimeInput) -> bytes:
         message["In-Reply-To"] = mail.in_reply_to
     if mail.references:
         message["References"] = " ".join(mail.references)
-    if mail.html and mail.text:
-        message.set_content(mail.text)
-        message.add_alternative(mail.html, subtype="html")
-    elif mail.html:
-        message.set_content(mail.html, subtype="html")
-    else:
-        message.set_content(mail.text)
-    for part in mail.attachments:
-        _attach(message, part)
-    return message.as_bytes(policy=POLICY)
+    return message
 
 
 def _attach(message: EmailMessage, part: FilePart) -> None:
