@@ -49,7 +49,7 @@ from .outbox_delivery import (
     retry_delay,
 )
 from .outbox_dispatch import outbox_dispatch_many
-from .outbox_limits import SendLimits, send_slot_give_back, send_slot_take
+from .outbox_limits import SendLimits, send_slot_give_back, send_slots_take
 from .outbox_states import (
     outbound_claim_many,
     outbound_postpone_many,
@@ -96,7 +96,7 @@ def outbound_deliver_burst(outbound_ids: Sequence[int], sender: OutboundSender) 
         return {"skipped": len(outbound_ids)}
     account = rows[0].account
     ready = [
-        o.pk
+        o
         for o in rows
         if account.status == Account.Status.ACTIVE
         and o.account_id == account.pk
@@ -105,7 +105,7 @@ def outbound_deliver_burst(outbound_ids: Sequence[int], sender: OutboundSender) 
     ]
     outcome: Counter[str] = Counter()
     for outbound in rows:
-        if outbound.pk not in ready:
+        if outbound not in ready:
             outcome.update(outbound_deliver(outbound.pk, sender).keys())
     limits = SendLimits.of(account)
     while ready:
@@ -120,26 +120,21 @@ def outbound_deliver_burst(outbound_ids: Sequence[int], sender: OutboundSender) 
 
 def _chunk_deliver(
     account: Account,
-    chunk: list[int],
+    chunk: list[OutboundMessage],
     sender: OutboundSender,
     limits: SendLimits,
     outcome: Counter[str],
 ) -> Stop | None:
     """Deliver CHUNK (see the module's docstring); a Stop when the burst's rest must wait."""
     stop: Stop | None = None
-    slots = []
-    for index in range(len(chunk)):
-        slot = send_slot_take(account, limits)
-        if slot.wait > 0:
-            stop = (timezone.now() + timedelta(seconds=slot.wait), None)
-            outbox_dispatch_many(outbound_postpone_many(chunk[index:], *stop))
-            outcome["waiting"] += len(chunk) - index
-            chunk = chunk[:index]
-            break
-        slots.append(slot)
+    slots, wait = send_slots_take(account, len(chunk), limits)
+    if len(slots) < len(chunk):
+        stop = (timezone.now() + timedelta(seconds=wait), None)
+        outbox_dispatch_many(outbound_postpone_many(chunk[len(slots) :], *stop))
+        outcome["waiting"] += len(chunk) - len(slots)
+        chunk = chunk[: len(slots)]
     claimed = outbound_claim_many(chunk)
-    for slot in slots[len(claimed) :]:
-        send_slot_give_back(account, slot)
+    send_slot_give_back(account, *slots[len(claimed) :])
     outcome["skipped"] += len(chunk) - len(claimed)
     pending = _pending_by_outbound(claimed)
     prepare = getattr(sender, "before_sending", None)
@@ -155,7 +150,7 @@ def _chunk_deliver(
             outcome.update(outbound_failure(outbound, sender, exc).keys())
             if _stops_burst(exc):
                 stop = _waits_like(outbound)
-                rest = [o.pk for o in claimed[index + 1 :]]
+                rest = claimed[index + 1 :]
                 outbox_dispatch_many(outbound_release_many(rest, *stop))
                 outcome["waiting"] += len(rest)
                 break
@@ -164,7 +159,7 @@ def _chunk_deliver(
             accepted[outbound.pk] = results
         else:
             outcome.update(outbound_record(outbound, sender, results).keys())
-    outcome["sent"] += _sent_record(accepted, sender)
+    outcome["sent"] += _sent_record([o for o in claimed if o.pk in accepted], accepted, sender)
     return stop
 
 
@@ -204,13 +199,18 @@ def _pending_by_outbound(claimed: list[OutboundMessage]) -> dict[int, list[str]]
     return pending
 
 
-def _sent_record(accepted: dict[int, list[RecipientResult]], sender: OutboundSender) -> int:
-    """ACCEPTED (every recipient took them) -> sent together, then their copies stored; how
-    many moved."""
-    if not accepted:
+def _sent_record(
+    outbounds: list[OutboundMessage],
+    accepted: dict[int, list[RecipientResult]],
+    sender: OutboundSender,
+) -> int:
+    """OUTBOUNDS (every recipient took them: ACCEPTED) -> sent together, then their copies
+    stored; how many moved."""
+    if not outbounds:
         return 0
     sent = outbound_sent_many(
-        {pk: [(r.address, r.code, r.reply) for r in results] for pk, results in accepted.items()}
+        outbounds,
+        {pk: [(r.address, r.code, r.reply) for r in results] for pk, results in accepted.items()},
     )
     copies = _copies_store(sent, sender)
     for outbound in sent:

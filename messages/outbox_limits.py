@@ -26,33 +26,41 @@ from .models import Account
 MINUTE_SECONDS = 60.0
 DAY_SECONDS = 24 * 60 * 60.0
 
-# KEYS: one sorted set per window. ARGV: member, then (limit, window in ms) per key.
-# Returns 0 when a slot was taken in every window, else the ms until one frees in all.
+# KEYS: one sorted set per window. ARGV: how many slots, a member prefix, then (limit, window
+# in ms) per key. Takes slots (members "prefix:1", "prefix:2", ...) while every window has
+# room; returns {slots taken, ms until the next one frees in all windows (0: none was full)}.
 _SLIDING_LOG = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = 0
+local count, prefix = tonumber(ARGV[1]), ARGV[2]
 for i = 1, #KEYS do
-    local limit, window = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
-    if limit > 0 then
-        local count = redis.call('ZCARD', KEYS[i])
-        if count >= limit then
-            local frees = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-            wait = math.max(wait, tonumber(frees[2]) + window - now, 1)
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[2 * i + 2]))
+end
+local taken, wait = 0, 0
+while taken < count do
+    for i = 1, #KEYS do
+        local limit, window = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+        if limit > 0 then
+            local used = redis.call('ZCARD', KEYS[i])
+            if used >= limit then
+                local oldest = used - limit
+                local frees = redis.call('ZRANGE', KEYS[i], oldest, oldest, 'WITHSCORES')
+                wait = math.max(wait, tonumber(frees[2]) + window - now, 1)
+            end
+        end
+    end
+    if wait > 0 then
+        break
+    end
+    taken = taken + 1
+    for i = 1, #KEYS do
+        if tonumber(ARGV[2 * i + 1]) > 0 then
+            redis.call('ZADD', KEYS[i], now, prefix .. ':' .. taken)
+            redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 2]))
         end
     end
 end
-if wait > 0 then
-    return wait
-end
-for i = 1, #KEYS do
-    if tonumber(ARGV[2 * i]) > 0 then
-        redis.call('ZADD', KEYS[i], now, ARGV[1])
-        redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]))
-    end
-end
-return 0
+return {taken, wait}
 """
 
 
@@ -90,26 +98,36 @@ def _keys(account_id: int) -> list[str]:
 
 def send_slot_take(account: Account, limits: SendLimits | None = None) -> Slot:
     """Take a sending slot of ACCOUNT in both windows, or say how long to wait for one."""
+    slots, wait = send_slots_take(account, 1, limits)
+    return slots[0] if slots else Slot(wait=wait)
+
+
+def send_slots_take(
+    account: Account, count: int, limits: SendLimits | None = None
+) -> tuple[list[Slot], float]:
+    """Up to COUNT slots of ACCOUNT at once (one round trip, for a burst): the slots taken,
+    and the seconds until the next one frees when fewer were (else 0)."""
     limits = limits or SendLimits.of(account)
     if not limits.per_minute and not limits.per_day:
-        return Slot()
-    member = uuid.uuid4().hex
+        return [Slot() for _ in range(count)], 0.0
+    prefix = uuid.uuid4().hex
     args = [
-        member,
+        count,
+        prefix,
         limits.per_minute,
         int(MINUTE_SECONDS * 1000),
         limits.per_day,
         int(DAY_SECONDS * 1000),
     ]
-    wait_ms = int(_script(settings.CELERY_BROKER_URL)(keys=_keys(account.pk), args=args))
-    if wait_ms > 0:
-        return Slot(wait=wait_ms / 1000)
-    return Slot(member=member)
+    taken, wait_ms = _script(settings.CELERY_BROKER_URL)(keys=_keys(account.pk), args=args)
+    slots = [Slot(member=f"{prefix}:{n}") for n in range(1, int(taken) + 1)]
+    return slots, int(wait_ms) / 1000
 
 
-def send_slot_give_back(account: Account, slot: Slot) -> None:
-    """Give back a slot taken for a send that did not happen."""
-    if slot.member:
+def send_slot_give_back(account: Account, *slots: Slot) -> None:
+    """Give back slots taken for sends that did not happen."""
+    members = [slot.member for slot in slots if slot.member]
+    if members:
         client = syncstate.client()
         for key in _keys(account.pk):
-            client.zrem(key, slot.member)
+            client.zrem(key, *members)

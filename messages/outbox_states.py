@@ -15,7 +15,7 @@ caller lost a race, e.g. a cancel against a worker's claim) and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
@@ -172,53 +172,68 @@ def recipients_update(outbound: OutboundMessage, outcomes: dict[str, dict[str, o
 
 # Bursts: one account's messages changed together, one transaction and one event each -------
 def _bulk_transition(
-    outbound_ids: Iterable[int],
+    outbounds: Sequence[OutboundMessage],
     leaving: str,
     *,
     skip_locked: bool = False,
     due_by: datetime | None = None,
     before: Callable[[list[int]], None] | None = None,
+    counted: int = 0,
     **changes: object,
 ) -> list[OutboundMessage]:
-    """`_transition` for many messages of one account: those in state LEAVING (and due by
-    DUE_BY) are locked in id order, BEFORE(ids) runs, CHANGES are made; the moved ones."""
-    lookups: dict[str, object] = {"pk__in": list(outbound_ids), "state": leaving}
+    """`_transition` for many messages of one account, loaded (with their account) by the
+    caller: those in state LEAVING (and due by DUE_BY) are locked in id order, BEFORE(ids)
+    runs, CHANGES are made (attempts += COUNTED) in the rows and in the objects; the moved
+    ones."""
+    by_id = {o.pk: o for o in outbounds}
+    lookups: dict[str, object] = {"pk__in": list(by_id), "state": leaving}
     if due_by is not None:
         lookups["next_attempt_at__lte"] = due_by
     with transaction.atomic(savepoint=False):
-        ids = list(
+        locked = list(
             OutboundMessage.objects.select_for_update(of=("self",), skip_locked=skip_locked)
             .filter(**lookups)
             .order_by("pk")
-            .values_list("pk", flat=True)
+            .values_list("pk", "attempts")
         )
-        if not ids:
+        if not locked:
             return []
+        ids = [pk for pk, _ in locked]
         if before is not None:
             before(ids)
-        OutboundMessage.objects.filter(pk__in=ids).update(**changes, updated_at=timezone.now())
-        moved = list(
-            OutboundMessage.objects.select_related("account").filter(pk__in=ids).order_by("pk")
-        )
+        now = timezone.now()
+        update = {**changes, "updated_at": now}
+        if counted:
+            update["attempts"] = F("attempts") + counted
+        OutboundMessage.objects.filter(pk__in=ids).update(**update)
+        moved = []
+        for pk, attempts in locked:
+            outbound = by_id[pk]
+            for name, value in changes.items():
+                setattr(outbound, name, value)
+            outbound.updated_at, outbound.attempts = now, attempts + counted
+            moved.append(outbound)
         events_record(moved[0].account, "outbound", "updated", ids)
     return moved
 
 
-def outbound_claim_many(outbound_ids: Iterable[int]) -> list[OutboundMessage]:
+def outbound_claim_many(outbounds: Sequence[OutboundMessage]) -> list[OutboundMessage]:
     """`outbound_claim` for many messages at once; rows another worker holds are skipped."""
     now = timezone.now()
     return _bulk_transition(
-        outbound_ids,
+        outbounds,
         State.QUEUED,
         skip_locked=True,
         due_by=now,
+        counted=1,
         state=State.SENDING,
         sending_at=now,
-        attempts=F("attempts") + 1,
     )
 
 
-def outbound_sent_many(accepted: dict[int, list[tuple[str, int, str]]]) -> list[OutboundMessage]:
+def outbound_sent_many(
+    outbounds: Sequence[OutboundMessage], accepted: dict[int, list[tuple[str, int, str]]]
+) -> list[OutboundMessage]:
     """sending -> sent for many messages, with their recipients' acceptance (ACCEPTED: by
     outbound id, each recipient's (address, code, reply)) in the same transaction."""
 
@@ -229,7 +244,7 @@ def outbound_sent_many(accepted: dict[int, list[tuple[str, int, str]]]) -> list[
                 cursor.execute(_RECIPIENTS_ACCEPT, [list(c) for c in zip(*rows, strict=True)])
 
     return _bulk_transition(
-        accepted,
+        outbounds,
         State.SENDING,
         before=recipients_accept,
         state=State.SENT,
@@ -240,28 +255,28 @@ def outbound_sent_many(accepted: dict[int, list[tuple[str, int, str]]]) -> list[
 
 
 def outbound_release_many(
-    outbound_ids: Iterable[int], until: datetime, reason: str
+    outbounds: Sequence[OutboundMessage], until: datetime, reason: str
 ) -> list[OutboundMessage]:
     """sending -> queued, due at UNTIL, for claimed messages whose attempt never began (their
     burst stopped before them): the attempt is not counted; REASON is shown."""
     return _bulk_transition(
-        outbound_ids,
+        outbounds,
         State.SENDING,
+        counted=-1,
         state=State.QUEUED,
-        attempts=F("attempts") - 1,
         next_attempt_at=until,
         last_error=reason,
     )
 
 
 def outbound_postpone_many(
-    outbound_ids: Iterable[int], until: datetime, reason: str | None = None
+    outbounds: Sequence[OutboundMessage], until: datetime, reason: str | None = None
 ) -> list[OutboundMessage]:
     """`outbound_postpone` for many messages at once."""
     changes: dict[str, object] = {"next_attempt_at": until}
     if reason is not None:
         changes["last_error"] = reason
-    return _bulk_transition(outbound_ids, State.QUEUED, **changes)
+    return _bulk_transition(outbounds, State.QUEUED, **changes)
 
 
 _RECIPIENTS_ACCEPT = f"""

@@ -205,6 +205,7 @@ class SmtpOutboundSender:
         self._copies: dict[int, _Copy] = {}  # by outbound id, this attempt's
         self._look_first: set[int] = set()  # a lost MULTIAPPEND may have left their copies
         self._server: ImapServer | None = None
+        self._endpoint: SmtpEndpoint | None = None
         self._hold: contextlib.ExitStack | None = None  # inside `held`
         self._held: ImapConnection | None = None  # the burst's session, once taken
         self._held_sent: FolderStatus | None = None  # Sent, selected on it
@@ -229,8 +230,9 @@ class SmtpOutboundSender:
         raw = bytes(outbound.raw)
         copy = self._copy_before_sending(outbound, raw) if self.saves_copy else None
         try:
-            endpoint = smtp_endpoint_for(self.account)
-            with _sessions.session(endpoint, self.session_factory) as session:
+            if self._endpoint is None:  # once per sender (a burst): it decrypts the secrets
+                self._endpoint = smtp_endpoint_for(self.account)
+            with _sessions.session(self._endpoint, self.session_factory) as session:
                 outcome = session.send(
                     self.account.email_address,
                     recipients,
