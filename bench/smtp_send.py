@@ -15,13 +15,16 @@ the `smtp` queue (Redis); a real Celery worker (`celery worker -Q smtp`, prefork
 processes) running `smtp_sync.send_outbound`: claim, sending limits, SMTP (one connection
 reused per process for a burst), and by default the copy in the account's Sent folder on the
 private Dovecot (APPEND before sending, its keyword removed after; the copy stored in the mail
-store), then `sent`. --no-sent-copy runs the account as one whose server files sent mail itself
-(saveSentCopy false: no IMAP). The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a
+store), then `sent`. A batch's messages due together reach the worker as bursts (one task per
+up to OUTBOX_BURST_MAX messages of the account: messages.outbox_burst). --no-sent-copy runs
+the account as one whose server files sent mail itself (saveSentCopy false: no IMAP). The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a
 process of its own) accepts and counts every message. The account's sending limits are lifted
 for the run.
 
 The bare loop: smtplib, one connection, AUTH, then `sendmail` of each message's MIME bytes (the
-very bytes the outbox built) to its recipient, in sequence.
+very bytes the outbox built) to its recipient, in sequence. The machine drifts, so the two are
+alternated, --rounds times (2 by default); the ratio is of the totals, and each round's must
+meet the target too.
 
 Bench data: the Django user `bench-smtp-send` and a Dovecot user, removed afterwards. The
 database is migrated first.
@@ -180,6 +183,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="outbox run then bare loop, this many times (alternated: the machine drifts)",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=100,
@@ -250,13 +259,18 @@ def main() -> int:
         bare_run(sink.port, [(account.email_address, "warm@example.org", b"Subject: w\r\n\r\nw")])
         before = sink.received()
 
-        ids, submit_s, outbox_s = outbox_run(client, account, args.messages, args.batch)
-        received = sink.received() - before
-        rows = OutboundMessage.objects.filter(pk__in=ids).order_by("id")
-        messages = [(account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows]
-        bare_s = bare_run(sink.port, messages)
-        if received != args.messages:
-            raise SystemExit(f"the SMTP server received {received} of {args.messages}")
+        rounds = []  # (seconds to submit, seconds until all sent, bare loop seconds)
+        for _ in range(args.rounds):
+            ids, submit_s, outbox_s = outbox_run(client, account, args.messages, args.batch)
+            received = sink.received() - before
+            if received != args.messages:
+                raise SystemExit(f"the SMTP server received {received} of {args.messages}")
+            rows = OutboundMessage.objects.filter(pk__in=ids).order_by("id")
+            messages = [
+                (account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows
+            ]
+            rounds.append((submit_s, outbox_s, bare_run(sink.port, messages)))
+            before = sink.received()
     finally:
         if worker is not None:
             worker.stop()
@@ -265,19 +279,24 @@ def main() -> int:
         (users_dir / imap_user).unlink(missing_ok=True)
 
     n = args.messages
-    outbox_rate, bare_rate = n / outbox_s, n / bare_s
-    ratio = bare_rate / outbox_rate
     log("")
     log(f"{'path':<66} {'seconds':>8} {'msg/s':>8}")
     submitted = f"outbox: {submit_path(args.batch)} (201 queued), in sequence"
-    log(f"{submitted:<66} {submit_s:>8.2f} {n / submit_s:>8.1f}")
+    for number, (submit_s, outbox_s, bare_s) in enumerate(rounds, 1):
+        log(f"round {number}")
+        log(f"  {submitted:<64} {submit_s:>8.2f} {n / submit_s:>8.1f}")
+        end_to_end = "outbox end to end: first API call -> all sent"
+        log(f"  {end_to_end:<64} {outbox_s:>8.2f} {n / outbox_s:>8.1f}")
+        log(f"  {'bare smtplib loop, one connection':<64} {bare_s:>8.2f} {n / bare_s:>8.1f}")
+    outbox_total = sum(r[1] for r in rounds)
+    bare_total = sum(r[2] for r in rounds)
+    ratio = outbox_total / bare_total
+    worst = max(r[1] / r[2] for r in rounds)
+    verdict = "met" if ratio <= TARGET_RATIO and worst <= TARGET_RATIO else "missed"
     log(
-        f"{'outbox end to end: first API call -> all sent':<66} {outbox_s:>8.2f} "
-        f"{outbox_rate:>8.1f}"
+        f"\nbare / outbox over {len(rounds)} rounds: {ratio:.2f}x (worst round {worst:.2f}x; "
+        f"target within {TARGET_RATIO:.0f}x: {verdict})"
     )
-    log(f"{'bare smtplib loop, one connection':<66} {bare_s:>8.2f} {bare_rate:>8.1f}")
-    verdict = "met" if ratio <= TARGET_RATIO else "missed"
-    log(f"\nbare / outbox: {ratio:.2f}x (target within {TARGET_RATIO:.0f}x: {verdict})")
     return 0
 
 
