@@ -16,9 +16,10 @@ processes) running `smtp_sync.send_outbound`: claim, sending limits, SMTP (one c
 reused per process for a burst), and by default the copy in the account's Sent folder on the
 private Dovecot (APPEND before sending, its keyword removed after; the copy stored in the mail
 store), then `sent`. A batch's messages due together reach the worker as bursts (one task per
-up to OUTBOX_BURST_MAX messages of the account: messages.outbox_burst). --no-sent-copy runs
-the account as one whose server files sent mail itself (saveSentCopy false: no IMAP). The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a
-process of its own) accepts and counts every message. The account's sending limits are lifted
+up to OUTBOX_BURST_MAX messages of the account: messages.outbox_burst).
+--no-sent-copy runs the account as one whose server files sent mail itself (saveSentCopy
+false: no IMAP). The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a process of its
+own) accepts and counts every message. The account's sending limits are lifted
 for the run.
 
 The bare loop: smtplib, one connection, AUTH, then `sendmail` of each message's MIME bytes (the

@@ -80,6 +80,12 @@ def _address(person: Person) -> Address:
     return Address(display_name=person.name, addr_spec=person.address)
 
 
+@lru_cache(maxsize=256)
+def _from_header(sender: Person) -> object:
+    """The From header of SENDER, parsed once: a batch's messages share their sender."""
+    return POLICY.header_factory("From", _address(sender))
+
+
 def mime_build(mail: MimeInput) -> bytes:
     """The message as it goes on the wire (CRLF line ends).
 
@@ -125,7 +131,7 @@ def _headers(mail: MimeInput) -> EmailMessage:
     """The message's own headers (no content yet)."""
     message = EmailMessage(policy=POLICY)
     message["Date"] = format_datetime(mail.date)
-    message["From"] = _address(mail.sender)
+    message["From"] = _from_header(mail.sender)
     if mail.to:
         message["To"] = [_address(p) for p in mail.to]
     elif not mail.cc:

@@ -4,11 +4,13 @@ refuses (addresses, header injection, sizes, states) is the outbox service's to 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from messages.models import OutboundMessage, OutboundRecipient
 
@@ -20,19 +22,27 @@ from .serializers import DeliveryReportOutput, Person, _people
 MAX_TEXT_CHARS = 10 * 1024 * 1024
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _no_surrogates(value: str) -> None:
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
+    if _SURROGATE.search(value):
         raise serializers.ValidationError("Contains invalid characters (lone surrogates).")
 
 
 class TextInput(serializers.CharField):
-    """Text taken exactly as given (no trimming: a trailing CR LF is refused, not hidden)."""
+    """Text taken exactly as given (no trimming: a trailing CR LF is refused, not hidden).
+    Lone surrogates are refused by one regular expression, instead of DRF's check, which
+    looks at the text a character at a time in Python (a tenth of a batch's time)."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
         kwargs.setdefault("required", False)
         kwargs.setdefault("allow_blank", True)
         super().__init__(**kwargs)
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitSurrogateCharactersValidator)
+        ]
         self.validators.append(_no_surrogates)
 
 
