@@ -24,8 +24,9 @@ for the run.
 
 The bare loop: smtplib, one connection, AUTH, then `sendmail` of each message's MIME bytes (the
 very bytes the outbox built) to its recipient, in sequence. The machine drifts, so the two are
-alternated, --rounds times (2 by default); the ratio is of the totals, and each round's must
-meet the target too.
+alternated, --rounds times (2 by default); in each round the bare loop runs twice, once what
+the outbox run left behind has settled, and its faster time counts. The ratio is of the
+totals, and each round's must meet the target too.
 
 Bench data: the Django user `bench-smtp-send` and a Dovecot user, removed afterwards. The
 database is migrated first.
@@ -68,6 +69,7 @@ from smtp_sync.accounts import ImapAccountInput, imap_account_create  # noqa: E4
 
 BENCH_USERNAME = "bench-smtp-send"
 TARGET_RATIO = 2.0
+SETTLE_SECONDS = 2.0
 BODY = (
     "Hello,\n\nthe figures for the quarter are in; the summary follows below, the details in "
     "the shared folder.\n\n" + "A line of the report, long enough to look like prose. " * 30
@@ -182,7 +184,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=200,
+        help="messages sent first, not counted (every worker process warm)",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
@@ -270,7 +277,9 @@ def main() -> int:
             messages = [
                 (account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows
             ]
-            rounds.append((submit_s, outbox_s, bare_run(sink.port, messages)))
+            time.sleep(SETTLE_SECONDS)  # the worker's last copies, PostgreSQL's autovacuum
+            bare_s = min(bare_run(sink.port, messages) for _ in range(2))
+            rounds.append((submit_s, outbox_s, bare_s))
             before = sink.received()
     finally:
         if worker is not None:
