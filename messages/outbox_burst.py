@@ -104,8 +104,9 @@ def outbound_deliver_burst(outbound_ids: Sequence[int], sender: OutboundSender) 
         and (o.next_attempt_at is None or o.next_attempt_at <= now)
     ]
     outcome: Counter[str] = Counter()
+    ready_ids = {o.pk for o in ready}
     for outbound in rows:
-        if outbound not in ready:
+        if outbound.pk not in ready_ids:
             outcome.update(outbound_deliver(outbound.pk, sender).keys())
     limits = SendLimits.of(account)
     while ready:
