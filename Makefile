@@ -75,7 +75,8 @@ audit: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) scripts/audit.py
 
 # 2,000 messages through the outbox API to a local SMTP server (aiosmtpd), API call to "sent",
-# next to a bare smtplib loop over one connection. Options: BENCH_ARGS="--no-sent-copy".
+# next to a bare smtplib loop over one connection; the send path and the path with the Sent
+# copy. Options: BENCH_ARGS="--paths send --rounds 3".
 bench-smtp: bootstrap-test
 	$(SERVICES) exec --temp -- $(PY) bench/smtp_send.py $(BENCH_ARGS)
 
