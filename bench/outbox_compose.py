@@ -43,20 +43,10 @@ from knox.models import AuthToken  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
 from bench.benchdata import bench_user_remove  # noqa: E402
-from bench.smtp_send import BODY  # noqa: E402
+from bench.smtp_send import message as item  # noqa: E402
 from messages.models import Account  # noqa: E402
 
 BENCH_USERNAME = "bench-outbox-compose"
-
-
-def item(account: Account, i: int) -> dict:
-    return {
-        "account": account.pk,
-        "to": [{"name": f"Recipient {i}", "address": f"rcpt{i}@example.org"}],
-        "subject": f"Quarterly figures, part {i}",
-        "text": BODY,
-        "send": True,
-    }
 
 
 def post(client: APIClient, account: Account, size: int, start: int) -> None:
