@@ -55,7 +55,7 @@ from .outbox_mime import (
     reply_references,
     reply_subject,
 )
-from .outbox_states import outbound_cancel, outbound_queue
+from .outbox_states import outbound_cancel, outbound_queue, queued_fields
 from .selectors import User
 from .services import attachment_ensure_stored
 
@@ -343,13 +343,8 @@ def outbound_composed(
     ]
     if send:
         raw = _queue_checked(outbound, attachments, has_recipients=bool(people))
-        now = now or timezone.now()
-        # The fields outbox_states.outbound_queue sets on draft -> queued.
-        outbound.state = State.QUEUED
-        outbound.raw, outbound.size = raw, len(raw)
-        outbound.send_at, outbound.queued_at = send_at, now
-        outbound.next_attempt_at = send_at or now
-        outbound.last_error = ""
+        for name, value in queued_fields(raw, send_at, now).items():
+            setattr(outbound, name, value)
     return Composed(outbound, _recipient_rows(outbound, people), attachments)
 
 

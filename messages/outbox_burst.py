@@ -4,8 +4,9 @@ over the sender's one connection, with their state changes made in bulk.
 
 The rules are those of one message (messages.outbox_delivery); only the bookkeeping is
 shared. In chunks of CHUNK messages:
-- a sending slot per message (outbox_limits); when a window is full, the chunk's rest and the
-  burst's rest wait for the slot, as one message would (no attempt counted);
+- a sending slot per message (outbox_limits, the chunk's in one call); when a window is full,
+  the chunk's rest and the burst's rest wait for the slot, as one message would (no attempt
+  counted);
 - the chunk is claimed at once (queued and due -> sending, one attempt each; rows another
   worker holds are left to it);
 - each message is sent; the ones every recipient accepted go to `sent` together (recipients
@@ -22,6 +23,11 @@ before any resend, as for one message cut there (the window is one chunk instead
 message).
 Messages not queued and due (unknown ones to resolve, a cancel that won the race, a retry
 not due yet) and an account that cannot send take the one-message path.
+
+A sender may offer more than OutboundSender for bursts, each used when present: `held()` (a
+context in which its sessions are kept for the burst), `before_sending(claimed)` (the chunk's
+preparation, e.g. its copies in Sent at once) and `after_sent_many(sent)` (the copies stored
+together).
 """
 
 from __future__ import annotations

@@ -47,22 +47,28 @@ def _transition(
     return outbound
 
 
+def queued_fields(
+    raw: bytes, send_at: datetime | None, now: datetime | None = None
+) -> dict[str, object]:
+    """What draft -> queued sets: the MIME bytes fixed, due at SEND_AT (NOW when None). Also
+    for a message composed and queued at once (messages.outbox), not yet stored."""
+    now = now or timezone.now()
+    return {
+        "state": State.QUEUED,
+        "raw": raw,
+        "size": len(raw),
+        "send_at": send_at,
+        "queued_at": now,
+        "next_attempt_at": send_at or now,
+        "last_error": "",
+    }
+
+
 def outbound_queue(
     outbound_id: int, raw: bytes, send_at: datetime | None = None
 ) -> OutboundMessage | None:
     """draft -> queued with its MIME bytes fixed; due at SEND_AT (now when None)."""
-    now = timezone.now()
-    return _transition(
-        outbound_id,
-        [State.DRAFT],
-        state=State.QUEUED,
-        raw=raw,
-        size=len(raw),
-        send_at=send_at,
-        queued_at=now,
-        next_attempt_at=send_at or now,
-        last_error="",
-    )
+    return _transition(outbound_id, [State.DRAFT], **queued_fields(raw, send_at))
 
 
 def outbound_cancel(outbound_id: int) -> OutboundMessage | None:
