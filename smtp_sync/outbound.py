@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.utils import timezone
 
@@ -283,17 +284,24 @@ class SmtpOutboundSender:
 
     def after_sent(self, outbound: OutboundMessage, *, found: bool) -> Message | None:
         """Make sure Sent has the copy (\\Seen, no keyword) and store it; the stored one."""
-        return self.after_sent_many([outbound]).get(outbound.pk)
+        return self.after_sent_many([outbound], just_sent=not found).get(outbound.pk)
 
-    def after_sent_many(self, sent: list[OutboundMessage]) -> dict[int, Message | None]:
+    def after_sent_many(
+        self, sent: list[OutboundMessage], *, just_sent: bool = True
+    ) -> dict[int, Message | None]:
         """`after_sent` for several messages: one session, one FETCH, the copies stored in one
-        batch; the stored ones by outbound id."""
+        batch; the stored ones by outbound id. JUST_SENT: sent by this sender now, so the
+        server's own copies are looked for among the recent messages only (not after a lost
+        outcome, which may be days old)."""
         with self._imap() as conn:
             folder = _sent_folder(self.account, conn)
             copies = {o.pk: self._copies.pop(o.pk) for o in sent if o.pk in self._copies}
             missing = [o for o in sent if o.pk not in copies]
+            # The server's own copies of what was just sent: received since yesterday (a
+            # day's margin for its clock and time zone), not a search of all of Sent.
+            since = (timezone.now() - timedelta(days=1)).date() if just_sent else None
             found = (
-                conn.search_message_ids(folder, [o.message_id_header for o in missing])
+                conn.search_message_ids(folder, [o.message_id_header for o in missing], since=since)
                 if missing
                 else {}
             )

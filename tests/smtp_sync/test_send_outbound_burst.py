@@ -80,6 +80,34 @@ def test_a_burst_without_copies_in_sent(imap_account, imap_user, smtp_for):
     assert all(fresh(o).sent_message_id is None for o in outbounds)
 
 
+def test_a_server_that_files_sent_mail_itself_gets_its_copies_found_and_stored(
+    imap_account, imap_user, smtp_for
+):
+    """saveSentCopy false (as for Gmail's SMTP): the platform appends nothing; the copies the
+    server filed in Sent are found after the burst, stored, and linked to their messages."""
+    smtp_for()
+    Account.objects.filter(pk=imap_account.pk).update(sync_settings={"saveSentCopy": False})
+    account = Account.objects.get(pk=imap_account.pk)
+    imap_user.append("Sent", b"Subject: not this one\r\nMessage-ID: <other@x>\r\n\r\nx\r\n")
+    outbounds = compose(account, 3)
+
+    class FilingServer(SmtpOutboundSender):
+        def send(self, outbound, recipients):
+            results = super().send(outbound, recipients)
+            imap_user.append("Sent", bytes(outbound.raw), flags=("\\Seen",))
+            return results
+
+    sender = FilingServer(account)
+    with sender.held():
+        assert outbound_deliver_burst([o.pk for o in outbounds], sender) == {"sent": 3}
+
+    for outbound in outbounds:
+        assert sent_folder(imap_user, outbound) == [{"\\Seen"}]
+        copy = Message.objects.get(pk=fresh(outbound).sent_message_id)
+        assert copy.message_id_header == outbound.message_id_header
+        assert copy.locations.get().folder.name == "Sent"
+
+
 def test_one_refusal_in_a_burst_fails_only_that_message(imap_account, imap_user, smtp_for):
     server = smtp_for(SmtpBehaviour(rcpt_replies={"r1@example.net": "550 5.1.1 No such user"}))
     outbounds = compose(imap_account, 3)
