@@ -28,11 +28,13 @@ Two paths, each run every round:
 The SMTP server (bench/smtp_sink_process.py, aiosmtpd in a process of its own) accepts and
 counts every message. The account's sending limits are lifted for the run.
 
-The bare loop: smtplib, one connection, AUTH, then `sendmail` of each message's MIME bytes (the
-very bytes the outbox built) to its recipient, in sequence. The machine drifts, so the outbox
-runs and the bare loop alternate, --rounds times; in each round the bare loop runs twice, once
-what the outbox runs left behind has settled, and its faster time counts. The ratio is of the
-totals, and each round's must meet the target too.
+Each path sends from its own account (its own Dovecot user: the copy path's Sent folder grows,
+the send path's holds what its server would file). The bare loop: smtplib, one connection,
+AUTH, then `sendmail` of each message's MIME bytes (the very bytes the outbox built) to its
+recipient, in sequence. The machine drifts, so for each path the outbox run and the bare loop
+alternate, --rounds times; in each round the bare loop runs twice, once what the outbox run
+left behind has settled, and its faster time counts. The ratio is of the totals, and each
+round's must meet the target too.
 
 Bench data: the Django user `bench-smtp-send` and a Dovecot user, removed afterwards. The
 database is migrated first.
@@ -50,6 +52,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -179,42 +182,62 @@ def outbox_run(
     return ids, submitted - start, done - start
 
 
-def copy_set(account: Account, path: str) -> None:
-    """The account's Sent copy for PATH (the worker reads the account at each task)."""
-    account.sync_settings = {**account.sync_settings, "saveSentCopy": path == "copy"}
+def sender_account(
+    owner: Any, path: str, login: str, password: str, host: str, imap_port: int, smtp_port: int
+) -> Account:
+    """The account PATH sends from: its own Dovecot user (its own Sent folder), the SMTP sink,
+    its sending limits lifted; it saves its copy in Sent only for the copy path."""
+    account = imap_account_create(
+        owner=owner,
+        data=ImapAccountInput(
+            email_address=f"{login}@example.com",
+            display_name="Bench Sender",
+            imap_host=host,
+            imap_port=imap_port,
+            imap_security="none",
+            username=login,
+            password=password,
+            smtp_host="127.0.0.1",
+            smtp_port=smtp_port,
+            smtp_security="none",
+            allow_internal=True,
+        ),
+        start_sync=False,
+    )
+    account.sync_settings = {
+        **(account.sync_settings or {}),
+        "sendPerMinute": 10**7,
+        "sendPerDay": 10**7,
+        "saveSentCopy": path == "copy",
+    }
     account.save(update_fields=["sync_settings"])
+    return account
 
 
-def report(
-    rounds: list[tuple[dict[str, tuple[float, float]], float]],
-    paths: list[str],
-    n: int,
-    submitted_by: str,
-) -> None:
+def report(rounds: dict[str, list[tuple[float, float, float]]], n: int, submitted_by: str) -> None:
     log("")
     log(f"{'path':<66} {'seconds':>8} {'msg/s':>8}")
-    for number, (runs, bare_s) in enumerate(rounds, 1):
-        log(f"round {number}")
-        for path in paths:
-            submit_s, outbox_s = runs[path]
-            log(f"  {PATHS[path]}")
+    for path, runs in rounds.items():
+        log(PATHS[path])
+        for number, (submit_s, outbox_s, bare_s) in enumerate(runs, 1):
+            log(f"  round {number}")
             submitted = f"outbox: {submitted_by} (201 queued), in sequence"
             log(f"    {submitted:<62} {submit_s:>8.2f} {n / submit_s:>8.1f}")
             end_to_end = "outbox end to end: first API call -> all sent"
             log(f"    {end_to_end:<62} {outbox_s:>8.2f} {n / outbox_s:>8.1f}")
-        log(f"  {'bare smtplib loop, one connection':<64} {bare_s:>8.2f} {n / bare_s:>8.1f}")
-    bare_total = sum(bare_s for _, bare_s in rounds)
+            bare = "bare smtplib loop, one connection"
+            log(f"    {bare:<62} {bare_s:>8.2f} {n / bare_s:>8.1f}")
     log("")
-    for path in paths:
-        ratio = sum(runs[path][1] for runs, _ in rounds) / bare_total
-        worst = max(runs[path][1] / bare_s for runs, bare_s in rounds)
+    for path, runs in rounds.items():
+        ratio = sum(r[1] for r in runs) / sum(r[2] for r in runs)
+        worst = max(r[1] / r[2] for r in runs)
         if path == "send":
             met = ratio <= TARGET_RATIO and worst <= TARGET_RATIO
             verdict = f"target within {TARGET_RATIO:.0f}x: {'met' if met else 'missed'}"
         else:
             verdict = "the bare loop writes no copy and stores nothing: reported, no target"
         log(
-            f"bare / outbox, {path}: {ratio:.2f}x over {len(rounds)} rounds (worst round "
+            f"bare / outbox, {path}: {ratio:.2f}x over {len(runs)} rounds (worst round "
             f"{worst:.2f}x; {verdict})"
         )
 
@@ -272,34 +295,15 @@ def main() -> int:
     bench_user_remove(BENCH_USERNAME)
 
     work = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
-    imap_user, imap_password = dovecot_user(users_dir)
+    logins = {path: dovecot_user(users_dir) for path in paths}
     sink = Sink()
     worker = None
     try:
         owner = get_user_model().objects.create_user(BENCH_USERNAME)
-        account = imap_account_create(
-            owner=owner,
-            data=ImapAccountInput(
-                email_address=f"{imap_user}@example.com",
-                display_name="Bench Sender",
-                imap_host=host,
-                imap_port=imap_port,
-                imap_security="none",
-                username=imap_user,
-                password=imap_password,
-                smtp_host="127.0.0.1",
-                smtp_port=sink.port,
-                smtp_security="none",
-                allow_internal=True,
-            ),
-            start_sync=False,
-        )
-        account.sync_settings = {
-            **(account.sync_settings or {}),
-            "sendPerMinute": 10**7,
-            "sendPerDay": 10**7,
+        accounts = {
+            path: sender_account(owner, path, *logins[path], host, imap_port, sink.port)
+            for path in paths
         }
-        account.save(update_fields=["sync_settings"])
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(owner)[1]}")
 
@@ -317,36 +321,35 @@ def main() -> int:
             f"{platform.python_implementation()} {platform.python_version()}, "
             f"{os.cpu_count()} CPUs"
         )
-        for path in paths:
-            copy_set(account, path)
+        for account in accounts.values():
             outbox_run(client, account, args.warmup, args.batch)
-        bare_run(sink.port, [(account.email_address, "warm@example.org", b"Subject: w\r\n\r\nw")])
+        bare_run(sink.port, [("warm@example.com", "warm@example.org", b"Subject: w\r\n\r\nw")])
 
-        rounds = []  # ({path: (seconds to submit, seconds until all sent)}, bare loop seconds)
-        for _ in range(args.rounds):
-            runs = {}
-            for path in paths:
-                copy_set(account, path)
+        # {path: [(seconds to submit, seconds until all sent, bare loop seconds), ...]}
+        rounds: dict[str, list[tuple[float, float, float]]] = {path: [] for path in paths}
+        for path, account in accounts.items():
+            for _ in range(args.rounds):
                 before = sink.received()
                 ids, submit_s, outbox_s = outbox_run(client, account, args.messages, args.batch)
                 received = sink.received() - before
                 if received != args.messages:
                     raise SystemExit(f"the SMTP server received {received} of {args.messages}")
-                runs[path] = (submit_s, outbox_s)
-            rows = OutboundMessage.objects.filter(pk__in=ids).order_by("id")
-            messages = [
-                (account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows
-            ]
-            time.sleep(SETTLE_SECONDS)  # the worker's last copies, PostgreSQL's autovacuum
-            rounds.append((runs, min(bare_run(sink.port, messages) for _ in range(2))))
+                rows = OutboundMessage.objects.filter(pk__in=ids).order_by("id")
+                messages = [
+                    (account.email_address, r.recipients.get().address, bytes(r.raw)) for r in rows
+                ]
+                time.sleep(SETTLE_SECONDS)  # the worker's last copies, PostgreSQL's autovacuum
+                bare_s = min(bare_run(sink.port, messages) for _ in range(2))
+                rounds[path].append((submit_s, outbox_s, bare_s))
     finally:
         if worker is not None:
             worker.stop()
         sink.stop()
         bench_user_remove(BENCH_USERNAME)
-        (users_dir / imap_user).unlink(missing_ok=True)
+        for login, _password in logins.values():
+            (users_dir / login).unlink(missing_ok=True)
 
-    report(rounds, paths, args.messages, submit_path(args.batch))
+    report(rounds, args.messages, submit_path(args.batch))
     return 0
 
 
