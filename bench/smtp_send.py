@@ -260,8 +260,9 @@ def main() -> int:
     parser.add_argument(
         "--warmup",
         type=int,
-        default=200,
-        help="messages sent first, not counted (every worker process warm)",
+        default=None,
+        help="messages each path sends first, not counted (default: --messages, a round: the "
+        "worker processes warm, and the tables past the growth that sets off autovacuum)",
     )
     parser.add_argument(
         "--rounds",
@@ -282,6 +283,8 @@ def main() -> int:
         "mail itself: saveSentCopy false), copy (the copy appended to Sent and stored)",
     )
     args = parser.parse_args()
+    if args.warmup is None:
+        args.warmup = args.messages
     paths = [p for p in args.paths.split(",") if p]
     if not paths or set(paths) - set(PATHS):
         parser.error(f"--paths: a list of {', '.join(PATHS)}")
