@@ -56,19 +56,7 @@ def outbox_dispatch(outbound: OutboundMessage) -> bool:
     """Enqueue OUTBOUND's send task on its provider's queue once the current transaction
     commits, to run at next_attempt_at; False when it is not enqueued now (its provider
     cannot send, or it is due beyond the horizon: the sweeper enqueues it later)."""
-    provider = outbound.account.provider
-    task_name = topics.OUTBOUND_SEND_TASKS.get(provider)
-    if task_name is None:
-        logger.warning("outbound %s: provider %s cannot send", outbound.pk, provider)
-        return False
-    due = outbound.next_attempt_at
-    horizon = timedelta(seconds=settings.OUTBOX_ETA_HORIZON_SECONDS)
-    if due is not None and due > timezone.now() + horizon:
-        return False
-    outbound_id = outbound.pk
-    queue = topics.PROVIDER_QUEUES[provider]
-    transaction.on_commit(lambda: _send(task_name, outbound_id, queue, due))
-    return True
+    return outbox_dispatch_many([outbound]) == 1
 
 
 def outbox_dispatch_many(outbounds: Sequence[OutboundMessage]) -> int:

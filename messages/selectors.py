@@ -8,7 +8,7 @@ Objects of accounts being deleted are hidden, except the account itself (its sta
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.postgres.expressions import ArraySubquery
@@ -269,9 +269,10 @@ def outbound_list(*, user: User) -> QuerySet[OutboundMessage]:
     )
 
 
-def _outbound_detailed(user: User) -> QuerySet[OutboundMessage]:
+def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
+    """One outbound message with its recipients, attachments and delivery reports."""
     return (
-        OutboundMessage.objects.filter(account__in=_visible_accounts(user))
+        OutboundMessage.objects.filter(account__in=_visible_accounts(user), pk=outbound_id)
         .defer("raw")
         .select_related("account")
         .prefetch_related(
@@ -279,18 +280,8 @@ def _outbound_detailed(user: User) -> QuerySet[OutboundMessage]:
             Prefetch("attachments", queryset=OutboundAttachment.objects.order_by("id")),
             Prefetch("reports", queryset=DeliveryReport.objects.order_by("id")),
         )
+        .first()
     )
-
-
-def outbound_get(*, user: User, outbound_id: int) -> OutboundMessage | None:
-    """One outbound message with its recipients, attachments and delivery reports."""
-    return _outbound_detailed(user).filter(pk=outbound_id).first()
-
-
-def outbound_get_many(*, user: User, ids: Sequence[int]) -> list[OutboundMessage]:
-    """`outbound_get` for several, in the order of IDS (those found)."""
-    found = {o.pk: o for o in _outbound_detailed(user).filter(pk__in=list(ids))}
-    return [found[pk] for pk in ids if pk in found]
 
 
 # Changes feed ------------------------------------------------------------------------------

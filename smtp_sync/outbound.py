@@ -318,7 +318,7 @@ class SmtpOutboundSender:
             unconfirmed = [c.uid for c in copies.values() if not c.confirmed]
             if unconfirmed:
                 conn.set_flags(unconfirmed, [SENDING_KEYWORD], add=False)
-            searched = [c.uid for pk, c in copies.items() if not c.appended]
+            searched = [c.uid for c in copies.values() if not c.appended]
             if searched:
                 conn.set_flags(searched, [SEEN], add=True)
             fetched = conn.fetch_messages(sorted({c.uid for c in copies.values()}))
