@@ -18,8 +18,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from .bulk_insert import bulk_insert
 from .events import events_record_accounts
-from .models import OutboundAttachment, OutboundMessage, OutboundRecipient
+from .models import OutboundAttachment, OutboundMessage
 from .outbox import Composed, OutboxRefused, Owned, outbound_composed
 from .outbox_dispatch import outbox_dispatch_many
 from .selectors import User
@@ -56,10 +57,11 @@ def outbound_store(composed: Sequence[Composed]) -> list[OutboundMessage]:
     if not outbounds:
         return []
     with transaction.atomic():
-        OutboundMessage.objects.bulk_create(outbounds)
-        OutboundRecipient.objects.bulk_create(
-            [recipient for c in composed for recipient in c.recipients]
-        )
+        bulk_insert(outbounds)
+        recipients = [recipient for c in composed for recipient in c.recipients]
+        for recipient in recipients:
+            recipient.outbound_id = recipient.outbound.pk
+        bulk_insert(recipients)
         attachments = [attachment for c in composed for attachment in c.attachments]
         if attachments:
             OutboundAttachment.objects.bulk_create(attachments)

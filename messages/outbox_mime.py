@@ -80,24 +80,85 @@ def _address(person: Person) -> Address:
     return Address(display_name=person.name, addr_spec=person.address)
 
 
-@lru_cache(maxsize=256)
-def _from_header(sender: Person) -> object:
-    """The From header of SENDER, parsed once: a batch's messages share their sender."""
-    return POLICY.header_factory("From", _address(sender))
-
-
 def mime_build(mail: MimeInput) -> bytes:
     """The message as it goes on the wire (CRLF line ends).
 
     A message without attachments is its own headers followed by its content (the
-    Content-* headers, MIME-Version and the encoded body), each built by EmailMessage; the
-    content is built once for messages that share it (a batch to many people)."""
+    Content-* headers, MIME-Version and the encoded body, built by EmailMessage once for
+    messages that share it: a batch to many people)."""
     if mail.attachments:
         return _message(mail).as_bytes(policy=POLICY)
-    head = _headers(mail).as_bytes(policy=POLICY)
-    if not head.endswith(b"\r\n\r\n"):
-        raise ValueError("the header block does not end with an empty line")
-    return head[:-2] + _content(mail.text, mail.html)
+    return _head(mail) + _content(mail.text, mail.html)
+
+
+def _head(mail: MimeInput) -> bytes:
+    """The header lines of `_headers(mail)`, byte for byte as EmailMessage writes them (a
+    property test holds them equal), without building the message: a header whose text is
+    already short plain ASCII (the common case) is written as it stands; any other is folded
+    and encoded by the email package, one header at a time."""
+    lines = [_line("Date", format_datetime(mail.date)), _from_line(mail.sender)]
+    if mail.to:
+        lines.append(_address_line("To", tuple(mail.to)))
+    elif not mail.cc:
+        lines.append(b"To: undisclosed-recipients:;\r\n")
+    if mail.cc:
+        lines.append(_address_line("Cc", tuple(mail.cc)))
+    lines.append(_line("Subject", mail.subject))
+    lines.append(_line("Message-ID", mail.message_id))
+    if mail.in_reply_to:
+        lines.append(_line("In-Reply-To", mail.in_reply_to))
+    if mail.references:
+        lines.append(_line("References", " ".join(mail.references)))
+    return b"".join(lines)
+
+
+# Header text that the email package writes unchanged: printable ASCII, no encoded-word
+# look-alike, not starting or ending with a space, on one line of at most 78 characters.
+_PLAIN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+# A display name written without quotes: atoms (no specials, no "=" or "?") one space apart.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/^_`{|}~-]+)*")
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+def _fits(name: str, text: str) -> bool:
+    return len(name) + 2 + len(text) <= POLICY.max_line_length
+
+
+def _line(name: str, text: str) -> bytes:
+    if _fits(name, text) and _PLAIN.fullmatch(text) and "=?" not in text:
+        return f"{name}: {text}\r\n".encode("ascii")
+    return _folded(name, text)
+
+
+def _folded(name: str, value: object) -> bytes:
+    """NAME's line(s) as EmailMessage writes them (SMTP policy, 7-bit)."""
+    return POLICY.fold_binary(*POLICY.header_store_parse(name, value))
+
+
+def _plain_address(person: Person) -> str | None:
+    if not _PLAIN_ADDRESS.fullmatch(person.address):
+        return None
+    if not person.name:
+        return person.address
+    return f"{person.name} <{person.address}>" if _PLAIN_NAME.fullmatch(person.name) else None
+
+
+def _address_line(name: str, people: tuple[Person, ...]) -> bytes:
+    plain = [_plain_address(p) for p in people]
+    if None not in plain:
+        text = ", ".join(plain)  # type: ignore[arg-type]
+        if _fits(name, text):
+            return f"{name}: {text}\r\n".encode("ascii")
+    return _folded(name, [_address(p) for p in people])
+
+
+@lru_cache(maxsize=256)
+def _from_line(sender: Person) -> bytes:
+    """The From line of SENDER, made once: a batch's messages share their sender."""
+    return _address_line("From", (sender,))
 
 
 @lru_cache(maxsize=32)
@@ -131,7 +192,7 @@ def _headers(mail: MimeInput) -> EmailMessage:
     """The message's own headers (no content yet)."""
     message = EmailMessage(policy=POLICY)
     message["Date"] = format_datetime(mail.date)
-    message["From"] = _from_header(mail.sender)
+    message["From"] = _address(mail.sender)
     if mail.to:
         message["To"] = [_address(p) for p in mail.to]
     elif not mail.cc:
