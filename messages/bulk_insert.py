@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Field, Model
 
 
@@ -25,17 +25,23 @@ def bulk_insert(objs: Sequence[Model]) -> None:
     if not objs:
         return
     fields, sql = _statement(type(objs[0]))
+    db = connections[DEFAULT_DB_ALIAS]  # the connection itself: `connection` is a proxy
     params = []
     for field in fields:
-        values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in objs]
+        prep = field.get_db_prep_save
+        if type(field).pre_save is Field.pre_save:  # no auto_now and the like: the attribute
+            attname = field.attname
+            values = [prep(getattr(obj, attname), db) for obj in objs]
+        else:
+            values = [prep(field.pre_save(obj, True), db) for obj in objs]
         params.append([_array_literal(v) for v in values] if _is_array(field) else values)
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, params)
         ids = [row[0] for row in cursor.fetchall()]
     for obj, pk in zip(objs, ids, strict=True):
         obj.pk = pk
         obj._state.adding = False
-        obj._state.db = connection.alias
+        obj._state.db = db.alias
 
 
 @functools.cache

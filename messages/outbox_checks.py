@@ -15,10 +15,14 @@ from email.headerregistry import Address
 
 # CR, LF, NUL and every other line boundary of str.splitlines().
 LINE_BREAKING = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+_LINE_BREAK = re.compile("[" + re.escape("".join(sorted(LINE_BREAKING))) + "]")
 # In an address: no control character, space, or the characters that add a display name,
 # a comment, a second address or a route.
 _ADDRESS_FORBIDDEN = re.compile(r'[\x00-\x20\x7f<>(),;:"\[\]\\]')
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# A local part of dot-separated atoms (RFC 5322 dot-atom): the email package's parse of it
+# gives it back unchanged, so it need not be parsed.
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _ADDRESS_LIKE = re.compile(r"[^\s<>\"'@]+@[^\s<>\"'@]+\.[^\s<>\"'@]+")
 MAX_ADDRESS_CHARS = 254
 
@@ -29,7 +33,7 @@ class HeaderValueError(ValueError):
 
 def header_safe(value: str, what: str) -> str:
     """VALUE unchanged, or HeaderValueError when it could end a header line."""
-    if any(ch in LINE_BREAKING for ch in value):
+    if _LINE_BREAK.search(value):
         raise HeaderValueError(f"The {what} contains a line break or NUL: not allowed in mail.")
     return value
 
@@ -66,6 +70,8 @@ def address_normalized(value: str) -> str:
     if not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise HeaderValueError(f"{value!r}: the domain is not a valid host name.")
     normalized = f"{local}@{ascii_domain}"
+    if _DOT_ATOM.fullmatch(local):
+        return normalized
     try:
         parsed = Address(addr_spec=normalized)
     except (HeaderParseError, ValueError, IndexError):
