@@ -66,7 +66,7 @@ from .outbox_states import (
 logger = logging.getLogger(__name__)
 
 State = OutboundMessage.State
-CHUNK = 25
+CHUNK = 50
 
 # (until, reason): the rest of a burst waits until then; reason None keeps their own.
 Stop = tuple[datetime, str | None]

@@ -41,8 +41,9 @@ def compose(account: Account, count: int, **kwargs) -> list[OutboundMessage]:
 
 
 def test_a_burst_sends_each_message_once_over_one_connection_with_its_copy(
-    imap_account, imap_user, smtp_for
+    imap_account, imap_user, smtp_for, settings
 ):
+    settings.OUTBOUND_SEND_PER_MINUTE = 2 * CHUNK  # more than one chunk, all in one minute
     server = smtp_for()
     outbounds = compose(imap_account, CHUNK + 5)
     first_event = ChangeEvent.objects.order_by("-pk").values_list("pk", flat=True).first()
