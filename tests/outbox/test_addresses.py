@@ -16,7 +16,13 @@ _local_parts = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=
 
 
 @settings(max_examples=600, deadline=None)
-@given(local=_local_parts, domain=st.sampled_from(["example.org", "Bücher.example", "x.y"]))
+@given(
+    local=_local_parts,
+    domain=st.one_of(
+        st.sampled_from(["example.org", "Bücher.example", "example.org.", "x..y", "-x.y"]),
+        st.text(alphabet="ab0-.ü", max_size=12),
+    ),
+)
 def test_an_accepted_address_is_written_back_unchanged(local: str, domain: str) -> None:
     try:
         address = address_normalized(f"{local}@{domain}")
@@ -28,7 +34,15 @@ def test_an_accepted_address_is_written_back_unchanged(local: str, domain: str) 
 
 @pytest.mark.parametrize(
     "value",
-    ["a..b@example.org", ".a@example.org", "a.@example.org", "a b@example.org", "a@b@example.org"],
+    [
+        "a..b@example.org",
+        ".a@example.org",
+        "a.@example.org",
+        "a b@example.org",
+        "a@b@example.org",
+        "a@example.org.",
+        "a@example..org",
+    ],
 )
 def test_misplaced_dots_spaces_and_second_ats_are_refused(value: str) -> None:
     with pytest.raises(HeaderValueError):
