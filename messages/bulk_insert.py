@@ -25,6 +25,7 @@ def bulk_insert(objs: Sequence[Model]) -> None:
     if not objs:
         return
     fields, sql = _statement(type(objs[0]))
+    _foreign_keys_take_ids(objs)
     db = connections[DEFAULT_DB_ALIAS]  # the connection itself: `connection` is a proxy
     params = []
     for field in fields:
@@ -42,6 +43,23 @@ def bulk_insert(objs: Sequence[Model]) -> None:
         obj.pk = pk
         obj._state.adding = False
         obj._state.db = db.alias
+
+
+def _foreign_keys_take_ids(objs: Sequence[Model]) -> None:
+    """A foreign key given as an object saved after it was assigned (a parent inserted just
+    before its children) takes that object's id, as `bulk_create` does."""
+    for field in _foreign_keys(type(objs[0])):
+        attname = field.attname
+        for obj in objs:
+            if getattr(obj, attname) is None and field.is_cached(obj):
+                related = field.get_cached_value(obj)
+                if related is not None:
+                    setattr(obj, attname, related.pk)
+
+
+@functools.cache
+def _foreign_keys(model: type[Model]) -> list[Field]:
+    return [f for f in model._meta.concrete_fields if f.many_to_one]
 
 
 @functools.cache

@@ -58,10 +58,7 @@ def outbound_store(composed: Sequence[Composed]) -> list[OutboundMessage]:
         return []
     with transaction.atomic():
         bulk_insert(outbounds)
-        recipients = [recipient for c in composed for recipient in c.recipients]
-        for recipient in recipients:
-            recipient.outbound_id = recipient.outbound.pk
-        bulk_insert(recipients)
+        bulk_insert([recipient for c in composed for recipient in c.recipients])
         attachments = [attachment for c in composed for attachment in c.attachments]
         if attachments:
             OutboundAttachment.objects.bulk_create(attachments)
