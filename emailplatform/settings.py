@@ -219,7 +219,9 @@ OUTBOUND_ACCOUNT_WAIT_GIVE_UP_SECONDS = env.int(
 # The message pipeline (messages.batches, messages.batch_store). Producers (IMAP sync, import_mail)
 # publish new mail on `email_new_message` in batches of at most INGEST_BATCH_BYTES, and wait
 # while an account has INGEST_MAX_BATCHES_IN_FLIGHT of them not yet stored (backpressure: Redis
-# holds at most about 1.4 x bytes x in-flight per syncing account). A consumer holds a batch
+# holds at most about 1.4 x bytes x in-flight per syncing account for mail sent inline; an IMAP
+# batch on the queue is staged as one blob in the media storage instead, and Redis holds only
+# its references: topics.new_message_items_staged). A consumer holds a batch
 # under a lease that a heartbeat renews every third of INGEST_LEASE_SECONDS; a batch whose
 # consumer died (lease gone) is fetched and published again by its producer, and so is one
 # nobody took within INGEST_QUEUE_TIMEOUT_SECONDS (a broker that lost its queue).

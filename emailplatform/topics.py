@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,9 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 PAYLOAD_SCHEMA_VERSION = 1
 
 # JSON Schema of an EmailNewMessage payload. Each message carries its raw RFC 5322 bytes,
-# base64-encoded in "raw", or, for big ones, a reference to a staged blob in "rawRef".
+# base64-encoded in "raw", or a reference to a staged blob in "rawRef": the whole blob (a big
+# message), or the part "rawRange" [offset, length] of it (a batch's messages staged as one blob,
+# see `new_message_items_staged`).
 NEW_MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["schema", "accountId", "provider", "messages"],
@@ -128,8 +130,15 @@ NEW_MESSAGE_SCHEMA: dict[str, Any] = {
                     "internalDate": {"type": ["string", "null"], "format": "date-time"},
                     "raw": {"type": "string"},
                     "rawRef": {"type": "string", "pattern": "^staged/[0-9a-f-]+\\.eml$"},
+                    "rawRange": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 0},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
                     "includeAttachments": {"type": "boolean"},
                 },
+                "dependentRequired": {"rawRange": ["rawRef"]},
                 "additionalProperties": False,
             },
         },
@@ -189,9 +198,10 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
             reasons.append(f"{where}: {error.message}")
         raise PayloadError("; ".join(reasons))
     messages: list[IncomingMessage] = []
+    blobs: dict[str, bytes] = {}
     try:
         for index, item in enumerate(payload["messages"]):
-            messages.append(_incoming(item, index))
+            messages.append(_incoming(item, index, blobs))
     except BaseException:
         release_local_copies(messages)
         raise
@@ -204,14 +214,19 @@ def parse_new_message_payload(payload: Any) -> NewMessageBatch:
     )
 
 
-def _incoming(item: dict[str, Any], index: int) -> IncomingMessage:
+def _incoming(item: dict[str, Any], index: int, blobs: dict[str, bytes]) -> IncomingMessage:
+    """Item INDEX decoded; BLOBS: the batch blobs read so far (each read once per payload)."""
     copy = False
+    raw_file = None
     if "raw" in item:
         try:
             raw = base64.b64decode(item["raw"], validate=True)
         except ValueError as exc:
             raise PayloadError(f"messages/{index}/raw: not valid base64 ({exc})") from exc
-        staged_ref = raw_file = None
+        staged_ref = None
+    elif "rawRange" in item:
+        staged_ref = item["rawRef"]
+        raw = _staged_part(staged_ref, item["rawRange"], index, blobs)
     else:
         staged_ref = item["rawRef"]
         raw, raw_file, copy = _read_staged(staged_ref, index)
@@ -232,6 +247,27 @@ def _incoming(item: dict[str, Any], index: int) -> IncomingMessage:
         raw_file_is_copy=copy,
         server_id=item.get("serverId"),
     )
+
+
+def _staged_part(ref: str, span: list[int], index: int, blobs: dict[str, bytes]) -> bytes:
+    """The bytes SPAN [offset, length] of the batch blob REF."""
+    from emailplatform import object_storage
+
+    blob = blobs.get(ref)
+    if blob is None:
+        try:
+            blob = blobs[ref] = b"".join(object_storage.read_range(ref, 0, None))
+        except FileNotFoundError as exc:
+            raise PayloadError(
+                f"messages/{index}/rawRef: staged blob {ref} does not exist"
+            ) from exc
+    offset, length = span
+    if offset + length > len(blob):
+        raise PayloadError(
+            f"messages/{index}/rawRange: {offset}+{length} is past the end of {ref}"
+            f" ({len(blob)} bytes)"
+        )
+    return blob[offset : offset + length]
 
 
 def _read_staged(ref: str, index: int) -> tuple[bytes, str | None, bool]:
@@ -282,9 +318,10 @@ def stage_raw(raw: bytes | None = None, *, path: str | None = None) -> str:
 
 
 def delete_staged(refs: Iterable[str]) -> None:
+    """Delete the staged blobs REFS (a batch blob is named once per message: deleted once)."""
     from django.core.files.storage import default_storage
 
-    for ref in refs:
+    for ref in dict.fromkeys(refs):
         default_storage.delete(ref)
 
 
@@ -293,6 +330,7 @@ def new_message_item(
     *,
     raw_base64: str | None = None,
     raw_file: str | None = None,
+    raw_part: tuple[str, int, int] | None = None,
     provider_id: str | None = None,
     thread_id: str | None = None,
     folder: str | None = None,
@@ -305,11 +343,16 @@ def new_message_item(
 ) -> dict[str, Any]:
     """Build one message entry of an EmailNewMessage payload (RAW_FILE: the raw bytes are in
     this local file instead, always staged; RAW_BASE64: they are given already encoded, in
-    standard padded base64, and RAW is not read)."""
+    standard padded base64; RAW_PART: (ref, offset, length), they are staged already, in a
+    batch blob; RAW is not read with any of these)."""
     from django.conf import settings
 
     item: dict[str, Any] = {}
-    if raw_base64 is not None:
+    if raw_part is not None:
+        ref, offset, length = raw_part
+        item["rawRef"] = ref
+        item["rawRange"] = [offset, length]
+    elif raw_base64 is not None:
         if _base64_size(raw_base64) <= settings.INLINE_RAW_LIMIT_BYTES:
             item["raw"] = raw_base64
         else:
@@ -334,6 +377,25 @@ def new_message_item(
     if not include_attachments:
         item["includeAttachments"] = False
     return item
+
+
+def new_message_items_staged(raws: Sequence[bytes], fields: Sequence[dict[str, Any]]) -> list[dict]:
+    """The items of one batch whose raw bytes go to blob storage as one staged blob, each item
+    naming its part (FIELDS: each message's other `new_message_item` arguments).
+
+    Inline, a 4 MB batch crosses the queue as base64 inside JSON inside JSON: base64-encoded
+    and JSON-encoded by the producer, JSON-encoded again for the transport's envelope and for
+    Redis' copy of unacknowledged messages, decoded back by the consumer. In a profile of a
+    10,000-message full sync that was a quarter of the producer's CPU (JSON encoding alone).
+    A blob is written once and read once; the message is a few KB of references. The blob
+    lives as a big message's does: named in the batch's row, deleted once the batch is stored
+    or lost, swept if its producer died."""
+    ref = stage_raw(b"".join(raws))
+    items, offset = [], 0
+    for raw, kwargs in zip(raws, fields, strict=True):
+        items.append(new_message_item(b"", raw_part=(ref, offset, len(raw)), **kwargs))
+        offset += len(raw)
+    return items
 
 
 def _base64_size(encoded: str) -> int:

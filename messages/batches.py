@@ -133,7 +133,7 @@ class BatchPublisher:
             uidvalidity=folder.uidvalidity if folder is not None else None,
             uids=sorted(set(uids or [])),
             provider_ids=sorted(set(provider_ids)) if provider_ids is not None else None,
-            staged=[item["rawRef"] for item in items if "rawRef" in item],
+            staged=list(dict.fromkeys(item["rawRef"] for item in items if "rawRef" in item)),
             publisher=self.publisher,
             fetched_at=fetched_at,
         )
@@ -157,6 +157,12 @@ class BatchPublisher:
             self.in_flight.pop(row.pk, None)
             row.delete()
             raise
+
+    def queues(self, count: int, raw_bytes: int) -> bool:
+        """Whether a batch of COUNT messages of RAW_BYTES in all, none staged, goes to the
+        queue (rather than being stored here): its producer may then stage it as one blob
+        (`topics.new_message_items_staged`). Pure: safe from the prefetch thread."""
+        return not (self.inline or (self.inline_small and count and _small(count, raw_bytes)))
 
     def drain(self) -> DrainOutcome:
         """Wait until every batch published is stored or lost; return (and forget) what
@@ -291,12 +297,16 @@ def stores_inline(items: list[dict[str, Any]]) -> bool:
     IDLE-triggered pass's new mail is stored 20-40 ms sooner (measured). It is recorded and
     stored exactly as a consumer stores it (`batch_store`: the row locked, the rules of that
     module hold)."""
-    if not items or len(items) > settings.INGEST_INLINE_MAX_MESSAGES:
+    if not items or any("raw" not in item for item in items):
         return False
-    if any("raw" not in item for item in items):
-        return False
-    encoded = sum(len(item["raw"]) for item in items)
-    return encoded * 3 // 4 <= settings.INGEST_INLINE_MAX_BYTES
+    return _small(len(items), sum(len(item["raw"]) for item in items) * 3 // 4)
+
+
+def _small(count: int, raw_bytes: int) -> bool:
+    return (
+        count <= settings.INGEST_INLINE_MAX_MESSAGES
+        and raw_bytes <= settings.INGEST_INLINE_MAX_BYTES
+    )
 
 
 def _epoch() -> str | None:

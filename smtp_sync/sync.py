@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db.models import F
@@ -426,7 +427,7 @@ class ImapAccountSync:
                     items = [self._item(folder, m) for m in fetched if m.raw_file is not None]
             else:
                 fetched = conn.fetch_messages(uids_batch, include_body=True)
-                items = [self._item(folder, m) for m in fetched if m.raw is not None]
+                items = self._items(folder, [m for m in fetched if m.raw is not None])
             yield FetchedBatch(
                 asked=len(uids_batch),
                 uids=[m.uid for m in fetched if m.raw is not None or m.raw_file is not None],
@@ -474,27 +475,50 @@ class ImapAccountSync:
             message, folder.name, uid=message.uid, include_attachments=self.include_attachments
         )
 
+    def _items(self, folder: Folder, messages: list[FetchedMessage]) -> list[dict]:
+        """The items of MESSAGES fetched into memory: staged as one blob when their batch goes
+        to the queue (see `topics.new_message_items_staged`)."""
+        raws = [m.raw or b"" for m in messages]
+        if not messages or not self.publisher.queues(len(raws), sum(map(len, raws))):
+            return [self._item(folder, m) for m in messages]
+        fields = [
+            fetched_item_fields(
+                m, folder.name, uid=m.uid, include_attachments=self.include_attachments
+            )
+            for m in messages
+        ]
+        return topics.new_message_items_staged(raws, fields)
+
 
 def fetched_item(
     message: FetchedMessage, folder_name: str, *, uid: int | None, include_attachments: bool = True
 ) -> dict:
-    """The pipeline item of a message fetched from FOLDER_NAME (imapclient gives the internal
-    date as naive local time: it travels as UTC with its offset)."""
+    """The pipeline item of a message fetched from FOLDER_NAME."""
+    fields = fetched_item_fields(
+        message, folder_name, uid=uid, include_attachments=include_attachments
+    )
+    return topics.new_message_item(message.raw or b"", raw_file=message.raw_file, **fields)
+
+
+def fetched_item_fields(
+    message: FetchedMessage, folder_name: str, *, uid: int | None, include_attachments: bool = True
+) -> dict[str, Any]:
+    """`topics.new_message_item`'s arguments for a message fetched from FOLDER_NAME, but its
+    raw bytes (imapclient gives the internal date as naive local time: it travels as UTC with
+    its offset)."""
     internal = message.internal_date
     if internal is not None:
         internal = internal.astimezone(UTC)
-    return topics.new_message_item(
-        message.raw or b"",
-        raw_file=message.raw_file,
-        provider_id=f"gm:{message.gm_msgid}" if message.gm_msgid else None,
-        thread_id=f"gm:{message.gm_thrid}" if message.gm_thrid else None,
-        server_id=message.server_id,
-        folder=folder_name,
-        uid=uid,
-        flags=list(message.flags),
-        internal_date=internal.isoformat() if internal else None,
-        include_attachments=include_attachments,
-    )
+    return {
+        "provider_id": f"gm:{message.gm_msgid}" if message.gm_msgid else None,
+        "thread_id": f"gm:{message.gm_thrid}" if message.gm_thrid else None,
+        "server_id": message.server_id,
+        "folder": folder_name,
+        "uid": uid,
+        "flags": list(message.flags),
+        "internal_date": internal.isoformat() if internal else None,
+        "include_attachments": include_attachments,
+    }
 
 
 @dataclass

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from django.core.files.storage import default_storage
 from django.db import connection
 
 from emailplatform import topics
@@ -107,6 +108,27 @@ def test_full_sync_through_two_message_workers(queued, workers, imap_account, im
     assert_store_matches_server(imap_account, imap_user)
     run = SyncRun.objects.get(account=imap_account, kind="full")
     assert (run.status, run.progress_done, run.progress_total) == ("succeeded", 60, 60)
+
+
+def test_queued_batches_carry_their_mail_in_one_staged_blob_each(
+    queued, workers, imap_account, imap_user
+):
+    """The queue carries references: each batch's mail is one blob in blob storage, named in
+    its row, read by the consumer and deleted once the batch is stored."""
+    imap_user.append("INBOX", *[make_mail(f"b{i}", body="x" * 3000) for i in range(12)])
+    blocked = AccountWriteBlocked(imap_account.pk)
+    workers(1)
+    try:
+        result = in_thread(imap_sync_account, imap_account.pk, full=True)
+        wait_for(lambda: IngestBatch.objects.count() >= 2, timeout=60, what="batches published")
+        rows = list(IngestBatch.objects.all())
+        assert all(len(row.staged) == 1 for row in rows)
+        assert all(default_storage.size(row.staged[0]) > 3000 * len(row.uids) for row in rows)
+    finally:
+        blocked.release()
+    assert result().done
+    assert_store_matches_server(imap_account, imap_user)
+    assert default_storage.listdir("staged")[1] == []
 
 
 def test_a_message_worker_killed_holding_a_batch(
