@@ -71,15 +71,17 @@ def batches_void(account_id: int, *, keep_publisher: str = "") -> int:
     """Delete the account's sync batches (a folder's, or keyed by provider ids) not yet stored
     (but KEEP_PUBLISHER's): called by a sync pass under the account's lock, so their producer
     is dead, and the pass fetches what they held again itself (rule 2 of
-    messages.batch_store)."""
+    messages.batch_store). Their staged blobs go with them."""
     left = (
         IngestBatch.objects.filter(account_id=account_id, stored_at__isnull=True)
         .filter(Q(folder__isnull=False) | Q(provider_ids__isnull=False))
         .exclude(publisher=keep_publisher)
     )
-    if not left.exists():  # the usual case: one round trip, not a transaction's three
+    rows = list(left.values_list("pk", "staged"))
+    if not rows:  # the usual case: one round trip, not a transaction's three
         return 0
-    deleted, _ = left.delete()
+    deleted, _ = IngestBatch.objects.filter(pk__in=[pk for pk, _staged in rows]).delete()
+    topics.delete_staged(ref for _pk, staged in rows for ref in staged)  # a reader finds no row
     return deleted
 
 

@@ -10,6 +10,7 @@ from django.core.files.storage import default_storage
 
 from emailplatform import topics
 from messages.batch_store import batch_store
+from messages.batches import batches_void
 from messages.models import DeadLetter, Folder, IngestBatch, Message
 from tests.mailfactory import make_mail
 
@@ -97,3 +98,11 @@ def test_a_missing_blob_is_dead_lettered_while_its_batch_is_still_wanted(account
     assert "does not exist" in batch_store(payload)["reason"]
     assert IngestBatch.objects.get().dead_letter_uids == [1, 2]  # not fetched again
     assert not Message.objects.exists()
+
+
+def test_a_dead_producers_staged_batch_goes_with_its_blob(account, inbox):
+    staged_batch(account, inbox, [make_mail("orphaned-1"), make_mail("orphaned-2")])
+    assert len(staged_files()) == 1
+
+    assert batches_void(account.pk) == 1
+    assert staged_files() == []
